@@ -1,0 +1,2 @@
+//! sluice: progressive delivery for Kubernetes.
+pub mod api;

@@ -1,0 +1,1 @@
+//! A Kubernetes-API-compatible test cluster for sluice end-to-end tests.
