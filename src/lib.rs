@@ -1,2 +1,8 @@
-//! sluice: progressive delivery for Kubernetes.
+//! sluice: progressive delivery for Kubernetes. A Deployment gets a new pod template; sluice runs
+//! the new revision beside the stable one as a canary, moves live traffic to it in steps through a
+//! router, asks Prometheus at every interval whether it is healthy, and promotes it or rolls it back.
+//!
+//! Dependencies point one way: [`api`] <- [`core`] <- everything else.
+
 pub mod api;
+pub mod core;

@@ -1,0 +1,223 @@
+//! The pure decision core: given a Canary's spec, its status (the rollout's whole memory), what the
+//! controller observed, and the time, decide what to do. No kube client, network, tokio or clock
+//! here (`now` is an argument); a test keeps it that way.
+//!
+//! The controller calls, per reconcile:
+//! 1. [`due`] to learn whether checks or hooks must run now (it runs them during its observe stage:
+//!    queries and webhook calls are observations, not decisions),
+//! 2. [`step`] with everything observed, which returns a [`Decision`]: the actions to execute in
+//!    order, the new status to persist, the events to emit once it is persisted, and when to look
+//!    again.
+//!
+//! Traffic is never moved on a guess: an invalid spec yields the `InvalidSpec` condition and no
+//! action that changes traffic; Unknown check results hold the step; every write of the target's
+//! `spec.paused` or opt-in label carries the resourceVersion it was decided on (invariant I6).
+
+pub mod revision;
+pub mod validate;
+
+mod step;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+use crate::api::{CanaryStatus, HoldMode, HookType, HttpMatch, RolloutSpec, TemplateSpec};
+
+pub use step::{due, step};
+
+/// What the controller saw, from its caches and (when [`due`] asked for them) from Prometheus and
+/// hooks. Everything the core needs beyond spec and status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observations {
+    /// `metadata.generation` of the Canary.
+    pub generation: i64,
+    /// How new templates are held on this cluster.
+    pub hold_mode: HoldMode,
+    /// The Canary is being deleted: opt out (traffic to stable, remove what sluice made, release
+    /// the target), then drop the finalizer.
+    pub deleting: bool,
+    /// The CanaryPolicy named by `policyRef`, if any.
+    pub policy: PolicyLookup,
+    /// Templates referenced by metrics, by template name (absent when not found).
+    pub templates: BTreeMap<String, TemplateSpec>,
+    /// The target Deployment; `None` when it does not exist.
+    pub target: Option<TargetState>,
+    /// The controller-owned `<name>-canary` Deployment; `None` when it does not exist.
+    pub canary: Option<WorkloadState>,
+    /// The router's weights as read back from the cluster.
+    pub router: RouterState,
+    /// Results of the checks [`due`] asked for; `None` when no check ran this time.
+    pub checks: Option<Vec<MetricResult>>,
+    /// Results of the hooks [`due`] asked for (empty when none ran).
+    pub hooks: Vec<HookResult>,
+}
+
+/// The outcome of looking up `policyRef`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum PolicyLookup {
+    /// The Canary names no policy.
+    #[default]
+    NotReferenced,
+    /// The named CanaryPolicy does not exist.
+    Missing { name: String },
+    /// The named CanaryPolicy's spec.
+    Found(Box<RolloutSpec>),
+}
+
+/// The target Deployment as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetState {
+    /// `metadata.resourceVersion`: every write of `paused` or of the opt-in label is conditional
+    /// on it (I6).
+    pub resource_version: String,
+    pub generation: i64,
+    /// `status.observedGeneration`.
+    pub observed_generation: i64,
+    /// Hash of `spec.template` ([`revision::template_hash`]).
+    pub revision: String,
+    /// `spec.paused`.
+    pub paused: bool,
+    /// Carries `sluice.dev/canary: <this canary>`.
+    pub labelled: bool,
+    /// `spec.replicas` (defaulted to 1).
+    pub replicas: i32,
+    /// `status.replicas` (all pods, old and new).
+    pub status_replicas: i32,
+    /// `status.updatedReplicas` (pods of the current template).
+    pub updated_replicas: i32,
+    /// `status.readyReplicas`.
+    pub ready_replicas: i32,
+    /// `status.availableReplicas`.
+    pub available_replicas: i32,
+}
+
+/// The canary Deployment as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadState {
+    /// The revision its template was built from (its `sluice.dev/revision` label).
+    pub revision: Option<String>,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `status.readyReplicas`.
+    pub ready_replicas: i32,
+    /// `status.availableReplicas`.
+    pub available_replicas: i32,
+}
+
+/// The router as read back from the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterState {
+    /// Canary weight found in the router object; `None` when the router object carries no canary
+    /// route (not yet ensured, or removed).
+    pub canary_weight: Option<i32>,
+    /// The router object the spec names does not exist (a user error, reported, never created).
+    pub missing: bool,
+}
+
+/// One value from a metrics provider, as data; the core gives the verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sample {
+    Value(f64),
+    /// The query returned no series.
+    NoData,
+    /// The query returned NaN (e.g. 0/0 with no traffic).
+    NaN,
+    /// The query returned several series: a configuration error, never silently reduced.
+    Several(usize),
+    /// The provider was unreachable, slow, or answered an error.
+    Error(String),
+}
+
+/// The samples of one metric's check. Comparison and two-proportion metrics carry the stable side
+/// and totals.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricResult {
+    /// The metric's name in the spec.
+    pub metric: String,
+    /// The canary query as sent.
+    pub query: String,
+    pub canary: Sample,
+    pub stable: Option<Sample>,
+    pub canary_total: Option<Sample>,
+    pub stable_total: Option<Sample>,
+}
+
+/// The answer of one hook call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookResult {
+    pub name: String,
+    pub hook_type: HookType,
+    /// Answered 2xx.
+    pub passed: bool,
+    /// HTTP status or error text.
+    pub message: String,
+}
+
+/// What [`due`] asks the controller to gather before calling [`step`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Run every metric's check now.
+    pub checks: bool,
+    /// Call these hooks (by name) now.
+    pub hooks: Vec<String>,
+}
+
+/// What to do, what to remember, what to tell, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Executed in order; execution stops at the first failure (the next reconcile decides again).
+    pub actions: Vec<Action>,
+    /// The status to persist (only written when it differs from the current one).
+    pub status: CanaryStatus,
+    /// When to reconcile again even if nothing changes.
+    pub requeue_after: Option<std::time::Duration>,
+    /// Emitted after the status is persisted.
+    pub events: Vec<Event>,
+}
+
+/// One change to the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Put the `sluice.dev/canary` label on the target (conditional on `resource_version`).
+    LabelTarget { resource_version: String },
+    /// Remove the label (conditional on `resource_version`).
+    UnlabelTarget { resource_version: String },
+    /// Set `spec.paused: true` on the target (conditional on `resource_version`).
+    PauseTarget { resource_version: String },
+    /// Set `spec.paused: false` on the target (conditional on `resource_version`, so a template that
+    /// landed after the decision makes the write fail instead of releasing it).
+    UnpauseTarget { resource_version: String },
+    /// Create or update the canary Deployment from the target's current template (which has hash
+    /// `revision`) with `replicas` replicas.
+    ApplyCanary { revision: String, replicas: i32 },
+    /// Set the canary Deployment's replicas (0 to scale it down).
+    ScaleCanary { replicas: i32 },
+    /// Create or update the `<service>-canary` Service.
+    ApplyCanaryService,
+    /// Route `canary_weight` percent to the canary (and, for A/B, requests matching `matches`).
+    SetRoute {
+        canary_weight: i32,
+        matches: Vec<HttpMatch>,
+    },
+    /// Remove every trace of sluice from the router (all traffic to stable).
+    RemoveRoute,
+    /// Delete the canary Deployment and Service.
+    DeleteCanary,
+    /// Remove sluice's finalizer from the Canary (the last action of a deletion).
+    RemoveFinalizer,
+}
+
+/// A Kubernetes Event to emit once the status is persisted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    /// PascalCase reason, e.g. `CanaryStarted`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// Converts a Kubernetes `Time` to the core's timestamp type.
+pub fn timestamp(time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Timestamp {
+    time.0
+}
