@@ -132,10 +132,42 @@ pub fn validate(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<Caus
     causes
 }
 
+/// CEL programs compiled once per distinct schema: compiling HTTPRoute's 178 rules costs more than
+/// evaluating them, and the server validates every write.
+fn compiled_cel(schema: &Value) -> std::sync::Arc<kube_cel::CompiledSchema> {
+    type Cache = Mutex<HashMap<String, std::sync::Arc<kube_cel::CompiledSchema>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = schema.to_string();
+    let cache = CACHE.get_or_init(Cache::default);
+    let mut cache = match cache.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    cache
+        .entry(key)
+        .or_insert_with(|| std::sync::Arc::new(kube_cel::compile_schema(schema)))
+        .clone()
+}
+
 fn cel_causes(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<Cause> {
-    let validator = kube_cel::Validator::new();
-    let Err(errors) = validator.validate(schema, object, old) else {
-        return Vec::new();
+    static VALIDATOR: OnceLock<kube_cel::Validator> = OnceLock::new();
+    let validator = VALIDATOR.get_or_init(kube_cel::Validator::new);
+    let compiled = compiled_cel(schema);
+    // The interpreter has `todo!()`s for a few AST shapes; a rule must never crash the server.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        validator.validate_compiled(&compiled, object, old)
+    }));
+    let errors = match outcome {
+        Ok(Ok(())) => return Vec::new(),
+        Ok(Err(errors)) => errors,
+        Err(_) => {
+            return vec![cause(
+                ErrorType::Invalid,
+                "",
+                None,
+                "a validation rule uses a CEL construct the test cluster cannot evaluate",
+            )];
+        }
     };
     errors
         .into_vec()

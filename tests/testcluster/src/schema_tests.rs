@@ -460,3 +460,58 @@ fn an_unsupported_cel_function_is_a_clear_error_not_a_panic() {
     assert_eq!(causes[0].field, "spec");
     assert!(causes[0].message.contains("noSuchFunction"), "{causes:?}");
 }
+
+#[test]
+fn every_cel_rule_in_the_upstream_router_crds_compiles() {
+    for (file, version) in [
+        ("gateway-api/httproutes.yaml", "v1"),
+        ("istio/virtualservices.yaml", "v1"),
+        ("istio/destinationrules.yaml", "v1"),
+        ("flagger/canaries.yaml", "v1beta1"),
+        ("argo-rollouts/rollouts.yaml", "v1alpha1"),
+    ] {
+        let compiled = kube_cel::compile_schema(&crd_schema(file, version));
+        let errors: Vec<String> = compiled
+            .compilation_errors()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+    }
+}
+
+#[test]
+fn a_rich_httproute_passes_every_cel_rule_and_a_broken_filter_fails_one() {
+    let route = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "rich"},
+        "spec": {"parentRefs": [{"name": "gw", "sectionName": "https"}],
+            "hostnames": ["a.example.com", "*.example.org"],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/api"},
+                             "headers": [{"name": "x-canary", "value": "always"}],
+                             "queryParams": [{"name": "v", "value": "2"}], "method": "GET"}],
+                "filters": [{"type": "RequestHeaderModifier",
+                             "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}], "remove": ["x-b"]}},
+                            {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+                "backendRefs": [{"name": "primary", "port": 80, "weight": 90},
+                                {"name": "canary", "port": 80, "weight": 10}],
+                "timeouts": {"request": "10s", "backendRequest": "5s"}}]}});
+    let (_, pruned, causes) = admit(&httproute_schema(), &route);
+    assert!(
+        causes.is_empty() && pruned.is_empty(),
+        "{causes:?} {pruned:?}"
+    );
+
+    let mut broken = route.clone();
+    // A filter of one type carrying another type's configuration breaks a CEL rule.
+    broken["spec"]["rules"][0]["filters"][0] = json!({"type": "RequestHeaderModifier",
+        "urlRewrite": {"hostname": "x.example.com"}});
+    let (_, _, causes) = admit(&httproute_schema(), &broken);
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.field.starts_with("spec.rules[0].filters[0]")
+                && c.message.starts_with("Invalid value: ")),
+        "{causes:?}"
+    );
+}
