@@ -207,6 +207,9 @@ fn tracked(ri: &ResourceInfo, subresource: &str, obj: &Value) -> Value {
         for f in SERVER_META {
             md.remove(*f);
         }
+        if md.is_empty() {
+            m.remove("metadata");
+        }
     }
     if ri.has_status {
         if subresource == "status" {
