@@ -44,10 +44,6 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 const TEMPLATE_HASH: &str = "pod-template-hash";
-/// When the stand-in last scaled a ReplicaSet up (its clock), so readiness can be timed.
-pub const SCALED_AT: &str = "kubelet.testcluster.sluice.dev/scaled-at";
-/// How many of the ReplicaSet's pods were ready just before that scale-up.
-pub const READY_BEFORE: &str = "kubelet.testcluster.sluice.dev/ready-before";
 const FIELD_MANAGER: &str = "kube-controller-manager";
 
 /// A test's own rule for revisions whose pods never become ready.
@@ -88,6 +84,29 @@ pub fn is_never_ready(template: &PodTemplateSpec, config: &Config) -> bool {
             .any(|c| c.image.as_deref().is_some_and(|i| i.contains("crashloop")))
     });
     crashloop || config.never_ready.as_ref().is_some_and(|p| p(template))
+}
+
+/// When the stand-in last scaled a ReplicaSet up, by its clock, so its new pods' readiness can be
+/// timed. Kept by the stand-in, not in the API, so ReplicaSets carry only what the real controller
+/// writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaledUp {
+    pub at: Timestamp,
+    /// Pods of the ReplicaSet that were ready just before the scale-up.
+    pub ready_before: i32,
+}
+
+/// [`ScaledUp`] per ReplicaSet name, for one Deployment's ReplicaSets.
+pub type Readiness = BTreeMap<String, ScaledUp>;
+
+/// One sync's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The Deployment status to write (only if it differs from the stored one).
+    pub status: DeploymentStatus,
+    pub changes: Vec<ReplicaSetChange>,
+    /// The readiness timing to pass to the next sync.
+    pub readiness: Readiness,
 }
 
 /// What the stand-in asks the API server to do to ReplicaSets.
@@ -153,6 +172,7 @@ struct Rs {
     replicas: i32,
     ready: i32,
     scaled: bool,
+    scaled_up: Option<ScaledUp>,
     annotations: BTreeMap<String, String>,
     original: Option<ReplicaSet>,
 }
@@ -168,8 +188,9 @@ fn revision_of(rs: &ReplicaSet) -> u64 {
         .unwrap_or(0)
 }
 
-/// Ready pods of a ReplicaSet at `now`.
-fn ready_pods(rs: &ReplicaSet, now: Timestamp, config: &Config) -> i32 {
+/// Ready pods of a ReplicaSet at `now`. A ReplicaSet the stand-in has no timing for (it was
+/// restarted, or another controller made it) is timed from its creation.
+fn ready_pods(rs: &ReplicaSet, readiness: &Readiness, now: Timestamp, config: &Config) -> i32 {
     let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let template = rs
         .spec
@@ -179,27 +200,26 @@ fn ready_pods(rs: &ReplicaSet, now: Timestamp, config: &Config) -> i32 {
     if is_never_ready(&template, config) {
         return 0;
     }
-    let annotations = annotations_of(rs);
-    let scaled_at = annotations
-        .get(SCALED_AT)
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .or_else(|| rs.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let Some(scaled_at) = scaled_at else {
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    let scaled = readiness.get(&name).copied().or_else(|| {
+        rs.metadata.creation_timestamp.as_ref().map(|t| ScaledUp {
+            at: t.0,
+            ready_before: 0,
+        })
+    });
+    let Some(scaled) = scaled else {
         return replicas;
     };
     let delay =
         jiff::SignedDuration::try_from(config.readiness_delay).unwrap_or(jiff::SignedDuration::MAX);
-    if scaled_at
+    if scaled
+        .at
         .checked_add(delay)
         .is_ok_and(|ready_at| now >= ready_at)
     {
         replicas
     } else {
-        let before = annotations
-            .get(READY_BEFORE)
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0);
-        before.min(replicas)
+        scaled.ready_before.min(replicas)
     }
 }
 
@@ -296,13 +316,15 @@ fn set_condition(conditions: &mut Vec<DeploymentCondition>, mut new: DeploymentC
     conditions.push(new);
 }
 
-/// One sync of the Deployment controller: the status to write and the ReplicaSet changes to make.
+/// One sync of the Deployment controller: the status to write, the ReplicaSet changes to make, and
+/// the readiness timing to remember. `readiness` is what the previous sync returned.
 pub fn next_status(
     deployment: &Deployment,
     replicasets: &[ReplicaSet],
+    readiness: &Readiness,
     now: Timestamp,
     config: &Config,
-) -> (DeploymentStatus, Vec<ReplicaSetChange>) {
+) -> Decision {
     let spec = deployment.spec.clone().unwrap_or_default();
     let desired = spec.replicas.unwrap_or(1);
     let paused = spec.paused == Some(true);
@@ -325,8 +347,14 @@ pub fn next_status(
                 .unwrap_or_default(),
             revision: revision_of(rs),
             replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            ready: ready_pods(rs, now, config),
+            ready: ready_pods(rs, readiness, now, config),
             scaled: false,
+            scaled_up: rs
+                .metadata
+                .name
+                .as_ref()
+                .and_then(|n| readiness.get(n))
+                .copied(),
             annotations: annotations_of(rs),
             original: Some(rs.clone()),
         })
@@ -336,11 +364,11 @@ pub fn next_status(
     let mut new_index = sets.iter().position(|s| s.hash == hash);
 
     let scale = |rs: &mut Rs, replicas: i32| {
-        if replicas > rs.replicas {
-            rs.annotations
-                .insert(SCALED_AT.to_string(), now.to_string());
-            rs.annotations
-                .insert(READY_BEFORE.to_string(), rs.ready.to_string());
+        if replicas > rs.replicas || rs.original.is_none() {
+            rs.scaled_up = Some(ScaledUp {
+                at: now,
+                ready_before: rs.ready,
+            });
         }
         rs.replicas = replicas;
         rs.annotations
@@ -415,6 +443,7 @@ pub fn next_status(
                     replicas: 0,
                     ready: 0,
                     scaled: false,
+                    scaled_up: None,
                     annotations: BTreeMap::from([(
                         REVISION.to_string(),
                         (max_revision + 1).to_string(),
@@ -427,12 +456,6 @@ pub fn next_status(
                     new_replicas_for(0, total)
                 };
                 scale(&mut rs, replicas);
-                if replicas == 0 {
-                    rs.annotations
-                        .insert(SCALED_AT.to_string(), now.to_string());
-                    rs.annotations
-                        .insert(READY_BEFORE.to_string(), "0".to_string());
-                }
                 sets.push(rs);
                 new_index = Some(sets.len() - 1);
                 if has_deadline {
@@ -531,7 +554,15 @@ pub fn next_status(
     status.conditions = (!conditions.is_empty()).then_some(conditions);
 
     let changes = replicaset_changes(deployment, &spec, &sets);
-    (status, changes)
+    let readiness = sets
+        .iter()
+        .filter_map(|rs| rs.scaled_up.map(|up| (rs.name.clone(), up)))
+        .collect();
+    Decision {
+        status,
+        changes,
+        readiness,
+    }
 }
 
 /// `syncRolloutStatus`: NewReplicaSetAvailable, ReplicaSetUpdated, or ProgressDeadlineExceeded.
@@ -741,6 +772,7 @@ fn new_replicaset(
 pub fn served(
     deployment: &Deployment,
     replicasets: &[ReplicaSet],
+    readiness: &Readiness,
     now: Timestamp,
     config: &Config,
 ) -> Option<Served> {
@@ -750,7 +782,8 @@ pub fn served(
         .collect();
     owned.sort_by_key(|rs| revision_of(rs));
     let ready_of = |rs: &ReplicaSet| {
-        ready_pods(rs, now, config).min(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+        ready_pods(rs, readiness, now, config)
+            .min(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
     };
     let chosen = owned
         .iter()
@@ -996,8 +1029,9 @@ async fn run(
         }
     });
     let _stop_watching = AbortOnDrop(watching);
+    let mut timings = HashMap::new();
     loop {
-        if let Err(error) = sync_all(&client, &options, &served).await {
+        if let Err(error) = sync_all(&client, &options, &served, &mut timings).await {
             tracing::debug!(error = %error, "kubelet stand-in sync failed; retrying");
         }
         tokio::select! {
@@ -1019,6 +1053,7 @@ async fn sync_all(
     client: &kube::Client,
     options: &Options,
     served_map: &ServedMap,
+    timings: &mut HashMap<(String, String), Readiness>,
 ) -> Result<(), SyncError> {
     use kube::api::{ListParams, Patch, PatchParams, PostParams};
     let now = options.clock.now();
@@ -1055,7 +1090,15 @@ async fn sync_all(
                 .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
                 .cloned()
                 .collect();
-            let (status, changes) = next_status(deployment, &same_ns, now, &options.config);
+            let key = (ns.clone(), name.clone());
+            let known = timings.get(&key).cloned().unwrap_or_default();
+            let Decision {
+                status,
+                changes,
+                readiness,
+            } = next_status(deployment, &same_ns, &known, now, &options.config);
+            // Remembered before writing, so a failed write does not lose when pods started.
+            timings.insert(key, readiness.clone());
             let rs_api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &ns);
             let write_error = |what: &'static str, name: &str| {
                 let (namespace, name) = (ns.clone(), name.to_string());
@@ -1115,7 +1158,7 @@ async fn sync_all(
                     .await
                     .map_err(write_error("Deployment status", &name))?;
             }
-            if let Some(s) = served(deployment, &same_ns, now, &options.config) {
+            if let Some(s) = served(deployment, &same_ns, &readiness, now, &options.config) {
                 served_map
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

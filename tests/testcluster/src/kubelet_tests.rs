@@ -28,6 +28,7 @@ fn deployment(image: &str, replicas: i32) -> Deployment {
 struct World {
     deployment: Deployment,
     replicasets: Vec<ReplicaSet>,
+    readiness: Readiness,
     config: Config,
 }
 
@@ -36,6 +37,7 @@ impl World {
         World {
             deployment,
             replicasets: Vec::new(),
+            readiness: Readiness::new(),
             config,
         }
     }
@@ -43,8 +45,18 @@ impl World {
     /// Syncs until the stand-in has nothing more to write, as it does reacting to its own writes.
     fn settle(&mut self, now: Timestamp) {
         for _ in 0..20 {
-            let (status, changes) =
-                next_status(&self.deployment, &self.replicasets, now, &self.config);
+            let Decision {
+                status,
+                changes,
+                readiness,
+            } = next_status(
+                &self.deployment,
+                &self.replicasets,
+                &self.readiness,
+                now,
+                &self.config,
+            );
+            self.readiness = readiness;
             let unchanged = changes.is_empty() && self.deployment.status.as_ref() == Some(&status);
             self.deployment.status = Some(status);
             for change in changes {
@@ -179,6 +191,13 @@ fn recording_12_with_no_ready_pods_is_reproduced_step_by_step() {
         sets[0]["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
         "1"
     );
+    assert_eq!(
+        sets[0]["metadata"]["annotations"],
+        json!({"deployment.kubernetes.io/desired-replicas": "2",
+               "deployment.kubernetes.io/max-replicas": "3",
+               "deployment.kubernetes.io/revision": "1"}),
+        "only the annotations the real controller writes"
+    );
     assert_eq!(sets[0]["spec"]["replicas"], 2);
     assert_eq!(
         sets[0]["metadata"]["ownerReferences"][0]["kind"],
@@ -280,6 +299,7 @@ fn pods_become_ready_after_the_readiness_delay_and_the_rollout_completes() {
     let served_v1 = served(
         &world.deployment,
         &world.replicasets,
+        &world.readiness,
         t0() + secs(5),
         &config,
     )
@@ -292,15 +312,28 @@ fn pods_become_ready_after_the_readiness_delay_and_the_rollout_completes() {
     });
     let mut now = t0() + secs(10);
     world.settle(now);
-    let mid = served(&world.deployment, &world.replicasets, now, &config).expect("served");
+    let mid = served(
+        &world.deployment,
+        &world.replicasets,
+        &world.readiness,
+        now,
+        &config,
+    )
+    .expect("served");
     assert_eq!(
         mid.images,
         vec!["web:1.0".to_string()],
         "the new revision is not ready yet"
     );
     let mut steps = 0;
-    while !served(&world.deployment, &world.replicasets, now, &config)
-        .is_some_and(|s| s.ready && s.images == ["web:2.0"])
+    while !served(
+        &world.deployment,
+        &world.replicasets,
+        &world.readiness,
+        now,
+        &config,
+    )
+    .is_some_and(|s| s.ready && s.images == ["web:2.0"])
     {
         steps += 1;
         assert!(steps < 20, "the rollout never completed");
@@ -346,6 +379,7 @@ fn a_paused_deployment_keeps_serving_its_old_revision_until_resumed() {
     let s = served(
         &world.deployment,
         &world.replicasets,
+        &world.readiness,
         t0() + secs(100),
         &config,
     )
@@ -357,9 +391,10 @@ fn a_paused_deployment_keeps_serving_its_old_revision_until_resumed() {
     assert_eq!(world.replicasets.len(), 1);
 
     world.edit(|s| s.paused = Some(false));
-    let (status, _) = next_status(
+    let Decision { status, .. } = next_status(
         &world.deployment,
         &world.replicasets,
+        &world.readiness,
         t0() + secs(101),
         &config,
     );
@@ -409,6 +444,7 @@ fn a_crashlooping_revision_never_becomes_ready_and_exceeds_its_progress_deadline
     let s = served(
         &world.deployment,
         &world.replicasets,
+        &world.readiness,
         t0() + secs(40),
         &config,
     )

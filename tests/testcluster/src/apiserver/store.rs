@@ -1288,7 +1288,7 @@ fn encode_continue(k: &ObjKey) -> String {
 }
 
 fn decode_continue(s: &str) -> Option<ObjKey> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
