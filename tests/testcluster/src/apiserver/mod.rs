@@ -7,6 +7,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod errors;
 pub mod fields;
+mod openapi;
 pub mod patch;
 pub mod resources;
 pub mod selectors;
@@ -365,6 +366,13 @@ async fn handle(
         }
         ["apis", g, v] => {
             return match discovery::resource_list(&shared.lock().resources, g, v) {
+                Some(d) => json_response(200, &d),
+                None => not_found_path(&path),
+            };
+        }
+        ["openapi", "v3"] => return json_response(200, &openapi::root(&shared.lock().resources)),
+        ["openapi", "v3", rest @ ..] => {
+            return match openapi::group_version(&shared.lock().resources, &rest.join("/")) {
                 Some(d) => json_response(200, &d),
                 None => not_found_path(&path),
             };

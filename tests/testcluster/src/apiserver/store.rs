@@ -274,9 +274,11 @@ impl Store {
         self.tx.subscribe()
     }
 
-    /// Drops the event history: older resourceVersions now get 410 Expired.
+    /// Drops the event history: every resourceVersion handed out so far now gets 410 Expired
+    /// on watch. The counter moves on by one so a fresh list gives a watchable resourceVersion.
     pub fn compact(&mut self) {
         self.history.clear();
+        self.rv += 1;
         self.compacted_rv = self.rv;
     }
 
