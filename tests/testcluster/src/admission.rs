@@ -233,7 +233,11 @@ impl Env {
             Operation::Delete => Value::Null,
             Operation::Create | Operation::Update => object.clone(),
         };
+        let typed = request.old_object.unwrap_or(request.object);
+        let kind = typed["kind"].as_str().unwrap_or_default();
         let request_json = serde_json::json!({
+            "kind": {"group": request.group, "version": request.version, "kind": kind},
+            "requestKind": {"group": request.group, "version": request.version, "kind": kind},
             "operation": request.operation.as_str(),
             "namespace": request.namespace,
             "name": request.name,

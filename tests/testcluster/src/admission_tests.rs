@@ -167,7 +167,7 @@ fn apply_configuration_merges_an_object_built_from_variables() {
     let spec = json!({"matchConstraints": all_deployments(),
         "variables": [{"name": "team", "expression": "'payments'"}],
         "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression":
-            "Object{metadata: Object.metadata{annotations: {'team': variables.team, 'op': request.operation}}}"}}]});
+            "Object{metadata: Object.metadata{annotations: {'team': variables.team, 'op': request.operation, 'kind': request.kind.kind}}}"}}]});
     let mutated = mutate(
         &[policy(spec)],
         &[binding(json!({"policyName": "p"}))],
@@ -177,7 +177,7 @@ fn apply_configuration_merges_an_object_built_from_variables() {
     .expect("mutated");
     assert_eq!(
         mutated["metadata"]["annotations"],
-        json!({"team": "payments", "op": "CREATE"})
+        json!({"team": "payments", "op": "CREATE", "kind": "Deployment"})
     );
     assert_eq!(mutated["metadata"]["labels"], canary_labels());
 }
