@@ -75,6 +75,8 @@ pub struct FaultState {
     rules: Mutex<Vec<FailRule>>,
     gone_watches: AtomicU64,
     pub(crate) cut_watches: watch::Sender<u64>,
+    /// Signalled with `conn_epoch`, so idle streaming responses write and notice the reset.
+    pub(crate) resets: watch::Sender<u64>,
 }
 
 impl Default for FaultState {
@@ -86,11 +88,18 @@ impl Default for FaultState {
             rules: Mutex::new(Vec::new()),
             gone_watches: AtomicU64::new(0),
             cut_watches: watch::channel(0).0,
+            resets: watch::channel(0).0,
         }
     }
 }
 
 impl FaultState {
+    /// Breaks every open connection (they fail with ConnectionReset on their next I/O).
+    pub(crate) fn reset_connections(&self) {
+        let e = self.conn_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.resets.send_replace(e);
+    }
+
     pub fn refusing(&self) -> bool {
         let mut r = self.refuse_until.lock().expect("fault lock poisoned");
         match *r {
@@ -108,9 +117,16 @@ impl FaultState {
     }
 
     /// Consumes one injected failure matching the request, if any.
-    pub fn take_failure(&self, verb: &str, resource: &str, namespace: &str) -> Option<InjectedError> {
+    pub fn take_failure(
+        &self,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+    ) -> Option<InjectedError> {
         let mut rules = self.rules.lock().expect("fault lock poisoned");
-        let idx = rules.iter().position(|r| r.remaining > 0 && r.matcher.matches(verb, resource, namespace))?;
+        let idx = rules
+            .iter()
+            .position(|r| r.remaining > 0 && r.matcher.matches(verb, resource, namespace))?;
         rules[idx].remaining -= 1;
         let e = rules[idx].error;
         if rules[idx].remaining == 0 {
@@ -136,7 +152,7 @@ impl Faults {
     /// Refuses (resets) every connection, open or new, for `d`.
     pub fn refuse_connections_for(&self, d: Duration) {
         *self.state.refuse_until.lock().expect("fault lock poisoned") = Some(Instant::now() + d);
-        self.state.conn_epoch.fetch_add(1, Ordering::SeqCst);
+        self.state.reset_connections();
     }
 
     /// Stops refusing connections now.
@@ -151,7 +167,15 @@ impl Faults {
 
     /// Fails the next `n` requests that match with `error`.
     pub fn fail_next(&self, n: u32, matcher: RequestMatch, error: InjectedError) {
-        self.state.rules.lock().expect("fault lock poisoned").push(FailRule { matcher, error, remaining: n });
+        self.state
+            .rules
+            .lock()
+            .expect("fault lock poisoned")
+            .push(FailRule {
+                matcher,
+                error,
+                remaining: n,
+            });
     }
 
     /// Ends every open watch stream (clients see a clean end of stream and re-watch).
@@ -168,7 +192,11 @@ impl Faults {
     pub fn clear(&self) {
         self.accept_connections();
         self.set_delay(Duration::ZERO);
-        self.state.rules.lock().expect("fault lock poisoned").clear();
+        self.state
+            .rules
+            .lock()
+            .expect("fault lock poisoned")
+            .clear();
         self.state.gone_watches.store(0, Ordering::SeqCst);
     }
 }

@@ -2,6 +2,9 @@
 //! fresh test cluster and compares status, content-type family and every `compare` pointer (plus
 //! `reason` and `code` of errors), after normalising uids, resourceVersions and times.
 
+// The whole file is test code: helpers outside `#[test]` panic on failure too.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,29 +15,121 @@ use sluice_testcluster::TestCluster;
 /// Steps known to differ from the real server, with the reason. Must shrink to empty as the
 /// fidelity modules (`schema`, `admission`) and the Deployment-controller stand-in land.
 const EXPECTED_TO_DIFFER: &[(&str, usize, &str)] = &[
-    ("05-custom-resource-status.json", 1, "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills group/kind/matches"),
-    ("05-custom-resource-status.json", 3, "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills group/kind/matches"),
-    ("05-custom-resource-status.json", 4, "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills parentRef group/kind in status"),
-    ("05-custom-resource-status.json", 5, "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills parentRef group/kind in status"),
-    ("06-crd-validation.json", 1, "CRD schema validation (schema::validate, tc-fidelity)"),
-    ("06-crd-validation.json", 2, "CRD schema validation (schema::validate, tc-fidelity)"),
-    ("06-crd-validation.json", 3, "CRD schema validation (schema::validate, tc-fidelity)"),
-    ("06-crd-validation.json", 4, "CRD schema validation (schema::validate, tc-fidelity)"),
-    ("06-crd-validation.json", 7, "CRD pruning reports unknown fields (schema::prune_and_default, tc-fidelity)"),
-    ("12-deployment-paused.json", 2, "needs the Deployment-controller stand-in"),
-    ("12-deployment-paused.json", 3, "needs the Deployment-controller stand-in"),
-    ("12-deployment-paused.json", 5, "needs the Deployment-controller stand-in"),
-    ("12-deployment-paused.json", 7, "needs the Deployment-controller stand-in"),
-    ("12-deployment-paused.json", 8, "needs the Deployment-controller stand-in"),
-    ("12-deployment-paused.json", 10, "needs the Deployment-controller stand-in"),
-    ("12-deployment-paused.json", 12, "needs the Deployment-controller stand-in"),
-    ("12-deployment-paused.json", 13, "needs the Deployment-controller stand-in"),
-    ("14-admission-policy-hold.json", 4, "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)"),
-    ("14-admission-policy-hold.json", 5, "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)"),
-    ("14-admission-policy-hold.json", 6, "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)"),
-    ("14-admission-policy-hold.json", 7, "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)"),
-    ("14-admission-policy-hold.json", 8, "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)"),
-    ("14-admission-policy-hold.json", 9, "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)"),
+    (
+        "05-custom-resource-status.json",
+        1,
+        "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills group/kind/matches",
+    ),
+    (
+        "05-custom-resource-status.json",
+        3,
+        "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills group/kind/matches",
+    ),
+    (
+        "05-custom-resource-status.json",
+        4,
+        "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills parentRef group/kind in status",
+    ),
+    (
+        "05-custom-resource-status.json",
+        5,
+        "CRD schema defaulting (schema::prune_and_default, tc-fidelity) fills parentRef group/kind in status",
+    ),
+    (
+        "06-crd-validation.json",
+        1,
+        "CRD schema validation (schema::validate, tc-fidelity)",
+    ),
+    (
+        "06-crd-validation.json",
+        2,
+        "CRD schema validation (schema::validate, tc-fidelity)",
+    ),
+    (
+        "06-crd-validation.json",
+        3,
+        "CRD schema validation (schema::validate, tc-fidelity)",
+    ),
+    (
+        "06-crd-validation.json",
+        4,
+        "CRD schema validation (schema::validate, tc-fidelity)",
+    ),
+    (
+        "06-crd-validation.json",
+        7,
+        "CRD pruning reports unknown fields (schema::prune_and_default, tc-fidelity)",
+    ),
+    (
+        "12-deployment-paused.json",
+        2,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "12-deployment-paused.json",
+        3,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "12-deployment-paused.json",
+        5,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "12-deployment-paused.json",
+        7,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "12-deployment-paused.json",
+        8,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "12-deployment-paused.json",
+        10,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "12-deployment-paused.json",
+        12,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "12-deployment-paused.json",
+        13,
+        "needs the Deployment-controller stand-in",
+    ),
+    (
+        "14-admission-policy-hold.json",
+        4,
+        "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)",
+    ),
+    (
+        "14-admission-policy-hold.json",
+        5,
+        "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)",
+    ),
+    (
+        "14-admission-policy-hold.json",
+        6,
+        "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)",
+    ),
+    (
+        "14-admission-policy-hold.json",
+        7,
+        "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)",
+    ),
+    (
+        "14-admission-policy-hold.json",
+        8,
+        "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)",
+    ),
+    (
+        "14-admission-policy-hold.json",
+        9,
+        "MutatingAdmissionPolicy evaluation (admission::mutate, tc-fidelity)",
+    ),
 ];
 
 fn recordings_dir() -> PathBuf {
@@ -42,8 +137,15 @@ fn recordings_dir() -> PathBuf {
 }
 
 const TIME_KEYS: &[&str] = &[
-    "creationTimestamp", "deletionTimestamp", "time", "lastTransitionTime", "lastUpdateTime",
-    "eventTime", "lastHeartbeatTime", "renewTime", "acquireTime",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "time",
+    "lastTransitionTime",
+    "lastUpdateTime",
+    "eventTime",
+    "lastHeartbeatTime",
+    "renewTime",
+    "acquireTime",
 ];
 
 /// Replaces run-specific values with the recordings' placeholders.
@@ -53,7 +155,9 @@ fn normalise(v: &mut Value) {
             for (k, val) in m.iter_mut() {
                 match (k.as_str(), &*val) {
                     ("uid", Value::String(_)) => *val = json!("<uid>"),
-                    ("resourceVersion", Value::String(s)) if !s.is_empty() && s != "0" => *val = json!("<rv>"),
+                    ("resourceVersion", Value::String(s)) if !s.is_empty() && s != "0" => {
+                        *val = json!("<rv>")
+                    }
                     ("continue", Value::String(s)) if !s.is_empty() => *val = json!("<continue>"),
                     (k, Value::String(_)) if TIME_KEYS.contains(&k) => *val = json!("<time>"),
                     ("message", Value::String(s)) if s.starts_with("too old resource version") => {
@@ -73,8 +177,13 @@ fn expand(pointer: &str, recorded: &Value) -> Vec<String> {
     match pointer.split_once("/*") {
         None => vec![pointer.to_string()],
         Some((head, tail)) => {
-            let n = recorded.pointer(head).and_then(Value::as_array).map_or(0, Vec::len);
-            (0..n).flat_map(|i| expand(&format!("{head}/{i}{tail}"), recorded)).collect()
+            let n = recorded
+                .pointer(head)
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            (0..n)
+                .flat_map(|i| expand(&format!("{head}/{i}{tail}"), recorded))
+                .collect()
         }
     }
 }
@@ -90,7 +199,9 @@ fn substitute(v: &Value, saves: &HashMap<String, String>) -> Value {
 /// Replaces strings made from `generateName` (prefix + 5 characters) with a placeholder.
 fn mask_generated(v: &mut Value, prefix: &str) {
     match v {
-        Value::String(s) if s.len() == prefix.len() + 5 && s.starts_with(prefix) => *s = "<generated>".into(),
+        Value::String(s) if s.len() == prefix.len() + 5 && s.starts_with(prefix) => {
+            *s = "<generated>".into()
+        }
         Value::Object(m) => m.values_mut().for_each(|x| mask_generated(x, prefix)),
         Value::Array(a) => a.iter_mut().for_each(|x| mask_generated(x, prefix)),
         _ => {}
@@ -122,7 +233,9 @@ async fn read_watch(resp: reqwest::Response, want: usize) -> Vec<Value> {
 }
 
 async fn replay(file: &str) -> Vec<(usize, String)> {
-    let rec: Value = serde_json::from_str(&std::fs::read_to_string(recordings_dir().join(file)).unwrap()).unwrap();
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(recordings_dir().join(file)).unwrap())
+            .unwrap();
     let tc = TestCluster::start().await.unwrap();
     let http = reqwest::Client::new();
     let mut saves: HashMap<String, String> = HashMap::new();
@@ -136,12 +249,23 @@ async fn replay(file: &str) -> Vec<(usize, String)> {
             continue;
         }
         if let Some(poll) = step["response"]["poll"].as_str().or(step["poll"].as_str()) {
-            let path = poll.trim_start_matches("GET ").split(' ').next().unwrap().to_string();
+            let path = poll
+                .trim_start_matches("GET ")
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string();
             let url = format!("{}{path}", tc.url());
             let ok = sluice_testcluster::harness::wait_for(
                 || {
                     let (http, url) = (http.clone(), url.clone());
-                    async move { http.get(&url).send().await.map(|r| r.status() == 404).unwrap_or(false) }
+                    async move {
+                        http.get(&url)
+                            .send()
+                            .await
+                            .map(|r| r.status() == 404)
+                            .unwrap_or(false)
+                    }
                 },
                 Duration::from_secs(10),
             )
@@ -152,8 +276,10 @@ async fn replay(file: &str) -> Vec<(usize, String)> {
             continue;
         }
         let req = &step["request"];
-        let method = reqwest::Method::from_bytes(req["method"].as_str().unwrap().as_bytes()).unwrap();
-        let mut url = reqwest::Url::parse(&format!("{}{}", tc.url(), req["path"].as_str().unwrap())).unwrap();
+        let method =
+            reqwest::Method::from_bytes(req["method"].as_str().unwrap().as_bytes()).unwrap();
+        let mut url =
+            reqwest::Url::parse(&format!("{}{}", tc.url(), req["path"].as_str().unwrap())).unwrap();
         let query = substitute(&req["query"], &saves);
         if let Some(q) = query.as_object() {
             let mut qp = url.query_pairs_mut();
@@ -161,7 +287,9 @@ async fn replay(file: &str) -> Vec<(usize, String)> {
                 qp.append_pair(k, v.as_str().unwrap_or_default());
             }
         }
-        let mut rb = http.request(method, url).header("User-Agent", "python-requests/2.34.2");
+        let mut rb = http
+            .request(method, url)
+            .header("User-Agent", "python-requests/2.34.2");
         if let Some(ct) = req["contentType"].as_str() {
             rb = rb.header("Content-Type", ct);
         }
@@ -172,7 +300,9 @@ async fn replay(file: &str) -> Vec<(usize, String)> {
                 let mut body = substitute(b, &saves);
                 // A few recorded bodies carry the real server's resourceVersion literally (the
                 // value the previous step saved); the replay sends its own saved value instead.
-                let literal_rv = b["metadata"]["resourceVersion"].as_str().is_some_and(|r| r.parse::<u64>().is_ok());
+                let literal_rv = b["metadata"]["resourceVersion"]
+                    .as_str()
+                    .is_some_and(|r| r.parse::<u64>().is_ok());
                 if literal_rv && let Some(rv) = &last_rv {
                     body["metadata"]["resourceVersion"] = json!(rv);
                 }
@@ -183,9 +313,17 @@ async fn replay(file: &str) -> Vec<(usize, String)> {
         let expected = &step["response"];
         let status = resp.status().as_u16();
         if status != expected["status"].as_u64().unwrap() as u16 {
-            diffs.push((i, format!("status {status}, recorded {}", expected["status"])));
+            diffs.push((
+                i,
+                format!("status {status}, recorded {}", expected["status"]),
+            ));
         }
-        let ct = resp.headers().get("content-type").and_then(|c| c.to_str().ok()).unwrap_or_default().to_string();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|c| c.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let json_family = |c: &str| c.contains("json");
         if json_family(&ct) != json_family(expected["contentType"].as_str().unwrap_or_default()) {
             diffs.push((i, format!("content type {ct}")));
@@ -195,15 +333,26 @@ async fn replay(file: &str) -> Vec<(usize, String)> {
             (json!({"events": got}), json!({"events": events}))
         } else {
             let bytes = resp.bytes().await.unwrap();
-            (serde_json::from_slice(&bytes).unwrap_or(Value::Null), expected["body"].clone())
+            (
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                expected["body"].clone(),
+            )
         };
         if let Some(save) = step["save"].as_object() {
             for (k, p) in save {
-                let v = raw.pointer(p.as_str().unwrap()).cloned().unwrap_or(Value::Null);
+                let v = raw
+                    .pointer(p.as_str().unwrap())
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 if p.as_str().unwrap().ends_with("resourceVersion") {
                     last_rv = v.as_str().map(String::from);
                 }
-                saves.insert(k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+                saves.insert(
+                    k.clone(),
+                    v.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string()),
+                );
             }
         }
         let mut actual = raw.clone();
@@ -215,7 +364,11 @@ async fn replay(file: &str) -> Vec<(usize, String)> {
         }
         let mut pointers: Vec<String> = step["compare"]
             .as_array()
-            .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if status >= 400 {
             pointers.extend(["/reason".to_string(), "/code".to_string()]);
@@ -249,14 +402,21 @@ async fn every_recording_replays_against_the_test_cluster_as_the_real_server_ans
         .filter(|f| f.ends_with(".json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 14, "recordings not found in {}", recordings_dir().display());
+    assert!(
+        files.len() >= 14,
+        "recordings not found in {}",
+        recordings_dir().display()
+    );
     let mut unexpected = Vec::new();
     let mut now_passing = Vec::new();
     for f in &files {
         let diffs = replay(f).await;
-        let failing_steps: std::collections::BTreeSet<usize> = diffs.iter().map(|(i, _)| *i).collect();
+        let failing_steps: std::collections::BTreeSet<usize> =
+            diffs.iter().map(|(i, _)| *i).collect();
         for (i, d) in &diffs {
-            let expected = EXPECTED_TO_DIFFER.iter().any(|(ef, es, _)| ef == f && es == i);
+            let expected = EXPECTED_TO_DIFFER
+                .iter()
+                .any(|(ef, es, _)| ef == f && es == i);
             if expected {
                 eprintln!("expected difference {f} step {i}: {d}");
             } else {
@@ -269,7 +429,11 @@ async fn every_recording_replays_against_the_test_cluster_as_the_real_server_ans
             }
         }
     }
-    assert!(unexpected.is_empty(), "differences from the real server:\n{}", unexpected.join("\n"));
+    assert!(
+        unexpected.is_empty(),
+        "differences from the real server:\n{}",
+        unexpected.join("\n")
+    );
     assert!(
         now_passing.is_empty(),
         "these steps now match the real server; remove them from EXPECTED_TO_DIFFER:\n{}",
