@@ -75,6 +75,8 @@ pub struct FaultState {
     rules: Mutex<Vec<FailRule>>,
     gone_watches: AtomicU64,
     pub(crate) cut_watches: watch::Sender<u64>,
+    /// Signalled with `conn_epoch`, so idle streaming responses write and notice the reset.
+    pub(crate) resets: watch::Sender<u64>,
 }
 
 impl Default for FaultState {
@@ -86,11 +88,18 @@ impl Default for FaultState {
             rules: Mutex::new(Vec::new()),
             gone_watches: AtomicU64::new(0),
             cut_watches: watch::channel(0).0,
+            resets: watch::channel(0).0,
         }
     }
 }
 
 impl FaultState {
+    /// Breaks every open connection (they fail with ConnectionReset on their next I/O).
+    pub(crate) fn reset_connections(&self) {
+        let e = self.conn_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.resets.send_replace(e);
+    }
+
     pub fn refusing(&self) -> bool {
         let mut r = self.refuse_until.lock().expect("fault lock poisoned");
         match *r {
@@ -143,7 +152,7 @@ impl Faults {
     /// Refuses (resets) every connection, open or new, for `d`.
     pub fn refuse_connections_for(&self, d: Duration) {
         *self.state.refuse_until.lock().expect("fault lock poisoned") = Some(Instant::now() + d);
-        self.state.conn_epoch.fetch_add(1, Ordering::SeqCst);
+        self.state.reset_connections();
     }
 
     /// Stops refusing connections now.

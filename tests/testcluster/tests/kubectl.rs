@@ -1,6 +1,9 @@
 //! kubectl 1.32 against the test cluster: get, server-side and client-side apply, a status patch,
 //! wait for a condition, delete. Skipped, with a printed reason, when /usr/bin/kubectl is absent.
 
+// The whole file is test code: helpers outside `#[test]` panic on failure too.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,7 +63,10 @@ async fn kubectl_gets_applies_patches_status_waits_and_deletes() {
 
     let (ok, out, err) = kubectl(&tc, &["apply", "--server-side", "-f", f]).await;
     assert!(ok, "apply --server-side failed: {out}{err}");
-    assert!(out.contains("deployment.apps/web serverside-applied"), "{out}");
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
 
     let (ok, out, err) = kubectl(&tc, &["get", "deployments", "-A"]).await;
     assert!(ok, "get failed: {err}");
@@ -74,7 +80,16 @@ async fn kubectl_gets_applies_patches_status_waits_and_deletes() {
     .await;
     assert!(ok, "patch --subresource status failed: {out}{err}");
 
-    let (ok, out, err) = kubectl(&tc, &["wait", "--for=condition=Available", "deployment/web", "--timeout=20s"]).await;
+    let (ok, out, err) = kubectl(
+        &tc,
+        &[
+            "wait",
+            "--for=condition=Available",
+            "deployment/web",
+            "--timeout=20s",
+        ],
+    )
+    .await;
     assert!(ok, "wait failed: {out}{err}");
     assert!(out.contains("condition met"), "{out}");
 
@@ -82,7 +97,17 @@ async fn kubectl_gets_applies_patches_status_waits_and_deletes() {
     std::fs::write(&file, DEPLOYMENT.replace("web:1.0", "web:2.0")).unwrap();
     let (ok, out, err) = kubectl(&tc, &["apply", "-f", f]).await;
     assert!(ok, "client-side apply failed: {out}{err}");
-    let (ok, out, _) = kubectl(&tc, &["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
+    let (ok, out, _) = kubectl(
+        &tc,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    )
+    .await;
     assert!(ok);
     assert_eq!(out, "registry.example/web:2.0");
 

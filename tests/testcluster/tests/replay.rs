@@ -2,6 +2,9 @@
 //! fresh test cluster and compares status, content-type family and every `compare` pointer (plus
 //! `reason` and `code` of errors), after normalising uids, resourceVersions and times.
 
+// The whole file is test code: helpers outside `#[test]` panic on failure too.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -149,7 +149,7 @@ impl ApiServer {
 
     fn signal_stop(&self) {
         self.shared.shutdown.send_replace(true);
-        self.shared.faults.conn_epoch.fetch_add(1, Ordering::SeqCst);
+        self.shared.faults.reset_connections();
     }
 }
 

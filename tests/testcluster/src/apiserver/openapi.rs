@@ -9,21 +9,32 @@ use serde_json::{Map, Value, json};
 use super::resources::ResourceTable;
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 pub fn root(table: &ResourceTable) -> Value {
     let mut paths = Map::new();
     for r in table.all() {
         let p = gv_path(&r.group, &r.version);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=0")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=0")}),
+        );
     }
     json!({"paths": paths})
 }
 
 pub fn group_version(table: &ResourceTable, gv: &str) -> Option<Value> {
     let mut paths = Map::new();
-    for r in table.all().into_iter().filter(|r| gv_path(&r.group, &r.version) == gv) {
+    for r in table
+        .all()
+        .into_iter()
+        .filter(|r| gv_path(&r.group, &r.version) == gv)
+    {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let op = json!({
             "operationId": format!("patch{}", r.kind),
@@ -46,6 +57,8 @@ pub fn group_version(table: &ResourceTable, gv: &str) -> Option<Value> {
     if paths.is_empty() {
         return None;
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.0"},
-        "paths": paths, "components": {"schemas": {}}}))
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.0"},
+        "paths": paths, "components": {"schemas": {}}}),
+    )
 }

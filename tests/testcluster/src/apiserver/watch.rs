@@ -173,6 +173,8 @@ pub fn serve_watch(
 
     let mut cut = shared.faults.cut_watches.subscribe();
     cut.mark_unchanged();
+    let mut resets = shared.faults.resets.subscribe();
+    resets.mark_unchanged();
     let shutdown = super::stopped(shared.shutdown.subscribe());
     tokio::spawn(async move {
         tokio::pin!(shutdown);
@@ -190,6 +192,12 @@ pub fn serve_watch(
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = cut.changed() => return,
+                // Writing makes the connection notice an injected reset.
+                _ = resets.changed() => {
+                    if tx.send(line(&bookmark(&ri, last_rv, false))).await.is_err() {
+                        return;
+                    }
+                }
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
                     if bookmarks && tx.send(line(&bookmark(&ri, last_rv, false))).await.is_err() {
