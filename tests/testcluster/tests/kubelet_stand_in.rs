@@ -117,6 +117,92 @@ async fn a_deployment_becomes_available_when_the_clock_passes_the_readiness_dela
 }
 
 #[tokio::test]
+async fn a_settled_deployment_is_not_rewritten_on_every_pass() {
+    let cluster = TestCluster::builder()
+        .without_default_crds()
+        .start()
+        .await
+        .expect("cluster");
+    let client = cluster.client();
+    namespace(&client, "kubelet-quiet").await;
+    let clock = ManualClock::new(jiff::Timestamp::now());
+    let handle = start(&client, "kubelet-quiet", &clock);
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "kubelet-quiet");
+    api.create(&PostParams::default(), &deployment("web:1.0", 3))
+        .await
+        .expect("create");
+    clock.advance(Duration::from_secs(10));
+    handle
+        .wait_serving("kubelet-quiet", "web", WAIT, serves("web:1.0", true))
+        .await
+        .expect("ready");
+    let settled = |d: &Deployment| {
+        d.status.as_ref().is_some_and(|s| {
+            s.available_replicas == Some(3)
+                && s.conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"))
+        })
+    };
+    sluice_testcluster::harness::wait_for(
+        || {
+            let api = api.clone();
+            async move { api.get("web").await.is_ok_and(|d| settled(&d)) }
+        },
+        WAIT,
+    )
+    .await
+    .expect("settled");
+    let before = api.get("web").await.expect("get").metadata.resource_version;
+    let rs_api = Api::<ReplicaSet>::namespaced(client.clone(), "kubelet-quiet");
+    let rs_before: Vec<_> = rs_api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|rs| rs.metadata.resource_version)
+        .collect();
+    let counting = cluster.reset_requests().is_ok();
+    // Three more full passes over an unchanged cluster.
+    let target = handle.passes() + 3;
+    sluice_testcluster::harness::wait_for(
+        || {
+            handle.resync();
+            let done = handle.passes() >= target;
+            async move { done }
+        },
+        WAIT,
+    )
+    .await
+    .expect("passes");
+    let after = api.get("web").await.expect("get").metadata.resource_version;
+    assert_eq!(
+        before, after,
+        "the Deployment status was rewritten without a change"
+    );
+    let rs_after: Vec<_> = rs_api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|rs| rs.metadata.resource_version)
+        .collect();
+    assert_eq!(
+        rs_before, rs_after,
+        "ReplicaSets were rewritten without a change"
+    );
+    // A real cluster counts no requests; the in-process one shows the stand-in only reads.
+    if counting {
+        let counts = cluster.requests().expect("counts");
+        assert_eq!(counts.writes(), 0, "no-op writes: {counts:?}");
+        assert!(counts.count("list", "deployments") >= 3, "{counts:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_paused_deployment_keeps_its_old_revision_until_resumed_and_then_rolls_over_time() {
     let cluster = TestCluster::builder()
         .without_default_crds()
