@@ -579,6 +579,12 @@ fn write(
         .unwrap_or_default()
         .trim()
         .to_string();
+    // Only JSON (and YAML for apply) is understood; protobuf/CBOR clients fall back on 415.
+    let body_is_json =
+        content_type.contains("json") || content_type.contains("yaml") || body.is_empty();
+    if !body_is_json && matches!(verb, "create" | "update") {
+        return Err(ApiError::unsupported_media_type());
+    }
     let written = match verb {
         "create" => {
             let obj = parse_json_body(&t.ri, body)?;

@@ -1018,7 +1018,11 @@ impl Store {
             if let Some(o) = &old {
                 new["metadata"]["resourceVersion"] = o["metadata"]["resourceVersion"].clone();
             }
-            return Ok(Written { object: self.present(&ri, &new), created: old.is_none(), warnings });
+            return Ok(Written {
+                object: self.present(&ri, &new),
+                created: old.is_none(),
+                warnings,
+            });
         }
         self.rv += 1;
         let rv = self.rv;
@@ -1317,7 +1321,8 @@ mod tests {
     fn store() -> Store {
         let mut s = Store::new(ResourceTable::new(true), 100);
         let ns = ctx(&s, "", "v1", "namespaces", "");
-        s.create(&ns, json!({"metadata": {"name": "default"}})).unwrap();
+        s.create(&ns, json!({"metadata": {"name": "default"}}))
+            .unwrap();
         s
     }
 
@@ -1343,9 +1348,25 @@ mod tests {
         let mut s = store();
         let c = ctx(&s, "apps", "v1", "deployments", "t");
         s.create(&c, deployment(1)).unwrap();
-        let w = s.patch(&c, "web", PatchType::Merge, json!({"metadata": {"labels": {"a": "b"}}}), false).unwrap();
+        let w = s
+            .patch(
+                &c,
+                "web",
+                PatchType::Merge,
+                json!({"metadata": {"labels": {"a": "b"}}}),
+                false,
+            )
+            .unwrap();
         assert_eq!(w.object["metadata"]["generation"], 1);
-        let w = s.patch(&c, "web", PatchType::Merge, json!({"spec": {"replicas": 3}}), false).unwrap();
+        let w = s
+            .patch(
+                &c,
+                "web",
+                PatchType::Merge,
+                json!({"spec": {"replicas": 3}}),
+                false,
+            )
+            .unwrap();
         assert_eq!(w.object["metadata"]["generation"], 2);
     }
 
@@ -1353,11 +1374,22 @@ mod tests {
     fn a_finalizer_holds_a_deleted_object_until_it_is_removed() {
         let mut s = store();
         let c = ctx(&s, "", "v1", "configmaps", "t");
-        s.create(&c, json!({"metadata": {"name": "held", "finalizers": ["x/y"]}})).unwrap();
+        s.create(
+            &c,
+            json!({"metadata": {"name": "held", "finalizers": ["x/y"]}}),
+        )
+        .unwrap();
         let marked = s.delete(&c.ri, "default", "held", None).unwrap();
         assert!(marked["metadata"]["deletionTimestamp"].is_string());
         assert!(s.get(&c.ri, "default", "held").is_ok());
-        s.patch(&c, "held", PatchType::Merge, json!({"metadata": {"finalizers": null}}), false).unwrap();
+        s.patch(
+            &c,
+            "held",
+            PatchType::Merge,
+            json!({"metadata": {"finalizers": null}}),
+            false,
+        )
+        .unwrap();
         assert_eq!(s.get(&c.ri, "default", "held").unwrap_err().code, 404);
     }
 
@@ -1365,11 +1397,17 @@ mod tests {
     fn the_garbage_collector_deletes_dependents_of_a_deleted_owner() {
         let mut s = store();
         let c = ctx(&s, "", "v1", "configmaps", "t");
-        let owner = s.create(&c, json!({"metadata": {"name": "owner"}})).unwrap().object;
+        let owner = s
+            .create(&c, json!({"metadata": {"name": "owner"}}))
+            .unwrap()
+            .object;
         let uid = owner["metadata"]["uid"].clone();
-        s.create(&c, json!({"metadata": {"name": "child", "ownerReferences": [
-            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}}))
-            .unwrap();
+        s.create(
+            &c,
+            json!({"metadata": {"name": "child", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}}),
+        )
+        .unwrap();
         s.delete(&c.ri, "default", "owner", None).unwrap();
         while s.gc_pending {
             s.gc_pass();
@@ -1381,12 +1419,18 @@ mod tests {
     fn apply_conflicts_with_another_managers_field_unless_forced() {
         let mut s = store();
         let gitops = ctx(&s, "apps", "v1", "deployments", "gitops");
-        s.patch(&gitops, "web", PatchType::Apply, deployment(2), false).unwrap();
+        s.patch(&gitops, "web", PatchType::Apply, deployment(2), false)
+            .unwrap();
         let hpa = ctx(&s, "apps", "v1", "deployments", "hpa");
         let cfg = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}});
-        let err = s.patch(&hpa, "web", PatchType::Apply, cfg.clone(), false).unwrap_err();
+        let err = s
+            .patch(&hpa, "web", PatchType::Apply, cfg.clone(), false)
+            .unwrap_err();
         assert_eq!(err.code, 409);
-        assert_eq!(err.message(), "Apply failed with 1 conflict: conflict with \"gitops\": .spec.replicas");
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"gitops\": .spec.replicas"
+        );
         let w = s.patch(&hpa, "web", PatchType::Apply, cfg, true).unwrap();
         assert_eq!(w.object["spec"]["replicas"], 5);
         let managers: Vec<&str> = w.object["metadata"]["managedFields"]
@@ -1407,7 +1451,10 @@ mod tests {
         s.create(&c, json!({"metadata": {"name": "a"}})).unwrap();
         assert_eq!(s.events_since(&c.ri.storage_key(), rv).unwrap().len(), 1);
         s.compact();
-        assert_eq!(s.events_since(&c.ri.storage_key(), rv).unwrap_err().code, 410);
+        assert_eq!(
+            s.events_since(&c.ri.storage_key(), rv).unwrap_err().code,
+            410
+        );
         assert!(s.events_since(&c.ri.storage_key(), s.current_rv()).is_ok());
     }
 }
