@@ -111,6 +111,34 @@ async fn kubectl_gets_applies_patches_status_waits_and_deletes() {
     assert!(ok);
     assert_eq!(out, "registry.example/web:2.0");
 
+    // A server-side dry run persists nothing.
+    std::fs::write(&file, DEPLOYMENT.replace("web:1.0", "web:9.9")).unwrap();
+    let (ok, out, err) = kubectl(
+        &tc,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            f,
+        ],
+    )
+    .await;
+    assert!(ok, "dry-run apply failed: {out}{err}");
+    let (_, out, _) = kubectl(
+        &tc,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    )
+    .await;
+    assert_eq!(out, "registry.example/web:2.0");
+
     let (ok, out, err) = kubectl(&tc, &["delete", "deployment", "web"]).await;
     assert!(ok, "delete failed: {out}{err}");
     let (ok, _, err) = kubectl(&tc, &["get", "deployment", "web"]).await;

@@ -34,8 +34,7 @@ fn groups(table: &ResourceTable) -> Vec<(String, Vec<String>)> {
         }
     }
     for (_, vs) in &mut out {
-        // Kubernetes version priority is roughly: v1 > v1beta1 > v1alpha1; reverse sort is close.
-        vs.sort_by(|a, b| b.cmp(a));
+        vs.sort_by_key(|v| version_priority(v));
     }
     out
 }
@@ -46,6 +45,32 @@ fn group_doc(group: &str, versions: &[String]) -> Value {
         .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
         .collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(Value::Null)})
+}
+
+/// Kubernetes' version order: GA before beta before alpha, higher numbers first, then others
+/// alphabetically (a sort key: smaller sorts first).
+pub fn version_priority(v: &str) -> (u8, i64, i64, String) {
+    let parse = |s: &str| -> Option<(u8, i64, i64)> {
+        let rest = s.strip_prefix('v')?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let major: i64 = digits.parse().ok()?;
+        let tail = &rest[digits.len()..];
+        if tail.is_empty() {
+            return Some((0, -major, 0));
+        }
+        let (level, minor) = if let Some(m) = tail.strip_prefix("beta") {
+            (1, m)
+        } else if let Some(m) = tail.strip_prefix("alpha") {
+            (2, m)
+        } else {
+            return None;
+        };
+        Some((level, -major, -minor.parse::<i64>().ok()?))
+    };
+    match parse(v) {
+        Some((l, a, b)) => (l, a, b, String::new()),
+        None => (3, 0, 0, v.to_string()),
+    }
 }
 
 pub fn group_list(table: &ResourceTable) -> Value {
@@ -97,4 +122,16 @@ pub fn resource_list(table: &ResourceTable, group: &str, version: &str) -> Optio
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_priority;
+
+    #[test]
+    fn versions_sort_ga_then_beta_then_alpha() {
+        let mut vs = vec!["v1alpha3", "v1beta1", "v1", "v2beta1", "v2"];
+        vs.sort_by_key(|v| version_priority(v));
+        assert_eq!(vs, vec!["v2", "v1", "v2beta1", "v1beta1", "v1alpha3"]);
+    }
 }

@@ -186,6 +186,7 @@ fn seed_namespaces(store: &mut Store) {
             manager: "kube-apiserver".into(),
             subresource: String::new(),
             field_validation: FieldValidation::Ignore,
+            dry_run: false,
         };
         let _ = store.create(
             &ctx,
@@ -567,6 +568,7 @@ fn write(
             Some("Ignore") => FieldValidation::Ignore,
             _ => FieldValidation::Warn,
         },
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -577,6 +579,12 @@ fn write(
         .unwrap_or_default()
         .trim()
         .to_string();
+    // Only JSON (and YAML for apply) is understood; protobuf/CBOR clients fall back on 415.
+    let body_is_json =
+        content_type.contains("json") || content_type.contains("yaml") || body.is_empty();
+    if !body_is_json && matches!(verb, "create" | "update") {
+        return Err(ApiError::unsupported_media_type());
+    }
     let written = match verb {
         "create" => {
             let obj = parse_json_body(&t.ri, body)?;
@@ -635,6 +643,9 @@ fn write(
                 .or_else(|| opts["propagationPolicy"].as_str().map(String::from));
             let name = t.name.clone().unwrap_or_default();
             let mut st = shared.lock();
+            if ctx.dry_run {
+                return Ok(json_response(200, &st.get(&t.ri, &ns, &name)?));
+            }
             let r = st.delete(&t.ri, &ns, &name, propagation.as_deref());
             shared.after_write(&st);
             return Ok(json_response(200, &r?));

@@ -61,6 +61,8 @@ pub struct WriteCtx {
     /// `""` or `"status"`.
     pub subresource: String,
     pub field_validation: FieldValidation,
+    /// `dryRun=All`: run the whole pipeline, persist nothing.
+    pub dry_run: bool,
 }
 
 /// A successful write: the stored object, whether it was created, and warnings for the client.
@@ -1012,6 +1014,16 @@ impl Store {
             }
         }
 
+        if ctx.dry_run {
+            if let Some(o) = &old {
+                new["metadata"]["resourceVersion"] = o["metadata"]["resourceVersion"].clone();
+            }
+            return Ok(Written {
+                object: self.present(&ri, &new),
+                created: old.is_none(),
+                warnings,
+            });
+        }
         self.rv += 1;
         let rv = self.rv;
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -1300,4 +1312,149 @@ fn decode_continue(s: &str) -> Option<ObjKey> {
     let raw = String::from_utf8(bytes?).ok()?;
     let (a, b) = raw.split_once('\u{0}')?;
     Some((a.to_string(), b.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        let mut s = Store::new(ResourceTable::new(true), 100);
+        let ns = ctx(&s, "", "v1", "namespaces", "");
+        s.create(&ns, json!({"metadata": {"name": "default"}}))
+            .unwrap();
+        s
+    }
+
+    fn ctx(s: &Store, g: &str, v: &str, plural: &str, manager: &str) -> WriteCtx {
+        WriteCtx {
+            ri: s.resources.get(g, v, plural).unwrap(),
+            namespace: "default".into(),
+            manager: manager.into(),
+            subresource: String::new(),
+            field_validation: FieldValidation::Warn,
+            dry_run: false,
+        }
+    }
+
+    fn deployment(replicas: i64) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "i:1"}]}}}})
+    }
+
+    #[test]
+    fn generation_moves_with_spec_but_not_with_labels() {
+        let mut s = store();
+        let c = ctx(&s, "apps", "v1", "deployments", "t");
+        s.create(&c, deployment(1)).unwrap();
+        let w = s
+            .patch(
+                &c,
+                "web",
+                PatchType::Merge,
+                json!({"metadata": {"labels": {"a": "b"}}}),
+                false,
+            )
+            .unwrap();
+        assert_eq!(w.object["metadata"]["generation"], 1);
+        let w = s
+            .patch(
+                &c,
+                "web",
+                PatchType::Merge,
+                json!({"spec": {"replicas": 3}}),
+                false,
+            )
+            .unwrap();
+        assert_eq!(w.object["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn a_finalizer_holds_a_deleted_object_until_it_is_removed() {
+        let mut s = store();
+        let c = ctx(&s, "", "v1", "configmaps", "t");
+        s.create(
+            &c,
+            json!({"metadata": {"name": "held", "finalizers": ["x/y"]}}),
+        )
+        .unwrap();
+        let marked = s.delete(&c.ri, "default", "held", None).unwrap();
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        assert!(s.get(&c.ri, "default", "held").is_ok());
+        s.patch(
+            &c,
+            "held",
+            PatchType::Merge,
+            json!({"metadata": {"finalizers": null}}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.get(&c.ri, "default", "held").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn the_garbage_collector_deletes_dependents_of_a_deleted_owner() {
+        let mut s = store();
+        let c = ctx(&s, "", "v1", "configmaps", "t");
+        let owner = s
+            .create(&c, json!({"metadata": {"name": "owner"}}))
+            .unwrap()
+            .object;
+        let uid = owner["metadata"]["uid"].clone();
+        s.create(
+            &c,
+            json!({"metadata": {"name": "child", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}}),
+        )
+        .unwrap();
+        s.delete(&c.ri, "default", "owner", None).unwrap();
+        while s.gc_pending {
+            s.gc_pass();
+        }
+        assert_eq!(s.get(&c.ri, "default", "child").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn apply_conflicts_with_another_managers_field_unless_forced() {
+        let mut s = store();
+        let gitops = ctx(&s, "apps", "v1", "deployments", "gitops");
+        s.patch(&gitops, "web", PatchType::Apply, deployment(2), false)
+            .unwrap();
+        let hpa = ctx(&s, "apps", "v1", "deployments", "hpa");
+        let cfg = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}});
+        let err = s
+            .patch(&hpa, "web", PatchType::Apply, cfg.clone(), false)
+            .unwrap_err();
+        assert_eq!(err.code, 409);
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"gitops\": .spec.replicas"
+        );
+        let w = s.patch(&hpa, "web", PatchType::Apply, cfg, true).unwrap();
+        assert_eq!(w.object["spec"]["replicas"], 5);
+        let managers: Vec<&str> = w.object["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["fieldsV1"]["f:spec"]["f:replicas"].is_object())
+            .filter_map(|e| e["manager"].as_str())
+            .collect();
+        assert_eq!(managers, vec!["hpa"]);
+    }
+
+    #[test]
+    fn a_watch_from_a_compacted_resource_version_is_expired() {
+        let mut s = store();
+        let c = ctx(&s, "", "v1", "configmaps", "t");
+        let rv = s.current_rv();
+        s.create(&c, json!({"metadata": {"name": "a"}})).unwrap();
+        assert_eq!(s.events_since(&c.ri.storage_key(), rv).unwrap().len(), 1);
+        s.compact();
+        assert_eq!(
+            s.events_since(&c.ri.storage_key(), rv).unwrap_err().code,
+            410
+        );
+        assert!(s.events_since(&c.ri.storage_key(), s.current_rv()).is_ok());
+    }
 }
