@@ -12,9 +12,11 @@
 //! ReplicaSet was scaled up, unless the revision is never ready (an image containing `crashloop`, or
 //! the test's own predicate).
 //!
-//! The decision is the pure [`next_status`] (Deployment, ReplicaSets, now, config in; status and
-//! ReplicaSet changes out); [`spawn`] is the thin adapter that watches, lists, and writes. Time comes
-//! from a [`Clock`], so tests drive rollouts with a [`ManualClock`] instead of sleeping.
+//! The decision is the pure [`next_status`] (Deployment, ReplicaSets, readiness timing, now, config
+//! in; status, ReplicaSet changes and readiness timing out); [`spawn`] is the thin adapter: watch
+//! caches in, writes out (an idle, settled cluster costs no requests, and a write is not repeated
+//! against the same cached version). Time comes from a [`Clock`], so tests drive rollouts with a
+//! [`ManualClock`] instead of sleeping.
 //!
 //! Must not create pods or endpoints, and must not touch anything but ReplicaSets it owns and the
 //! `status` of Deployments in its scope.
@@ -962,16 +964,9 @@ impl Drop for Handle {
     }
 }
 
-/// Why one sync pass failed (logged; the next pass retries).
+/// Why one sync pass failed (logged; the next pass retries the write).
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
-    #[error("failed to list {what} in {namespace:?}")]
-    List {
-        what: &'static str,
-        namespace: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error("failed to write {what} {namespace}/{name}")]
     Write {
         what: &'static str,
@@ -1023,24 +1018,31 @@ async fn run(
     wake: Arc<tokio::sync::Notify>,
     passes: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    use kube::runtime::{WatchStreamExt, watcher};
-    // Watches only wake the loop; each pass lists, so decisions see consistent, fresh state.
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    // Watches fill caches and wake the loop; a pass reads only the caches, so a settled cluster
+    // costs no requests (sluice's request budgets are measured on this server).
     let mut streams = Vec::new();
+    let mut deployment_stores = Vec::new();
     for (_, api) in apis::<Deployment>(&client, &options.scope) {
+        let (reader, writer) = reflector::store();
         streams.push(
-            watcher(api, watcher::Config::default())
+            reflector(writer, watcher(api, watcher::Config::default()))
                 .default_backoff()
                 .map(|_| ())
                 .boxed(),
         );
+        deployment_stores.push(reader);
     }
+    let mut replicaset_stores = Vec::new();
     for (_, api) in apis::<ReplicaSet>(&client, &options.scope) {
+        let (reader, writer) = reflector::store();
         streams.push(
-            watcher(api, watcher::Config::default())
+            reflector(writer, watcher(api, watcher::Config::default()))
                 .default_backoff()
                 .map(|_| ())
                 .boxed(),
         );
+        replicaset_stores.push(reader);
     }
     let waker = wake.clone();
     let watching = tokio::spawn(async move {
@@ -1050,9 +1052,27 @@ async fn run(
         }
     });
     let _stop_watching = AbortOnDrop(watching);
-    let mut timings = HashMap::new();
+    for store in &deployment_stores {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+    }
+    for store in &replicaset_stores {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+    }
+    let mut memory = Memory::default();
     loop {
-        if let Err(error) = sync_all(&client, &options, &served, &mut timings).await {
+        let deployments: Vec<Arc<Deployment>> =
+            deployment_stores.iter().flat_map(|s| s.state()).collect();
+        let replicasets: Vec<Arc<ReplicaSet>> =
+            replicaset_stores.iter().flat_map(|s| s.state()).collect();
+        let cache = Cache {
+            deployments,
+            replicasets,
+        };
+        if let Err(error) = sync_all(&client, &options, &cache, &served, &mut memory).await {
             tracing::debug!(error = %error, "kubelet stand-in sync failed; retrying");
         }
         passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1071,128 +1091,190 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What the watches have shown of the cluster.
+struct Cache {
+    deployments: Vec<Arc<Deployment>>,
+    replicasets: Vec<Arc<ReplicaSet>>,
+}
+
+/// What the stand-in remembers between passes.
+#[derive(Default)]
+struct Memory {
+    timings: HashMap<(String, String), Readiness>,
+    /// Writes whose effect the caches have not shown yet, by (what, namespace, name): the
+    /// object's resourceVersion when sent and the body sent. The same write against the same
+    /// cached version is not sent twice.
+    sent: HashMap<(&'static str, String, String), (Option<String>, String)>,
+}
+
+impl Memory {
+    /// Whether this write is new, and if so remembers it as sent.
+    fn first_time(
+        &mut self,
+        what: &'static str,
+        namespace: &str,
+        name: &str,
+        version: Option<&String>,
+        body: &serde_json::Value,
+    ) -> bool {
+        let key = (what, namespace.to_string(), name.to_string());
+        let entry = (version.cloned(), body.to_string());
+        if self.sent.get(&key) == Some(&entry) {
+            return false;
+        }
+        self.sent.insert(key, entry);
+        true
+    }
+
+    fn forget(&mut self, what: &'static str, namespace: &str, name: &str) {
+        self.sent
+            .remove(&(what, namespace.to_string(), name.to_string()));
+    }
+}
+
+fn in_scope(namespace: &str, scope: &Scope) -> bool {
+    match scope {
+        Scope::AllNamespaces => true,
+        Scope::Namespaces(names) => names.iter().any(|n| n == namespace),
+    }
+}
+
 async fn sync_all(
     client: &kube::Client,
     options: &Options,
+    cache: &Cache,
     served_map: &ServedMap,
-    timings: &mut HashMap<(String, String), Readiness>,
+    memory: &mut Memory,
 ) -> Result<(), SyncError> {
-    use kube::api::{ListParams, Patch, PatchParams, PostParams};
+    use kube::api::{Patch, PatchParams, PostParams};
     let now = options.clock.now();
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()
     };
-    for ((namespace, deployments), (_, replicasets)) in apis::<Deployment>(client, &options.scope)
-        .into_iter()
-        .zip(apis::<ReplicaSet>(client, &options.scope))
-    {
-        let list_error = |what| {
-            let namespace = namespace.clone();
-            move |source| SyncError::List {
+    for deployment in &cache.deployments {
+        let ns = deployment.metadata.namespace.clone().unwrap_or_default();
+        if !in_scope(&ns, &options.scope) || deployment.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = deployment.metadata.name.clone().unwrap_or_default();
+        let same_ns: Vec<ReplicaSet> = cache
+            .replicasets
+            .iter()
+            .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .map(|rs| ReplicaSet::clone(rs))
+            .collect();
+        let key = (ns.clone(), name.clone());
+        let known = memory.timings.get(&key).cloned().unwrap_or_default();
+        let Decision {
+            status,
+            changes,
+            readiness,
+        } = next_status(deployment, &same_ns, &known, now, &options.config);
+        // Remembered before writing, so a failed write does not lose when pods started.
+        memory.timings.insert(key, readiness.clone());
+        let rs_api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &ns);
+        let write_error = |what: &'static str, name: &str| {
+            let (namespace, name) = (ns.clone(), name.to_string());
+            move |source| SyncError::Write {
                 what,
                 namespace,
+                name,
                 source,
             }
         };
-        let deployment_list = deployments
-            .list(&ListParams::default())
-            .await
-            .map_err(list_error("Deployments"))?;
-        let rs_list = replicasets
-            .list(&ListParams::default())
-            .await
-            .map_err(list_error("ReplicaSets"))?;
-        for deployment in &deployment_list.items {
-            let ns = deployment.metadata.namespace.clone().unwrap_or_default();
-            let name = deployment.metadata.name.clone().unwrap_or_default();
-            let same_ns: Vec<ReplicaSet> = rs_list
-                .items
+        let version_of = |rs_name: &str| {
+            same_ns
                 .iter()
-                .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
-                .cloned()
-                .collect();
-            let key = (ns.clone(), name.clone());
-            let known = timings.get(&key).cloned().unwrap_or_default();
-            let Decision {
-                status,
-                changes,
-                readiness,
-            } = next_status(deployment, &same_ns, &known, now, &options.config);
-            // Remembered before writing, so a failed write does not lose when pods started.
-            timings.insert(key, readiness.clone());
-            let rs_api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &ns);
-            let write_error = |what: &'static str, name: &str| {
-                let (namespace, name) = (ns.clone(), name.to_string());
-                move |source| SyncError::Write {
-                    what,
-                    namespace,
-                    name,
-                    source,
-                }
-            };
-            for change in changes {
-                match change {
-                    ReplicaSetChange::Create(rs) => {
-                        let rs_name = rs.metadata.name.clone().unwrap_or_default();
-                        match rs_api.create(&PostParams::default(), &rs).await {
-                            Ok(_) => {}
-                            Err(kube::Error::Api(s)) if s.code == 409 => {}
-                            Err(e) => return Err(write_error("ReplicaSet", &rs_name)(e)),
+                .find(|rs| rs.metadata.name.as_deref() == Some(rs_name))
+                .and_then(|rs| rs.metadata.resource_version.clone())
+        };
+        for change in changes {
+            match change {
+                ReplicaSetChange::Create(rs) => {
+                    let rs_name = rs.metadata.name.clone().unwrap_or_default();
+                    let body = serde_json::to_value(&rs).unwrap_or_default();
+                    if !memory.first_time("create", &ns, &rs_name, None, &body) {
+                        continue;
+                    }
+                    match rs_api.create(&PostParams::default(), &rs).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.code == 409 => {}
+                        Err(e) => {
+                            memory.forget("create", &ns, &rs_name);
+                            return Err(write_error("ReplicaSet", &rs_name)(e));
                         }
                     }
-                    ReplicaSetChange::Scale {
-                        name: rs_name,
-                        replicas,
-                        annotations,
-                    } => {
-                        let patch = serde_json::json!({"metadata": {"annotations": annotations}, "spec": {"replicas": replicas}});
-                        rs_api
-                            .patch(&rs_name, &params, &Patch::Merge(&patch))
-                            .await
-                            .map_err(write_error("ReplicaSet", &rs_name))?;
+                }
+                ReplicaSetChange::Scale {
+                    name: rs_name,
+                    replicas,
+                    annotations,
+                } => {
+                    let patch = serde_json::json!({"metadata": {"annotations": annotations}, "spec": {"replicas": replicas}});
+                    let version = version_of(&rs_name);
+                    if !memory.first_time("scale", &ns, &rs_name, version.as_ref(), &patch) {
+                        continue;
                     }
-                    ReplicaSetChange::Status {
-                        name: rs_name,
-                        status,
-                    } => {
-                        let patch = serde_json::json!({"status": with_nulls(&status, &["readyReplicas", "availableReplicas"])});
-                        rs_api
-                            .patch_status(&rs_name, &params, &Patch::Merge(&patch))
-                            .await
-                            .map_err(write_error("ReplicaSet status", &rs_name))?;
+                    if let Err(e) = rs_api.patch(&rs_name, &params, &Patch::Merge(&patch)).await {
+                        memory.forget("scale", &ns, &rs_name);
+                        return Err(write_error("ReplicaSet", &rs_name)(e));
+                    }
+                }
+                ReplicaSetChange::Status {
+                    name: rs_name,
+                    status,
+                } => {
+                    let patch = serde_json::json!({"status": with_nulls(&status, &["readyReplicas", "availableReplicas"])});
+                    let version = version_of(&rs_name);
+                    if !memory.first_time("rs-status", &ns, &rs_name, version.as_ref(), &patch) {
+                        continue;
+                    }
+                    if let Err(e) = rs_api
+                        .patch_status(&rs_name, &params, &Patch::Merge(&patch))
+                        .await
+                    {
+                        memory.forget("rs-status", &ns, &rs_name);
+                        return Err(write_error("ReplicaSet status", &rs_name)(e));
                     }
                 }
             }
-            // A server that drops `terminatingReplicas` (its feature gate off) must not make every
-            // pass look like a change.
-            let stored = deployment.status.clone().unwrap_or_default();
-            let comparable = DeploymentStatus {
-                terminating_replicas: stored.terminating_replicas,
-                ..status.clone()
-            };
-            if deployment.status.is_none() || stored != comparable {
-                let fields = [
-                    "observedGeneration",
-                    "replicas",
-                    "updatedReplicas",
-                    "readyReplicas",
-                    "availableReplicas",
-                    "unavailableReplicas",
-                    "conditions",
-                ];
-                let patch = serde_json::json!({"status": with_nulls(&status, &fields)});
+        }
+        // A server that drops `terminatingReplicas` (its feature gate off) must not make every
+        // pass look like a change.
+        let stored = deployment.status.clone().unwrap_or_default();
+        let comparable = DeploymentStatus {
+            terminating_replicas: stored.terminating_replicas,
+            ..status.clone()
+        };
+        if deployment.status.is_none() || stored != comparable {
+            let fields = [
+                "observedGeneration",
+                "replicas",
+                "updatedReplicas",
+                "readyReplicas",
+                "availableReplicas",
+                "unavailableReplicas",
+                "conditions",
+            ];
+            let patch = serde_json::json!({"status": with_nulls(&status, &fields)});
+            let version = deployment.metadata.resource_version.as_ref();
+            if memory.first_time("status", &ns, &name, version, &patch) {
                 let api: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
-                api.patch_status(&name, &params, &Patch::Merge(&patch))
+                if let Err(e) = api
+                    .patch_status(&name, &params, &Patch::Merge(&patch))
                     .await
-                    .map_err(write_error("Deployment status", &name))?;
+                {
+                    memory.forget("status", &ns, &name);
+                    return Err(write_error("Deployment status", &name)(e));
+                }
             }
-            if let Some(s) = served(deployment, &same_ns, &readiness, now, &options.config) {
-                served_map
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((ns.clone(), name.clone()), s);
-            }
+        }
+        if let Some(s) = served(deployment, &same_ns, &readiness, now, &options.config) {
+            served_map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((ns.clone(), name.clone()), s);
         }
     }
     Ok(())
