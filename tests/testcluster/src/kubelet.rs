@@ -1148,6 +1148,16 @@ async fn sync_all(
 ) -> Result<(), SyncError> {
     use kube::api::{Patch, PatchParams, PostParams};
     let now = options.clock.now();
+    // Deployments that are gone serve nothing.
+    served_map
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(ns, name), _| {
+            cache.deployments.iter().any(|d| {
+                d.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && d.metadata.name.as_deref() == Some(name.as_str())
+            })
+        });
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()

@@ -513,3 +513,45 @@ fn the_manual_clock_moves_only_when_told() {
     clock.advance(secs(3));
     assert_eq!(clock.now(), t0() + secs(3));
 }
+
+#[test]
+fn rolling_back_to_an_old_template_reuses_its_replicaset_under_the_next_revision() {
+    let config = Config {
+        readiness_delay: secs(1),
+        never_ready: None,
+    };
+    let mut world = World::new(deployment("web:1.0", 2), config);
+    let mut now = t0();
+    world.settle(now);
+    for image in ["web:2.0", "web:1.0"] {
+        world.edit(|s| {
+            s.template.spec.as_mut().expect("pod spec").containers[0].image = Some(image.into());
+        });
+        for _ in 0..10 {
+            now += secs(1);
+            world.settle(now);
+        }
+    }
+    let sets = world.replicasets_json();
+    assert_eq!(
+        sets.len(),
+        2,
+        "no third ReplicaSet for a template seen before"
+    );
+    let v1 = sets
+        .iter()
+        .find(|rs| rs["spec"]["template"]["spec"]["containers"][0]["image"] == "web:1.0")
+        .expect("v1 ReplicaSet");
+    assert_eq!(
+        v1["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    assert_eq!(v1["spec"]["replicas"], 2);
+    assert_eq!(
+        world.reasons(),
+        pairs(&[
+            ("Available", "MinimumReplicasAvailable"),
+            ("Progressing", "NewReplicaSetAvailable")
+        ])
+    );
+}
