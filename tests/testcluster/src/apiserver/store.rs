@@ -989,15 +989,37 @@ impl Store {
                 entries
             }
         };
-        let new_tracked_main = tracked(&ri, "", &new);
-        let new_tracked_status = tracked(&ri, "status", &new);
-        for e in entries.iter_mut() {
-            let view = if ri.has_status && e.subresource == "status" {
-                &new_tracked_status
-            } else {
-                &new_tracked_main
-            };
-            e.set.retain_existing(view);
+        // Fields this write removed leave every manager, except that an Apply manager keeps
+        // what it just applied (as the real field manager does: `paused: false`, which the
+        // object then omits, stays owned).
+        if let Some(o) = &old {
+            let views = |obj: &Value| (tracked(&ri, "", obj), tracked(&ri, "status", obj));
+            let (old_main, old_status) = views(o);
+            let (new_main, new_status) = views(&new);
+            for e in entries.iter_mut() {
+                let just_applied = e.operation == "Apply"
+                    && e.manager == ctx.manager
+                    && e.subresource == ctx.subresource;
+                if just_applied {
+                    continue;
+                }
+                let (ov, nv) = if ri.has_status && e.subresource == "status" {
+                    (&old_status, &new_status)
+                } else {
+                    (&old_main, &new_main)
+                };
+                let gone: Vec<Vec<String>> = e
+                    .set
+                    .members()
+                    .into_iter()
+                    .filter(|p| {
+                        fields::resolve(ov, p).is_some() && fields::resolve(nv, p).is_none()
+                    })
+                    .collect();
+                for p in gone {
+                    e.set.remove(&p);
+                }
+            }
         }
         write_entries(&mut new, entries);
 
