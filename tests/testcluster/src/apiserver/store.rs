@@ -24,6 +24,8 @@ pub struct WatchEvent {
     pub key: (String, String),
     pub namespace: String,
     pub object: Arc<Value>,
+    /// The object before a MODIFIED event, so selector watches can turn it into ADDED/DELETED.
+    pub prev: Option<Arc<Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,12 +334,25 @@ impl Store {
     }
 
     fn emit(&mut self, kind: EventKind, key: &ObjKey, ns: &str, object: Arc<Value>, rv: u64) {
+        self.emit_with_prev(kind, key, ns, object, None, rv);
+    }
+
+    fn emit_with_prev(
+        &mut self,
+        kind: EventKind,
+        key: &ObjKey,
+        ns: &str,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+        rv: u64,
+    ) {
         let ev = Arc::new(WatchEvent {
             rv,
             kind,
             key: key.clone(),
             namespace: ns.into(),
             object,
+            prev,
         });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_cap {
@@ -1084,7 +1099,7 @@ impl Store {
             self.resources.install_crd(&new);
         }
         let created = old.is_none();
-        self.emit(
+        self.emit_with_prev(
             if created {
                 EventKind::Added
             } else {
@@ -1093,6 +1108,7 @@ impl Store {
             &key,
             &ns,
             obj,
+            old.clone(),
             rv,
         );
         Ok(Written {
@@ -1165,7 +1181,7 @@ impl Store {
                     .entry(key.clone())
                     .or_default()
                     .insert(okey, a.clone());
-                self.emit(EventKind::Modified, &key, ns, a, rv);
+                self.emit_with_prev(EventKind::Modified, &key, ns, a, Some(old.clone()), rv);
             }
             return Ok(self.present(ri, &obj));
         }
@@ -1287,7 +1303,7 @@ impl Store {
                     .entry(key.clone())
                     .or_default()
                     .insert(okey.clone(), a.clone());
-                self.emit(EventKind::Modified, &key, &okey.0, a, rv);
+                self.emit_with_prev(EventKind::Modified, &key, &okey.0, a, Some(o.clone()), rv);
             }
             changed = true;
         }
