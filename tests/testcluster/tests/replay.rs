@@ -55,16 +55,6 @@ const EXPECTED_TO_DIFFER: &[(&str, usize, &str)] = &[
         13,
         "the harness does not run the Deployment-controller stand-in; tests/kubelet_stand_in.rs replays 12 with it",
     ),
-    (
-        "14-admission-policy-hold.json",
-        7,
-        "the server keeps spec.paused=false; Go's omitempty drops it from the real answer",
-    ),
-    (
-        "14-admission-policy-hold.json",
-        8,
-        "the server keeps spec.paused=false; Go's omitempty drops it from the real answer",
-    ),
 ];
 
 fn recordings_dir() -> PathBuf {

@@ -73,6 +73,12 @@ pub fn apply_builtin_defaults(
                 set_default(spec, "revisionHistoryLimit", json!(10));
                 set_default(spec, "progressDeadlineSeconds", json!(600));
             }
+            // Go's `omitempty` on a false bool: the real server never shows `paused: false`.
+            if spec["paused"] == json!(false)
+                && let Some(m) = spec.as_object_mut()
+            {
+                m.remove("paused");
+            }
             if let Some(tspec) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
                 default_pod_spec(tspec);
             }

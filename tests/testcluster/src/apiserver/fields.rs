@@ -238,17 +238,6 @@ impl FieldSet {
         }
         out
     }
-
-    /// Drops every path that no longer resolves in `obj`.
-    pub fn retain_existing(&mut self, obj: &Value) {
-        self.children.retain(|k, c| match resolve_child(obj, k) {
-            Some(v) => {
-                c.retain_existing(v);
-                !c.is_empty()
-            }
-            None => false,
-        });
-    }
 }
 
 /// Resolves one `FieldsV1` path element in a value.

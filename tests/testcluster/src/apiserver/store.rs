@@ -24,6 +24,8 @@ pub struct WatchEvent {
     pub key: (String, String),
     pub namespace: String,
     pub object: Arc<Value>,
+    /// The object before a MODIFIED event, so selector watches can turn it into ADDED/DELETED.
+    pub prev: Option<Arc<Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,12 +334,25 @@ impl Store {
     }
 
     fn emit(&mut self, kind: EventKind, key: &ObjKey, ns: &str, object: Arc<Value>, rv: u64) {
+        self.emit_with_prev(kind, key, ns, object, None, rv);
+    }
+
+    fn emit_with_prev(
+        &mut self,
+        kind: EventKind,
+        key: &ObjKey,
+        ns: &str,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+        rv: u64,
+    ) {
         let ev = Arc::new(WatchEvent {
             rv,
             kind,
             key: key.clone(),
             namespace: ns.into(),
             object,
+            prev,
         });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_cap {
@@ -989,15 +1004,37 @@ impl Store {
                 entries
             }
         };
-        let new_tracked_main = tracked(&ri, "", &new);
-        let new_tracked_status = tracked(&ri, "status", &new);
-        for e in entries.iter_mut() {
-            let view = if ri.has_status && e.subresource == "status" {
-                &new_tracked_status
-            } else {
-                &new_tracked_main
-            };
-            e.set.retain_existing(view);
+        // Fields this write removed leave every manager, except that an Apply manager keeps
+        // what it just applied (as the real field manager does: `paused: false`, which the
+        // object then omits, stays owned).
+        if let Some(o) = &old {
+            let views = |obj: &Value| (tracked(&ri, "", obj), tracked(&ri, "status", obj));
+            let (old_main, old_status) = views(o);
+            let (new_main, new_status) = views(&new);
+            for e in entries.iter_mut() {
+                let just_applied = e.operation == "Apply"
+                    && e.manager == ctx.manager
+                    && e.subresource == ctx.subresource;
+                if just_applied {
+                    continue;
+                }
+                let (ov, nv) = if ri.has_status && e.subresource == "status" {
+                    (&old_status, &new_status)
+                } else {
+                    (&old_main, &new_main)
+                };
+                let gone: Vec<Vec<String>> = e
+                    .set
+                    .members()
+                    .into_iter()
+                    .filter(|p| {
+                        fields::resolve(ov, p).is_some() && fields::resolve(nv, p).is_none()
+                    })
+                    .collect();
+                for p in gone {
+                    e.set.remove(&p);
+                }
+            }
         }
         write_entries(&mut new, entries);
 
@@ -1062,7 +1099,7 @@ impl Store {
             self.resources.install_crd(&new);
         }
         let created = old.is_none();
-        self.emit(
+        self.emit_with_prev(
             if created {
                 EventKind::Added
             } else {
@@ -1071,6 +1108,7 @@ impl Store {
             &key,
             &ns,
             obj,
+            old.clone(),
             rv,
         );
         Ok(Written {
@@ -1143,7 +1181,7 @@ impl Store {
                     .entry(key.clone())
                     .or_default()
                     .insert(okey, a.clone());
-                self.emit(EventKind::Modified, &key, ns, a, rv);
+                self.emit_with_prev(EventKind::Modified, &key, ns, a, Some(old.clone()), rv);
             }
             return Ok(self.present(ri, &obj));
         }
@@ -1265,7 +1303,7 @@ impl Store {
                     .entry(key.clone())
                     .or_default()
                     .insert(okey.clone(), a.clone());
-                self.emit(EventKind::Modified, &key, &okey.0, a, rv);
+                self.emit_with_prev(EventKind::Modified, &key, &okey.0, a, Some(o.clone()), rv);
             }
             changed = true;
         }

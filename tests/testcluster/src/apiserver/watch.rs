@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::errors::ApiError;
 use super::resources::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
-use super::store::WatchEvent;
+use super::store::{EventKind, WatchEvent};
 use super::{Shared, json_response};
 
 struct Filter {
@@ -29,11 +29,29 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, ev: &WatchEvent) -> bool {
-        ev.key == self.key
-            && self.namespace.as_ref().is_none_or(|n| *n == ev.namespace)
-            && self.labels.matches(&ev.object)
-            && self.fields.matches(&ev.object)
+    fn selects(&self, obj: &Value) -> bool {
+        self.labels.matches(obj) && self.fields.matches(obj)
+    }
+
+    /// The event type this watch reports for `ev`, if any: a MODIFIED object that enters the
+    /// selector is ADDED for this watch, one that leaves it is DELETED, as the real server does.
+    fn translate(&self, ev: &WatchEvent) -> Option<&'static str> {
+        if ev.key != self.key || self.namespace.as_ref().is_some_and(|n| *n != ev.namespace) {
+            return None;
+        }
+        let now = self.selects(&ev.object);
+        match ev.kind {
+            EventKind::Added | EventKind::Deleted => now.then_some(ev.kind.as_str()),
+            EventKind::Modified => {
+                let before = ev.prev.as_ref().is_some_and(|p| self.selects(p));
+                match (before, now) {
+                    (true, true) => Some("MODIFIED"),
+                    (false, true) => Some("ADDED"),
+                    (true, false) => Some("DELETED"),
+                    (false, false) => None,
+                }
+            }
+        }
     }
 }
 
@@ -151,11 +169,9 @@ pub fn serve_watch(
             };
             match store.events_since(&filter.key, from) {
                 Ok(evs) => {
-                    backlog.extend(
-                        evs.iter()
-                            .filter(|e| filter.matches(e))
-                            .map(|e| event_json(&ri, e.kind.as_str(), &e.object)),
-                    );
+                    backlog.extend(evs.iter().filter_map(|e| {
+                        filter.translate(e).map(|ty| event_json(&ri, ty, &e.object))
+                    }));
                     current
                 }
                 Err(e) => {
@@ -206,12 +222,13 @@ pub fn serve_watch(
                 }
                 ev = live.recv() => match ev {
                     Ok(ev) => {
-                        if ev.rv <= last_rv || !filter.matches(&ev) {
+                        let ty = if ev.rv > last_rv { filter.translate(&ev) } else { None };
+                        let Some(ty) = ty else {
                             if ev.key == filter.key { last_rv = last_rv.max(ev.rv); }
                             continue;
-                        }
+                        };
                         last_rv = ev.rv;
-                        if tx.send(line(&event_json(&ri, ev.kind.as_str(), &ev.object))).await.is_err() {
+                        if tx.send(line(&event_json(&ri, ty, &ev.object))).await.is_err() {
                             return;
                         }
                     }
