@@ -258,3 +258,253 @@ mod fake_prometheus {
         assert_eq!(queries[3].query, "up");
     }
 }
+
+mod traffic {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use serde_json::{Value, json};
+    use sluice_testcluster::traffic::app::{AppConfig, TestApp};
+    use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
+    use sluice_testcluster::traffic::load::{self, LoadConfig, SendLoadError};
+    use sluice_testcluster::traffic::weights::{
+        FixedShare, HttpRouteWeights, NginxCanaryWeights, ReplicaRatioWeights, WeightSource,
+    };
+
+    async fn apps(canary_error_rate: f64) -> (TestApp, TestApp) {
+        let stable = TestApp::start(AppConfig::stable("shop", "web"))
+            .await
+            .expect("stable app starts");
+        let canary = TestApp::start(AppConfig::canary("shop", "web").error_rate(canary_error_rate))
+            .await
+            .expect("canary app starts");
+        (stable, canary)
+    }
+
+    #[tokio::test]
+    async fn the_load_splits_by_the_share_the_ingress_reads_and_follows_its_changes() {
+        let (stable, canary) = apps(0.0).await;
+        let share = FixedShare::new(0.2);
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            share.clone(),
+        )
+        .await
+        .expect("ingress starts");
+        assert_eq!(ingress.refresh().await.expect("share read"), 0.2);
+
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 200))
+            .await
+            .expect("load runs");
+        assert_eq!(report.sent, 200);
+        assert_eq!(report.failed, 0);
+        assert!(
+            (report.canary_share() - 0.2).abs() <= 0.02,
+            "canary share {}: {report:?}",
+            report.canary_share()
+        );
+        assert_eq!(canary.served(), report.answered_by("canary"));
+        assert_eq!(stable.served(), report.answered_by("stable"));
+
+        share.set(0.5);
+        assert_eq!(ingress.refresh().await.expect("share read"), 0.5);
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 100))
+            .await
+            .expect("load runs");
+        assert!(
+            (report.canary_share() - 0.5).abs() <= 0.02,
+            "canary share {}: {report:?}",
+            report.canary_share()
+        );
+    }
+
+    #[tokio::test]
+    async fn ingress_series_carry_the_primary_ingress_and_tell_the_canary_by_its_upstream() {
+        let (stable, canary) = apps(1.0).await;
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            FixedShare::new(0.5),
+        )
+        .await
+        .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        let report = load::run(
+            ingress.addr(),
+            LoadConfig::new(500.0, 10).host("web.example.test"),
+        )
+        .await
+        .expect("load runs");
+        assert_eq!(report.server_errors(), 5, "{report:?}");
+
+        let text = ingress.metrics_text();
+        let canary_line = format!(
+            "nginx_ingress_controller_requests{{canary=\"shop-web-canary-80\",controller_class=\"k8s.io/ingress-nginx\",controller_namespace=\"ingress-nginx\",controller_pod=\"{}\",host=\"web.example.test\",ingress=\"web\",method=\"GET\",namespace=\"shop\",path=\"/\",service=\"web\",status=\"500\"}} 5\n",
+            ingress.config().controller_pod
+        );
+        assert!(text.contains(&canary_line), "{text}");
+        assert!(
+            text.contains("{canary=\"\",") && text.contains("status=\"200\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nginx_ingress_controller_request_duration_seconds_bucket{canary=\"\","),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_app_has_no_error_series_until_its_first_error() {
+        let (stable, canary) = apps(0.0).await;
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            FixedShare::new(1.0),
+        )
+        .await
+        .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        load::run(ingress.addr(), LoadConfig::new(500.0, 4))
+            .await
+            .expect("load runs");
+        let healthy = canary.plain_metrics_text();
+        let pod = canary.pod();
+        assert!(
+            healthy.contains(&format!(
+                "http_requests_total{{namespace=\"shop\",pod=\"{pod}\",service=\"web-canary\",code=\"200\"}} 4"
+            )),
+            "{healthy}"
+        );
+        assert!(!healthy.contains("code=\"500\""), "{healthy}");
+        let bucket = |le: &str| {
+            format!(
+                "http_request_duration_seconds_bucket{{le=\"{le}\",namespace=\"shop\",pod=\"{pod}\",service=\"web-canary\"}} 4\n"
+            )
+        };
+        // Bounds spelled as client_golang spells them.
+        for le in ["0.005", "1", "10", "+Inf"] {
+            assert!(healthy.contains(&bucket(le)), "{le}: {healthy}");
+        }
+
+        canary.set_error_rate(1.0);
+        load::run(ingress.addr(), LoadConfig::new(500.0, 1))
+            .await
+            .expect("load runs");
+        assert!(canary.plain_metrics_text().contains("code=\"500\"} 1"));
+        assert_eq!(canary.errors(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_load_stops_at_its_duration_bound_and_never_leaves_loopback() {
+        let (stable, _canary) = apps(0.0).await;
+        let started = Instant::now();
+        let report = load::run(
+            stable.addr(),
+            LoadConfig::new(20.0, 1_000_000).max_duration(Duration::from_millis(500)),
+        )
+        .await
+        .expect("load runs");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!((5..=12).contains(&report.sent), "{report:?}");
+        assert_eq!(report.answered_by("stable"), report.sent);
+
+        let elsewhere = SocketAddr::from(([192, 0, 2, 1], 80));
+        assert!(matches!(
+            load::run(elsewhere, LoadConfig::new(1.0, 1)).await,
+            Err(SendLoadError::NotLoopback(_))
+        ));
+    }
+
+    /// Just enough of the Kubernetes API to GET objects by path; a missing path is a 404 Status.
+    async fn fake_api(objects: Arc<Mutex<BTreeMap<String, Value>>>) -> kube::Client {
+        async fn get_object(
+            State(objects): State<Arc<Mutex<BTreeMap<String, Value>>>>,
+            Path(path): Path<String>,
+        ) -> axum::response::Response {
+            let found = objects.lock().expect("lock").get(&path).cloned();
+            match found {
+                Some(object) => axum::Json(object).into_response(),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "message": format!("{path} not found"),
+                        "reason": "NotFound", "code": 404,
+                    })),
+                )
+                    .into_response(),
+            }
+        }
+        let router = Router::new()
+            .route("/{*path}", get(get_object))
+            .with_state(objects);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let url = format!("http://{addr}").parse().expect("uri");
+        kube::Client::try_from(kube::Config::new(url)).expect("client")
+    }
+
+    #[tokio::test]
+    async fn readers_get_the_share_from_the_router_objects_through_the_api() {
+        let objects = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = fake_api(Arc::clone(&objects)).await;
+        objects.lock().expect("lock").insert(
+            "apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web".to_owned(),
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"rules": [{"backendRefs": [
+                    {"name": "web", "port": 80, "weight": 90},
+                    {"name": "web-canary", "port": 80, "weight": 10},
+                ]}]},
+            }),
+        );
+        let route = HttpRouteWeights {
+            client: client.clone(),
+            namespace: "shop".to_owned(),
+            route: "web".to_owned(),
+            service: "web".to_owned(),
+        };
+        assert_eq!(route.canary_share().await.expect("read"), 0.1);
+
+        let nginx = NginxCanaryWeights {
+            client: client.clone(),
+            namespace: "shop".to_owned(),
+            canary_ingress: "web-canary".to_owned(),
+        };
+        assert_eq!(nginx.canary_share().await.expect("read"), 0.0);
+        objects.lock().expect("lock").insert(
+            "apis/networking.k8s.io/v1/namespaces/shop/ingresses/web-canary".to_owned(),
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "web-canary", "namespace": "shop", "annotations": {
+                    "nginx.ingress.kubernetes.io/canary": "true",
+                    "nginx.ingress.kubernetes.io/canary-weight": "40",
+                }},
+            }),
+        );
+        assert_eq!(nginx.canary_share().await.expect("read"), 0.4);
+
+        let replicas = ReplicaRatioWeights {
+            client,
+            namespace: "shop".to_owned(),
+            stable: "web".to_owned(),
+            canary: "web-canary".to_owned(),
+        };
+        assert!(replicas.canary_share().await.is_err(), "no Deployments yet");
+    }
+}
