@@ -508,3 +508,186 @@ mod traffic {
         assert!(replicas.canary_share().await.is_err(), "no Deployments yet");
     }
 }
+
+mod real_prometheus {
+    use std::time::{Duration, Instant};
+
+    use prometheus_http_query::Client;
+    use sluice_testcluster::prometheus::server::{
+        PrometheusServer, ScrapeTarget, StartPrometheusError,
+    };
+    use sluice_testcluster::traffic::app::{AppConfig, TestApp};
+    use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
+    use sluice_testcluster::traffic::load::{self, LoadConfig};
+    use sluice_testcluster::traffic::weights::FixedShare;
+
+    /// How long each value may take to appear once Prometheus runs.
+    const VALUE_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// The value of a query that returns one series, or `None` for no data.
+    async fn value(client: &Client, query: &str) -> Option<f64> {
+        let answer = client.query(query).get().await.expect("Prometheus answers");
+        let vector = answer.data().as_vector().expect("a vector");
+        assert!(vector.len() <= 1, "{query} gave several series: {vector:?}");
+        vector.first().map(|series| series.sample().value())
+    }
+
+    /// Polls `query` until `ready` holds for its value (no data counts as not ready).
+    async fn poll(client: &Client, query: &str, ready: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + VALUE_TIMEOUT;
+        loop {
+            let last = value(client, query).await;
+            if let Some(value) = last.filter(|value| ready(*value)) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{query} not ready within {VALUE_TIMEOUT:?}; last value {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_prometheus_measures_the_error_rate_of_each_workload_from_every_exporter() {
+        let stable = TestApp::start(AppConfig::stable("shop", "web"))
+            .await
+            .expect("stable app starts");
+        let canary = TestApp::start(AppConfig::canary("shop", "web").error_rate(0.5))
+            .await
+            .expect("canary app starts");
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            FixedShare::new(0.4),
+        )
+        .await
+        .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        let traffic = load::spawn(
+            ingress.addr(),
+            LoadConfig::new(100.0, 2_500).max_duration(Duration::from_secs(25)),
+        )
+        .expect("load starts");
+
+        let targets = [
+            stable.scrape_target("apps"),
+            canary.scrape_target("apps"),
+            stable.istio_scrape_target("envoy-stats"),
+            canary.istio_scrape_target("envoy-stats"),
+            ingress.scrape_target("ingress-nginx"),
+        ];
+        let prometheus = match PrometheusServer::start(&targets).await {
+            Err(missing @ StartPrometheusError::BinaryMissing { .. })
+                if std::env::var_os("SLUICE_REQUIRE_PROMETHEUS").is_none() =>
+            {
+                eprintln!("skipping the real-Prometheus test: {missing}");
+                return;
+            }
+            started => started.expect("Prometheus starts and scrapes every target"),
+        };
+        let client = Client::try_from(prometheus.url().as_str()).expect("client");
+
+        // Enough canary requests in the window that one request more or less is noise.
+        let canary_requests =
+            r#"sum(increase(http_requests_total{namespace="shop",pod=~"web-canary-.*"}[10s]))"#;
+        poll(&client, canary_requests, |count| count >= 100.0).await;
+
+        let error_rate = |pods: &str| {
+            format!(
+                r#"sum(rate(http_requests_total{{namespace="shop",pod=~"{pods}",code=~"5.."}}[10s])) / sum(rate(http_requests_total{{namespace="shop",pod=~"{pods}"}}[10s]))"#
+            )
+        };
+        let canary_rate = poll(&client, &error_rate("web-canary-.*"), |_| true).await;
+        assert!((canary_rate - 0.5).abs() <= 0.1, "canary: {canary_rate}");
+
+        // The trap of METRICS.md: a healthy workload has no 5xx series, so the plain ratio is
+        // no data, and only `or vector(0)` turns it into 0.
+        let stable_pods = stable.pod();
+        assert_eq!(value(&client, &error_rate(&stable_pods)).await, None);
+        let guarded = format!(
+            r#"(sum(rate(http_requests_total{{namespace="shop",pod=~"{stable_pods}",code=~"5.."}}[10s])) or vector(0)) / sum(rate(http_requests_total{{namespace="shop",pod=~"{stable_pods}"}}[10s]))"#
+        );
+        assert_eq!(poll(&client, &guarded, |_| true).await, 0.0);
+
+        let nginx_canary = r#"sum(rate(nginx_ingress_controller_requests{namespace="shop",ingress="web",canary!="",status=~"5.."}[10s])) / sum(rate(nginx_ingress_controller_requests{namespace="shop",ingress="web",canary!=""}[10s]))"#;
+        let nginx_rate = poll(&client, nginx_canary, |_| true).await;
+        assert!(
+            (nginx_rate - 0.5).abs() <= 0.1,
+            "nginx canary: {nginx_rate}"
+        );
+
+        let istio_canary = r#"sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="shop",destination_workload="web-canary",response_code=~"5.."}[10s])) / sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="shop",destination_workload="web-canary"}[10s]))"#;
+        let istio_rate = poll(&client, istio_canary, |_| true).await;
+        assert!(
+            (istio_rate - 0.5).abs() <= 0.1,
+            "istio canary: {istio_rate}"
+        );
+
+        // Envoy's bucket spelling survives the scrape.
+        let envoy_bound = r#"count(istio_request_duration_milliseconds_bucket{destination_workload="web-canary",response_code="200",le="3600000"})"#;
+        assert_eq!(value(&client, envoy_bound).await, Some(1.0));
+
+        // The ingress split 40 % to the canary; Prometheus sees the same split.
+        let canary_share = r#"sum(increase(nginx_ingress_controller_requests{canary!=""}[10s])) / sum(increase(nginx_ingress_controller_requests[10s]))"#;
+        let share = poll(&client, canary_share, |_| true).await;
+        assert!((share - 0.4).abs() <= 0.1, "canary share: {share}");
+
+        traffic.stop();
+        let report = traffic.finish().await.expect("load report");
+        assert_eq!(report.failed, 0, "{report:?}");
+        prometheus.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_or_a_remote_target_is_a_clear_error() {
+        let missing = PrometheusServer::start_binary(
+            std::path::Path::new("/nonexistent/prometheus"),
+            &[],
+            Duration::from_secs(1),
+        )
+        .await;
+        let Err(error) = missing else {
+            panic!("started without a binary")
+        };
+        assert!(matches!(error, StartPrometheusError::BinaryMissing { .. }));
+        assert!(
+            error
+                .to_string()
+                .contains("install the Debian package `prometheus`")
+        );
+
+        let remote = ScrapeTarget::new("apps", std::net::SocketAddr::from(([192, 0, 2, 1], 80)));
+        assert!(matches!(
+            PrometheusServer::start(&[remote]).await,
+            Err(StartPrometheusError::TargetNotLoopback { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_server_kills_the_process() {
+        let prometheus = match PrometheusServer::start(&[]).await {
+            Err(missing @ StartPrometheusError::BinaryMissing { .. })
+                if std::env::var_os("SLUICE_REQUIRE_PROMETHEUS").is_none() =>
+            {
+                eprintln!("skipping: {missing}");
+                return;
+            }
+            started => started.expect("Prometheus starts"),
+        };
+        let pid = prometheus.pid().expect("running");
+        let addr = prometheus.addr();
+        drop(prometheus);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The process is gone once its port refuses connections and its /proc entry (after the
+        // runtime reaps it) no longer shows a running prometheus.
+        while tokio::net::TcpStream::connect(addr).await.is_ok()
+            || std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.contains("prometheus"))
+        {
+            assert!(Instant::now() < deadline, "prometheus {pid} still runs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
