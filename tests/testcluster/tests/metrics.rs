@@ -275,7 +275,8 @@ mod traffic {
     use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
     use sluice_testcluster::traffic::load::{self, LoadConfig, SendLoadError};
     use sluice_testcluster::traffic::weights::{
-        FixedShare, HttpRouteWeights, NginxCanaryWeights, ReplicaRatioWeights, WeightSource,
+        FixedShare, HttpRouteWeights, NginxCanaryWeights, ReplicaRatioWeights,
+        ServiceSelectorWeights, WeightSource,
     };
 
     async fn apps(canary_error_rate: f64) -> (TestApp, TestApp) {
@@ -507,6 +508,99 @@ mod traffic {
         };
         assert!(replicas.canary_share().await.is_err(), "no Deployments yet");
     }
+
+    fn weighted_route(stable: u32, canary: u32) -> Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "parentRefs": [{"name": "public"}],
+                "rules": [{"backendRefs": [
+                    {"name": "web", "port": 80, "weight": stable},
+                    {"name": "web-canary", "port": 80, "weight": canary},
+                ]}],
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn the_split_follows_the_httproute_as_the_test_cluster_changes_it() {
+        const ROUTE: &str = "apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
+        let objects = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = fake_api(Arc::clone(&objects)).await;
+        objects
+            .lock()
+            .expect("lock")
+            .insert(ROUTE.to_owned(), weighted_route(80, 20));
+        let (stable, canary) = apps(0.0).await;
+        let weights = HttpRouteWeights {
+            client,
+            namespace: "shop".to_owned(),
+            route: "web".to_owned(),
+            service: "web".to_owned(),
+        };
+        let ingress =
+            SimulatedIngress::start(IngressConfig::new("shop", "web"), &stable, &canary, weights)
+                .await
+                .expect("ingress starts");
+        assert_eq!(ingress.refresh().await.expect("share read"), 0.2);
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 100))
+            .await
+            .expect("load runs");
+        assert!((report.canary_share() - 0.2).abs() <= 0.02, "{report:?}");
+
+        objects
+            .lock()
+            .expect("lock")
+            .insert(ROUTE.to_owned(), weighted_route(0, 1));
+        assert_eq!(ingress.refresh().await.expect("share read"), 1.0);
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 50))
+            .await
+            .expect("load runs");
+        assert_eq!(report.answered_by("canary"), 50, "{report:?}");
+
+        // A route the reader cannot use keeps the last share rather than stopping traffic.
+        objects.lock().expect("lock").remove(ROUTE);
+        assert!(ingress.refresh().await.is_err());
+        assert_eq!(ingress.canary_share(), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn a_blue_green_reader_follows_the_service_selector() {
+        const SERVICE: &str = "api/v1/namespaces/shop/services/web";
+        let objects = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = fake_api(Arc::clone(&objects)).await;
+        let service = |hash: &str| {
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"selector": {"app": "web", "pod-template-hash": hash}},
+            })
+        };
+        let labels = |hash: &str| {
+            BTreeMap::from([
+                ("app".to_owned(), "web".to_owned()),
+                ("pod-template-hash".to_owned(), hash.to_owned()),
+            ])
+        };
+        let reader = ServiceSelectorWeights {
+            client,
+            namespace: "shop".to_owned(),
+            service: "web".to_owned(),
+            stable_pod_labels: labels("5d8f7c9b6"),
+            canary_pod_labels: labels("7b4d9f8c5"),
+        };
+        objects
+            .lock()
+            .expect("lock")
+            .insert(SERVICE.to_owned(), service("5d8f7c9b6"));
+        assert_eq!(reader.canary_share().await.expect("read"), 0.0);
+        objects
+            .lock()
+            .expect("lock")
+            .insert(SERVICE.to_owned(), service("7b4d9f8c5"));
+        assert_eq!(reader.canary_share().await.expect("read"), 1.0);
+    }
 }
 
 mod real_prometheus {
@@ -605,7 +699,7 @@ mod real_prometheus {
         // The trap of METRICS.md: a healthy workload has no 5xx series, so the plain ratio is
         // no data, and only `or vector(0)` turns it into 0.
         let stable_pods = stable.pod();
-        assert_eq!(value(&client, &error_rate(&stable_pods)).await, None);
+        assert_eq!(value(&client, &error_rate(stable_pods)).await, None);
         let guarded = format!(
             r#"(sum(rate(http_requests_total{{namespace="shop",pod=~"{stable_pods}",code=~"5.."}}[10s])) or vector(0)) / sum(rate(http_requests_total{{namespace="shop",pod=~"{stable_pods}"}}[10s]))"#
         );
