@@ -271,7 +271,7 @@ mod traffic {
     use axum::response::IntoResponse;
     use axum::routing::get;
     use serde_json::{Value, json};
-    use sluice_testcluster::traffic::app::{AppConfig, TestApp};
+    use sluice_testcluster::traffic::app::{AppConfig, LabelStyle, TestApp};
     use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
     use sluice_testcluster::traffic::load::{self, LoadConfig, SendLoadError};
     use sluice_testcluster::traffic::weights::{
@@ -360,6 +360,45 @@ mod traffic {
         );
         assert!(
             text.contains("nginx_ingress_controller_request_duration_seconds_bucket{canary=\"\","),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ingress_rule_without_a_host_routes_requests_but_exports_no_series() {
+        let (stable, canary) = apps(0.0).await;
+        let mut config = IngressConfig::new("shop", "web");
+        config.host = None;
+        let ingress = SimulatedIngress::start(config, &stable, &canary, FixedShare::new(0.5))
+            .await
+            .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 10))
+            .await
+            .expect("load runs");
+        assert_eq!(report.answered_by("canary"), 5, "{report:?}");
+        assert_eq!(canary.served(), 5);
+        let text = ingress.metrics_text();
+        assert!(
+            !text.contains("nginx_ingress_controller_requests{"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pods_job_label_style_names_pods_as_the_old_scrape_config_did() {
+        let mut config = AppConfig::stable("shop", "web");
+        config.label_style = LabelStyle::PodsJob;
+        let app = TestApp::start(config).await.expect("app starts");
+        load::run(app.addr(), LoadConfig::new(500.0, 2))
+            .await
+            .expect("load runs");
+        let text = app.plain_metrics_text();
+        assert!(
+            text.contains(&format!(
+                "http_requests_total{{kubernetes_namespace=\"shop\",kubernetes_pod_name=\"{}\",code=\"200\"}} 2",
+                app.pod()
+            )),
             "{text}"
         );
     }
@@ -661,7 +700,8 @@ mod real_prometheus {
         ingress.refresh().await.expect("share read");
         let traffic = load::spawn(
             ingress.addr(),
-            LoadConfig::new(100.0, 2_500).max_duration(Duration::from_secs(25)),
+            // Bounded well beyond the test's own length; the test stops it when done.
+            LoadConfig::new(100.0, 6_000).max_duration(Duration::from_secs(60)),
         )
         .expect("load starts");
 
@@ -682,6 +722,16 @@ mod real_prometheus {
             started => started.expect("Prometheus starts and scrapes every target"),
         };
         let client = Client::try_from(prometheus.url().as_str()).expect("client");
+
+        // Each target keeps the job the test gave it.
+        assert_eq!(
+            value(&client, r#"count(up{job="apps"} == 1)"#).await,
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&client, r#"count(up{job="ingress-nginx"} == 1)"#).await,
+            Some(1.0)
+        );
 
         // Enough canary requests in the window that one request more or less is noise.
         let canary_requests =

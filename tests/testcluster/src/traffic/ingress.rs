@@ -5,6 +5,7 @@
 //! with `status, method, path, namespace, ingress, service, canary, host` and
 //! `controller_namespace, controller_class, controller_pod`.
 //!
+//! A rule without a host exports nothing, as with ingress-nginx's default `--metrics-per-host`.
 //! As in ingress-nginx, canary requests carry the *primary* Ingress and Service and are told apart
 //! only by `canary="<namespace>-<canary service>-<port>"`; primary requests have `canary=""`.
 //!
@@ -52,8 +53,10 @@ pub struct IngressConfig {
     pub canary_service: String,
     /// The Service port (inside the `canary` label).
     pub port: u16,
-    /// The rule's host (the `host` label).
-    pub host: String,
+    /// The rule's host (the `host` label). `None` is a rule without a host, for which
+    /// ingress-nginx with its default `--metrics-per-host=true` exports no request series at all
+    /// (ingress-nginx issues 3713, 4657): requests are still routed, but no series appear.
+    pub host: Option<String>,
     /// The rule's path (the `path` label; not the request path).
     pub path: String,
     /// The controller's namespace.
@@ -77,7 +80,7 @@ impl IngressConfig {
             service: service.to_owned(),
             canary_service: format!("{service}-canary"),
             port: 80,
-            host: format!("{service}.example.test"),
+            host: Some(format!("{service}.example.test")),
             path: "/".to_owned(),
             controller_namespace: "ingress-nginx".to_owned(),
             controller_class: "k8s.io/ingress-nginx".to_owned(),
@@ -311,6 +314,9 @@ async fn route_request(State(state): State<Arc<IngressState>>, request: Request)
 
 fn record(state: &IngressState, role: Role, method: &str, status: StatusCode, took: Duration) {
     let config = &state.config;
+    let Some(host) = &config.host else {
+        return;
+    };
     let canary = match role {
         Role::Stable => String::new(),
         Role::Canary => config.canary_upstream(),
@@ -320,7 +326,7 @@ fn record(state: &IngressState, role: Role, method: &str, status: StatusCode, to
         ("controller_class", config.controller_class.clone()),
         ("controller_namespace", config.controller_namespace.clone()),
         ("controller_pod", config.controller_pod.clone()),
-        ("host", config.host.clone()),
+        ("host", host.clone()),
         ("ingress", config.ingress.clone()),
         ("method", method.to_owned()),
         ("namespace", config.namespace.clone()),
