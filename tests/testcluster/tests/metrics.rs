@@ -240,6 +240,30 @@ mod fake_prometheus {
     }
 
     #[tokio::test]
+    async fn a_fake_that_requires_credentials_refuses_queries_without_them() {
+        let (fake, client) = fake_and_client().await;
+        fake.require_authorization(Some("Bearer s3cret"));
+        fake.on(QueryMatch::Any, Answer::value(1.0));
+
+        let refused = client.query("up").get().await;
+        assert!(matches!(refused, Err(Error::Client(_))), "{refused:?}");
+        let answer = client
+            .query("up")
+            .header(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_static("Bearer s3cret"),
+            )
+            .get()
+            .await
+            .expect("answer with credentials");
+        assert_eq!(single_value(answer.data()), 1.0);
+
+        let recorded = fake.queries();
+        assert_eq!(recorded.len(), 1, "the refused query is not recorded");
+        assert_eq!(recorded[0].authorization.as_deref(), Some("Bearer s3cret"));
+    }
+
+    #[tokio::test]
     async fn every_query_is_recorded_so_a_test_can_count_them() {
         let (fake, client) = fake_and_client().await;
         for _ in 0..3 {
