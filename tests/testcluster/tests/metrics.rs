@@ -624,7 +624,8 @@ mod traffic {
 
         // A route the reader cannot use keeps the last share rather than stopping traffic.
         objects.lock().expect("lock").remove(ROUTE);
-        assert!(ingress.refresh().await.is_err());
+        let gone = ingress.refresh().await.expect_err("the route is gone");
+        assert!(gone.to_string().contains("does not exist"), "{gone}");
         assert_eq!(ingress.canary_share(), Some(1.0));
     }
 

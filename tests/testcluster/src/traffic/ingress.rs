@@ -277,13 +277,25 @@ async fn refresh_loop(weights: impl WeightSource, state: Arc<IngressState>, wake
                 }
                 Err(error) => {
                     tracing::debug!(%error, "the simulated ingress keeps its last canary share");
-                    reading.error = Some(error.to_string());
+                    reading.error = Some(error_chain(&error));
                 }
             }
         });
         // Re-read on the period, or at once when asked to.
         let _woken = tokio::time::timeout(state.config.refresh, wake.notified()).await;
     }
+}
+
+/// An error with its sources, `outer: inner: root`, so a failed read explains itself.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 async fn route_request(State(state): State<Arc<IngressState>>, request: Request) -> Response {
