@@ -11,7 +11,9 @@ pub mod faults;
 pub mod harness;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod prometheus;
 pub mod schema;
+pub mod traffic;
 
 pub use accounting::{RequestCounts, RequestKey};
 pub use faults::{Faults, InjectedError, RequestMatch};
