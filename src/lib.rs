@@ -6,4 +6,5 @@
 
 pub mod api;
 pub mod core;
+pub mod router;
 pub mod workload;

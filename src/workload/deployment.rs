@@ -146,7 +146,9 @@ pub fn target_state(target: &Deployment, canary_name: &str, revision: String) ->
         status_replicas: status.and_then(|s| s.replicas).unwrap_or_default(),
         updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or_default(),
         ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or_default(),
-        available_replicas: status.and_then(|s| s.available_replicas).unwrap_or_default(),
+        available_replicas: status
+            .and_then(|s| s.available_replicas)
+            .unwrap_or_default(),
     }
 }
 
@@ -164,7 +166,9 @@ pub fn workload_state(canary: &Deployment) -> WorkloadState {
         revision,
         replicas: spec_replicas(canary),
         ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or_default(),
-        available_replicas: status.and_then(|s| s.available_replicas).unwrap_or_default(),
+        available_replicas: status
+            .and_then(|s| s.available_replicas)
+            .unwrap_or_default(),
     }
 }
 

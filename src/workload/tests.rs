@@ -152,7 +152,10 @@ fn the_canary_service_selects_canary_pods_and_not_stable_pods() {
         .as_ref()
         .and_then(|s| s.selector.clone())
         .expect("selector");
-    assert!(selects_map(&selector, &pod_labels_of(&canary(PodLabels::Separate))));
+    assert!(selects_map(
+        &selector,
+        &pod_labels_of(&canary(PodLabels::Separate))
+    ));
     assert!(!selects_map(&selector, &pod_labels_of(&target())));
 }
 
@@ -217,7 +220,11 @@ fn the_canary_deployment_is_named_owned_sized_and_never_labelled_for_the_hold_po
     let deployment = canary(PodLabels::Separate);
     assert_eq!(deployment.metadata.name.as_deref(), Some("checkout-canary"));
     assert_eq!(deployment.metadata.namespace.as_deref(), Some("shop"));
-    let owners = deployment.metadata.owner_references.clone().expect("owners");
+    let owners = deployment
+        .metadata
+        .owner_references
+        .clone()
+        .expect("owners");
     assert_eq!(owners.len(), 1);
     assert_eq!(owners[0].kind, "Canary");
     assert_eq!(owners[0].api_version, "sluice.dev/v1alpha1");
@@ -244,8 +251,14 @@ fn the_canary_deployment_keeps_the_target_pod_spec_and_annotations() {
     let original = &target().spec.expect("spec").template;
     assert_eq!(template.spec, original.spec);
     assert_eq!(
-        template.metadata.as_ref().and_then(|m| m.annotations.clone()),
-        original.metadata.as_ref().and_then(|m| m.annotations.clone())
+        template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone()),
+        original
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
     );
 }
 
@@ -385,7 +398,8 @@ fn workload_state_reads_the_revision_label_and_counts() {
 #[test]
 fn a_deployment_is_rolled_out_only_when_every_count_matches_and_the_generation_was_seen() {
     assert!(is_rolled_out(&target()));
-    let cases: [(&str, fn(&mut Deployment)); 5] = [
+    type Change = fn(&mut Deployment);
+    let cases: [(&str, Change); 5] = [
         ("generation not observed", |d| {
             d.metadata.generation = Some(5)
         }),
