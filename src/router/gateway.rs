@@ -10,7 +10,9 @@
 //! and is applied with force. Once sluice owns `rules` it must keep sending them: an apply without
 //! `rules` would delete the user's routes, so removal is the weight-0 body, not an empty one. A
 //! later edit of the rules by the user takes ownership back; the next read-back then differs from
-//! status and the controller applies again.
+//! status and the controller applies again. The body carries the `resourceVersion` of the route
+//! the rules were copied from: a forced apply of a whole list built from a stale copy would revert
+//! an edit the user made in between, so it is made conditional and fails with 409 instead.
 //!
 //! Weight 0 without matches removes every canary backendRef and A/B rule and leaves the stable
 //! backendRef at weight 100 (the user's original weight is not remembered; a lone backend gets all
@@ -100,7 +102,7 @@ pub fn http_route_patch(
     Ok(json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": super::copied_from(route, &name, &namespace),
         "spec": {"rules": rules},
     }))
 }

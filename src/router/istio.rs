@@ -5,7 +5,8 @@
 //! Server-side apply: `spec.http` has no list type in the CRD, so it is atomic, exactly like
 //! `HTTPRoute.spec.rules` (see `gateway`): the body carries the complete `http` list copied from the
 //! live object with sluice's edits and nothing else of the spec (`hosts`, `gateways`, `tcp`, `tls`
-//! stay the user's), applied with force, and never without `http` once sluice owns it.
+//! stay the user's), applied with force, never without `http` once sluice owns it, and conditional
+//! on the `resourceVersion` it was copied from.
 //!
 //! Not done: mirroring, and a `DestinationRule` for subsets (the canary destination addresses the
 //! canary Service directly, so it needs none; a stable destination's `subset` is not copied to it).
@@ -84,7 +85,7 @@ pub fn virtual_service_patch(
     Ok(json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": super::copied_from(vs, &name, &namespace),
         "spec": {"http": routes},
     }))
 }
@@ -120,20 +121,26 @@ pub fn virtual_service_weight(vs: &Value, inputs: &RouteInputs) -> Option<i32> {
     weight
 }
 
-/// The first label of a destination host: `checkout`, `checkout.shop` and
-/// `checkout.shop.svc.cluster.local` all name the Service `checkout`.
-fn host_service(destination: &Value) -> Option<&str> {
-    destination["destination"]["host"]
-        .as_str()
-        .and_then(|host| host.split('.').next())
+/// Whether a destination's host names `service` in the Canary's namespace: `checkout`,
+/// `checkout.shop` and `checkout.shop.svc.cluster.local` all do (for namespace `shop`);
+/// `checkout.other` does not.
+fn host_is(destination: &Value, service: &str, inputs: &RouteInputs) -> bool {
+    let Some(host) = destination["destination"]["host"].as_str() else {
+        return false;
+    };
+    let mut labels = host.split('.');
+    labels.next() == Some(service)
+        && labels
+            .next()
+            .is_none_or(|namespace| namespace == inputs.canary.namespace)
 }
 
 fn is_stable(destination: &Value, inputs: &RouteInputs) -> bool {
-    host_service(destination) == Some(inputs.service.as_str())
+    host_is(destination, &inputs.service, inputs)
 }
 
 fn is_canary(destination: &Value, inputs: &RouteInputs) -> bool {
-    host_service(destination) == Some(inputs.canary_service().as_str())
+    host_is(destination, &inputs.canary_service(), inputs)
 }
 
 /// A route sluice added for A/B: every destination is the canary.

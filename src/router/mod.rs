@@ -507,6 +507,17 @@ fn to_value<T: serde::Serialize>(object: &T, kind: &'static str) -> Result<Value
     })
 }
 
+/// The metadata of an apply body built from the live `source`: its name and namespace, and its
+/// `resourceVersion` when it has one, which makes the apply conditional on the copy it was built
+/// from (a forced apply of a whole atomic list must not revert an edit made in between).
+fn copied_from(source: &Value, name: &str, namespace: &str) -> Value {
+    let mut metadata = serde_json::json!({"name": name, "namespace": namespace});
+    if let Some(version) = source["metadata"]["resourceVersion"].as_str() {
+        metadata["resourceVersion"] = serde_json::json!(version);
+    }
+    metadata
+}
+
 fn object_name(value: &Value) -> String {
     let name = value["metadata"]["name"].as_str().unwrap_or_default();
     match value["metadata"]["namespace"].as_str() {

@@ -42,7 +42,7 @@ pub fn canary_ingress(
     let default_backend = spec
         .default_backend
         .as_ref()
-        .filter(|b| is_stable(b, inputs))
+        .filter(|b| is_stable(b, &namespace, inputs))
         .map(|b| to_canary(b, inputs));
     let rules: Vec<IngressRule> = spec
         .rules
@@ -54,7 +54,7 @@ pub fn canary_ingress(
                 .as_ref()?
                 .paths
                 .iter()
-                .filter(|p| is_stable(&p.backend, inputs))
+                .filter(|p| is_stable(&p.backend, &namespace, inputs))
                 .map(|p| {
                     let mut path = p.clone();
                     path.backend = to_canary(&p.backend, inputs);
@@ -121,11 +121,15 @@ fn unsupported() -> BuildRouteError {
     }
 }
 
-fn is_stable(backend: &IngressBackend, inputs: &RouteInputs) -> bool {
-    backend
-        .service
-        .as_ref()
-        .is_some_and(|service| service.name == inputs.service)
+/// Whether `backend` is the stable Service. Ingress backends are in the Ingress's namespace, so an
+/// Ingress in another namespace never reaches it (and the canary Ingress, owned by the Canary,
+/// must live in the Canary's namespace: owner references do not cross namespaces).
+fn is_stable(backend: &IngressBackend, namespace: &str, inputs: &RouteInputs) -> bool {
+    namespace == inputs.canary.namespace
+        && backend
+            .service
+            .as_ref()
+            .is_some_and(|service| service.name == inputs.service)
 }
 
 /// The backend with the Service renamed; the port (number or name) is the same on the canary

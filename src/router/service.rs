@@ -5,7 +5,9 @@
 //! the switch is applied with force and always carries the whole selector. While switched, the
 //! selector the user wrote is kept in the `sluice.dev/stable-selector` annotation (in the same
 //! apply), so switching back restores it exactly and the canary labels are never derived from
-//! already rewritten ones; the apply at weight 0 omits the annotation, which removes it.
+//! already rewritten ones; the apply at weight 0 omits the annotation, which removes it. The body
+//! is conditional on the `resourceVersion` of the Service it was built from, so a selector the user
+//! changed in between is not overwritten from a stale copy.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,9 @@ pub fn service_switch_patch(stable: &Service, weight: i32) -> Result<Value, Buil
     let mut metadata = json!({"name": name});
     if let Some(namespace) = namespace {
         metadata["namespace"] = json!(namespace);
+    }
+    if let Some(version) = &stable.metadata.resource_version {
+        metadata["resourceVersion"] = json!(version);
     }
     let switched = match weight {
         0 => selector,

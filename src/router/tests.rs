@@ -245,7 +245,7 @@ fn the_httproute_patch_weights_the_stable_rule_and_adds_the_canary_backend() {
         json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
-            "metadata": {"name": "checkout", "namespace": "shop"},
+            "metadata": {"name": "checkout", "namespace": "shop", "resourceVersion": "77"},
             "spec": {"rules": [
                 {
                     "name": "api",
@@ -409,7 +409,7 @@ fn virtual_service() -> Value {
         r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: checkout, namespace: shop}
+metadata: {name: checkout, namespace: shop, resourceVersion: "91"}
 spec:
   hosts: [shop.example.com]
   gateways: [edge/public]
@@ -448,7 +448,7 @@ fn the_virtual_service_patch_weights_the_stable_destination_and_adds_the_canary(
         json!({
             "apiVersion": "networking.istio.io/v1",
             "kind": "VirtualService",
-            "metadata": {"name": "checkout", "namespace": "shop"},
+            "metadata": {"name": "checkout", "namespace": "shop", "resourceVersion": "91"},
             "spec": {"http": [
                 {
                     "name": "api",
@@ -824,7 +824,7 @@ fn stable_service() -> Value {
         r#"
 apiVersion: v1
 kind: Service
-metadata: {name: checkout, namespace: shop}
+metadata: {name: checkout, namespace: shop, resourceVersion: "5"}
 spec:
   selector: {app: checkout, tier: web}
   ports: [{name: http, port: 80, targetPort: 8080}]
@@ -863,7 +863,7 @@ fn the_service_switch_selects_canary_pods_and_remembers_the_stable_selector() {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {
-                "name": "checkout", "namespace": "shop",
+                "name": "checkout", "namespace": "shop", "resourceVersion": "5",
                 "annotations": {STABLE_SELECTOR_ANNOTATION: r#"{"app":"checkout","tier":"web"}"#},
             },
             "spec": {"selector": {"app": "checkout-canary", "tier": "web-canary"}},
@@ -959,4 +959,54 @@ fn the_none_router_builds_nothing_and_reads_the_ready_replica_ratio() {
         Router::ReplicaRatio.removal(&inputs(), None).ok(),
         Some(Removal::Nothing)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces and preconditions
+
+#[test]
+fn edits_of_user_objects_are_conditional_on_the_resource_version_they_were_copied_from() {
+    assert_eq!(
+        gateway_patch(&http_route(), 10, &[])["metadata"]["resourceVersion"],
+        "77"
+    );
+    assert_eq!(
+        istio_patch(&virtual_service(), 10, &[])["metadata"]["resourceVersion"],
+        "91"
+    );
+    assert_eq!(
+        switch(&stable_service(), 100)["metadata"]["resourceVersion"],
+        "5"
+    );
+}
+
+#[test]
+fn an_istio_destination_in_another_namespace_is_not_the_stable_service() {
+    let mut vs = virtual_service();
+    vs["spec"]["http"][0]["route"][0]["destination"]["host"] =
+        json!("checkout.payments.svc.cluster.local");
+    assert!(matches!(
+        istio_router().desired(&inputs(), Some(&vs), 5, &[]),
+        Err(BuildRouteError::NoStableBackend { .. })
+    ));
+}
+
+#[test]
+fn an_httproute_backend_in_another_namespace_is_not_the_stable_service() {
+    let mut route = http_route();
+    route["spec"]["rules"][0]["backendRefs"][0]["namespace"] = json!("payments");
+    assert!(matches!(
+        gateway_router().desired(&inputs(), Some(&route), 5, &[]),
+        Err(BuildRouteError::NoStableBackend { .. })
+    ));
+}
+
+#[test]
+fn an_ingress_in_another_namespace_cannot_reach_the_stable_service() {
+    let mut ingress = user_ingress();
+    ingress["metadata"]["namespace"] = json!("edge");
+    assert!(matches!(
+        nginx_router().desired(&inputs(), Some(&ingress), 5, &[]),
+        Err(BuildRouteError::NoStableBackend { .. })
+    ));
 }
