@@ -1010,3 +1010,29 @@ fn an_ingress_in_another_namespace_cannot_reach_the_stable_service() {
         Err(BuildRouteError::NoStableBackend { .. })
     ));
 }
+
+#[test]
+fn at_full_weight_the_stable_backend_stays_with_weight_zero_for_a_quick_way_back() {
+    let patch = gateway_patch(&http_route(), 100, &[]);
+    assert_eq!(
+        patch["spec"]["rules"][0]["backendRefs"],
+        json!([
+            {"group": "", "kind": "Service", "name": "checkout", "port": 80, "weight": 0},
+            {"group": "", "kind": "Service", "name": "checkout-canary", "port": 80, "weight": 100},
+        ])
+    );
+    let vs = istio_patch(&virtual_service(), 100, &[]);
+    assert_eq!(vs["spec"]["http"][0]["route"][0]["weight"], 0);
+    assert_eq!(vs["spec"]["http"][0]["route"][1]["weight"], 100);
+}
+
+#[test]
+fn the_owned_routers_keep_their_object_at_weight_zero_with_the_canary_at_zero() {
+    let split = owned(&smi_router(), 0);
+    assert_eq!(
+        split["spec"]["backends"],
+        json!([{"service": "checkout", "weight": 100}, {"service": "checkout-canary", "weight": 0}])
+    );
+    let ingress = nginx_object(0, &[]);
+    assert_eq!(ingress["metadata"]["annotations"][ann::CANARY_WEIGHT], "0");
+}
