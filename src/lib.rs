@@ -9,3 +9,5 @@ pub mod controller;
 pub mod core;
 pub mod http;
 pub mod telemetry;
+pub mod router;
+pub mod workload;
