@@ -5,4 +5,5 @@
 //! Test code only: the shipped binaries never link it.
 
 pub mod admission;
+pub mod prometheus;
 pub mod schema;
