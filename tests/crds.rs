@@ -33,8 +33,20 @@ fn every_crd_is_in_the_sluice_group_at_v1alpha1_with_a_schema() {
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(version.served && version.storage);
-        assert!(version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).is_some());
-        assert!(crd.spec.names.categories.as_ref().is_some_and(|c| c.contains(&"sluice".into())));
+        assert!(
+            version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .is_some()
+        );
+        assert!(
+            crd.spec
+                .names
+                .categories
+                .as_ref()
+                .is_some_and(|c| c.contains(&"sluice".into()))
+        );
     }
 }
 
@@ -44,7 +56,13 @@ fn canary_is_namespaced_with_a_status_subresource_short_name_and_printer_columns
     assert_eq!(canary.spec.scope, "Namespaced");
     assert_eq!(canary.spec.names.short_names, Some(vec!["cn".to_owned()]));
     let version = &canary.spec.versions[0];
-    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
     let columns: Vec<_> = version
         .additional_printer_columns
         .iter()
@@ -57,21 +75,30 @@ fn canary_is_namespaced_with_a_status_subresource_short_name_and_printer_columns
         ("Revision", ".status.revision"),
         ("Age", ".metadata.creationTimestamp"),
     ] {
-        assert!(columns.contains(&expected), "missing printer column {expected:?} in {columns:?}");
+        assert!(
+            columns.contains(&expected),
+            "missing printer column {expected:?} in {columns:?}"
+        );
     }
 }
 
 #[test]
 fn policy_and_cluster_template_are_cluster_scoped_and_template_is_namespaced() {
     assert_eq!(crd("canarypolicies.sluice.dev").spec.scope, "Cluster");
-    assert_eq!(crd("clusteranalysistemplates.sluice.dev").spec.scope, "Cluster");
+    assert_eq!(
+        crd("clusteranalysistemplates.sluice.dev").spec.scope,
+        "Cluster"
+    );
     assert_eq!(crd("analysistemplates.sluice.dev").spec.scope, "Namespaced");
 }
 
 /// The schema of `Canary` as JSON, for pointer lookups.
 fn canary_schema() -> serde_json::Value {
     let canary = crd("canaries.sluice.dev");
-    let schema = canary.spec.versions[0].schema.clone().and_then(|s| s.open_api_v3_schema);
+    let schema = canary.spec.versions[0]
+        .schema
+        .clone()
+        .and_then(|s| s.open_api_v3_schema);
     serde_json::to_value(schema).expect("schema serialises")
 }
 
@@ -81,17 +108,35 @@ fn the_schema_states_the_bounds_the_core_relies_on() {
     let spec = "/properties/spec/properties";
     let canary = format!("{spec}/strategy/properties/canary");
     let at = |pointer: &str| {
-        schema.pointer(pointer).cloned().unwrap_or_else(|| panic!("no {pointer} in the schema"))
+        schema
+            .pointer(pointer)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {pointer} in the schema"))
     };
     assert_eq!(at(&format!("{canary}/properties/stepWeight/minimum")), 1.0);
-    assert_eq!(at(&format!("{canary}/properties/stepWeight/maximum")), 100.0);
+    assert_eq!(
+        at(&format!("{canary}/properties/stepWeight/maximum")),
+        100.0
+    );
     assert_eq!(at(&format!("{canary}/properties/maxWeight/maximum")), 100.0);
-    assert_eq!(at(&format!("{canary}/properties/stepWeights/items/minimum")), 1.0);
-    assert_eq!(at(&format!("{canary}/properties/stepWeights/items/maximum")), 100.0);
-    assert_eq!(at(&format!("{spec}/analysis/properties/threshold/minimum")), 1.0);
+    assert_eq!(
+        at(&format!("{canary}/properties/stepWeights/items/minimum")),
+        1.0
+    );
+    assert_eq!(
+        at(&format!("{canary}/properties/stepWeights/items/maximum")),
+        100.0
+    );
+    assert_eq!(
+        at(&format!("{spec}/analysis/properties/threshold/minimum")),
+        1.0
+    );
     let interval = at(&format!("{spec}/analysis/properties/interval/pattern"));
     let interval = interval.as_str().expect("pattern is a string");
-    assert!(interval.starts_with('^') && interval.ends_with('$'), "anchored: {interval}");
+    assert!(
+        interval.starts_with('^') && interval.ends_with('$'),
+        "anchored: {interval}"
+    );
 
     let rules = |pointer: &str| -> Vec<String> {
         at(&format!("{pointer}/x-kubernetes-validations"))
@@ -102,10 +147,18 @@ fn the_schema_states_the_bounds_the_core_relies_on() {
             .collect()
     };
     let strategy_rules = rules(&canary);
-    assert!(strategy_rules.iter().any(|r| r.contains("self.maxWeight >= self.stepWeight")));
+    assert!(
+        strategy_rules
+            .iter()
+            .any(|r| r.contains("self.maxWeight >= self.stepWeight"))
+    );
     let step_weight_rules = rules(&format!("{canary}/properties/stepWeights"));
     assert!(step_weight_rules.iter().any(|r| r.contains("isSorted()")));
-    assert!(rules(&format!("{spec}/router")).iter().any(|r| r.contains("size() == 1")));
+    assert!(
+        rules(&format!("{spec}/router"))
+            .iter()
+            .any(|r| r.contains("size() == 1"))
+    );
 }
 
 #[test]
@@ -115,8 +168,15 @@ fn conditions_are_a_list_map_keyed_by_type_with_observed_generation() {
         .pointer("/properties/status/properties/conditions")
         .expect("status.conditions in the schema");
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
-    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
-    assert!(conditions.pointer("/items/properties/observedGeneration").is_some());
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
+    assert!(
+        conditions
+            .pointer("/items/properties/observedGeneration")
+            .is_some()
+    );
 }
 
 #[test]
@@ -126,7 +186,8 @@ fn every_field_has_a_description_for_kubectl_explain() {
             for (name, child) in properties {
                 let child_path = format!("{path}.{name}");
                 // apiVersion/kind/metadata are Kubernetes' own fields, described by kubectl itself.
-                let kubernetes_owned = path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
+                let kubernetes_owned =
+                    path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
                 if !kubernetes_owned && child.get("description").is_none() {
                     missing.push(child_path.clone());
                 }
@@ -139,9 +200,15 @@ fn every_field_has_a_description_for_kubectl_explain() {
     }
     let mut missing = Vec::new();
     for crd in sluice::api::crds() {
-        let schema = crd.spec.versions[0].schema.clone().and_then(|s| s.open_api_v3_schema);
+        let schema = crd.spec.versions[0]
+            .schema
+            .clone()
+            .and_then(|s| s.open_api_v3_schema);
         let schema = serde_json::to_value(schema).expect("schema serialises");
         walk(&crd.spec.names.kind, &schema, &mut missing);
     }
-    assert!(missing.is_empty(), "fields without a doc comment: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a doc comment: {missing:#?}"
+    );
 }
