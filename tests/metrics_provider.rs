@@ -27,7 +27,7 @@ fn provider(url: &str, timeout: Option<Duration>) -> Prometheus {
 }
 
 async fn answer_of(answer: Answer) -> Sample {
-    let fake = FakePrometheus::start().await.unwrap();
+    let fake = FakePrometheus::start().await.expect("the fake starts");
     fake.on(QueryMatch::exact("q"), answer);
     provider(&fake.url(), None).query("q").await
 }
@@ -209,10 +209,10 @@ async fn recording_server() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
         axum::routing::post(move |headers: HeaderMap| {
             let record = Arc::clone(&record);
             async move {
-                record.lock().unwrap().push(
+                record.lock().expect("no test panicked holding it").push(
                     headers
                         .get("authorization")
-                        .map(|v| v.to_str().unwrap().to_owned()),
+                        .map(|v| v.to_str().expect("an ASCII header").to_owned()),
                 );
                 axum::Json(serde_json::json!({
                     "status": "success",
@@ -221,8 +221,10 @@ async fn recording_server() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port on 127.0.0.1");
+    let url = format!("http://{}", listener.local_addr().expect("a bound address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
 }
@@ -249,9 +251,9 @@ async fn authorization_sent(auth: PrometheusAuth) -> Option<String> {
         },
         &auth,
     )
-    .unwrap();
+    .expect("a client for the recording server");
     assert_eq!(prometheus.query("up").await, Sample::Value(1.0));
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().expect("no test panicked holding it");
     assert_eq!(seen.len(), 1);
     seen[0].clone()
 }
