@@ -7,3 +7,4 @@
 pub mod admission;
 pub mod prometheus;
 pub mod schema;
+pub mod traffic;

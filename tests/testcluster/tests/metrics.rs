@@ -258,3 +258,580 @@ mod fake_prometheus {
         assert_eq!(queries[3].query, "up");
     }
 }
+
+mod traffic {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use serde_json::{Value, json};
+    use sluice_testcluster::traffic::app::{AppConfig, LabelStyle, TestApp};
+    use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
+    use sluice_testcluster::traffic::load::{self, LoadConfig, SendLoadError};
+    use sluice_testcluster::traffic::weights::{
+        FixedShare, HttpRouteWeights, NginxCanaryWeights, ReplicaRatioWeights,
+        ServiceSelectorWeights, WeightSource,
+    };
+
+    async fn apps(canary_error_rate: f64) -> (TestApp, TestApp) {
+        let stable = TestApp::start(AppConfig::stable("shop", "web"))
+            .await
+            .expect("stable app starts");
+        let canary = TestApp::start(AppConfig::canary("shop", "web").error_rate(canary_error_rate))
+            .await
+            .expect("canary app starts");
+        (stable, canary)
+    }
+
+    #[tokio::test]
+    async fn the_load_splits_by_the_share_the_ingress_reads_and_follows_its_changes() {
+        let (stable, canary) = apps(0.0).await;
+        let share = FixedShare::new(0.2);
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            share.clone(),
+        )
+        .await
+        .expect("ingress starts");
+        assert_eq!(ingress.refresh().await.expect("share read"), 0.2);
+
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 200))
+            .await
+            .expect("load runs");
+        assert_eq!(report.sent, 200);
+        assert_eq!(report.failed, 0);
+        assert!(
+            (report.canary_share() - 0.2).abs() <= 0.02,
+            "canary share {}: {report:?}",
+            report.canary_share()
+        );
+        assert_eq!(canary.served(), report.answered_by("canary"));
+        assert_eq!(stable.served(), report.answered_by("stable"));
+
+        share.set(0.5);
+        assert_eq!(ingress.refresh().await.expect("share read"), 0.5);
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 100))
+            .await
+            .expect("load runs");
+        assert!(
+            (report.canary_share() - 0.5).abs() <= 0.02,
+            "canary share {}: {report:?}",
+            report.canary_share()
+        );
+    }
+
+    #[tokio::test]
+    async fn ingress_series_carry_the_primary_ingress_and_tell_the_canary_by_its_upstream() {
+        let (stable, canary) = apps(1.0).await;
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            FixedShare::new(0.5),
+        )
+        .await
+        .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        let report = load::run(
+            ingress.addr(),
+            LoadConfig::new(500.0, 10).host("web.example.test"),
+        )
+        .await
+        .expect("load runs");
+        assert_eq!(report.server_errors(), 5, "{report:?}");
+
+        let text = ingress.metrics_text();
+        let canary_line = format!(
+            "nginx_ingress_controller_requests{{canary=\"shop-web-canary-80\",controller_class=\"k8s.io/ingress-nginx\",controller_namespace=\"ingress-nginx\",controller_pod=\"{}\",host=\"web.example.test\",ingress=\"web\",method=\"GET\",namespace=\"shop\",path=\"/\",service=\"web\",status=\"500\"}} 5\n",
+            ingress.config().controller_pod
+        );
+        assert!(text.contains(&canary_line), "{text}");
+        assert!(
+            text.contains("{canary=\"\",") && text.contains("status=\"200\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nginx_ingress_controller_request_duration_seconds_bucket{canary=\"\","),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ingress_rule_without_a_host_routes_requests_but_exports_no_series() {
+        let (stable, canary) = apps(0.0).await;
+        let mut config = IngressConfig::new("shop", "web");
+        config.host = None;
+        let ingress = SimulatedIngress::start(config, &stable, &canary, FixedShare::new(0.5))
+            .await
+            .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 10))
+            .await
+            .expect("load runs");
+        assert_eq!(report.answered_by("canary"), 5, "{report:?}");
+        assert_eq!(canary.served(), 5);
+        let text = ingress.metrics_text();
+        assert!(
+            !text.contains("nginx_ingress_controller_requests{"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pods_job_label_style_names_pods_as_the_old_scrape_config_did() {
+        let mut config = AppConfig::stable("shop", "web");
+        config.label_style = LabelStyle::PodsJob;
+        let app = TestApp::start(config).await.expect("app starts");
+        load::run(app.addr(), LoadConfig::new(500.0, 2))
+            .await
+            .expect("load runs");
+        let text = app.plain_metrics_text();
+        assert!(
+            text.contains(&format!(
+                "http_requests_total{{kubernetes_namespace=\"shop\",kubernetes_pod_name=\"{}\",code=\"200\"}} 2",
+                app.pod()
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_app_has_no_error_series_until_its_first_error() {
+        let (stable, canary) = apps(0.0).await;
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            FixedShare::new(1.0),
+        )
+        .await
+        .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        load::run(ingress.addr(), LoadConfig::new(500.0, 4))
+            .await
+            .expect("load runs");
+        let healthy = canary.plain_metrics_text();
+        let pod = canary.pod();
+        assert!(
+            healthy.contains(&format!(
+                "http_requests_total{{namespace=\"shop\",pod=\"{pod}\",service=\"web-canary\",code=\"200\"}} 4"
+            )),
+            "{healthy}"
+        );
+        assert!(!healthy.contains("code=\"500\""), "{healthy}");
+        let bucket = |le: &str| {
+            format!(
+                "http_request_duration_seconds_bucket{{le=\"{le}\",namespace=\"shop\",pod=\"{pod}\",service=\"web-canary\"}} 4\n"
+            )
+        };
+        // Bounds spelled as client_golang spells them.
+        for le in ["0.005", "1", "10", "+Inf"] {
+            assert!(healthy.contains(&bucket(le)), "{le}: {healthy}");
+        }
+
+        canary.set_error_rate(1.0);
+        load::run(ingress.addr(), LoadConfig::new(500.0, 1))
+            .await
+            .expect("load runs");
+        assert!(canary.plain_metrics_text().contains("code=\"500\"} 1"));
+        assert_eq!(canary.errors(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_load_stops_at_its_duration_bound_and_never_leaves_loopback() {
+        let (stable, _canary) = apps(0.0).await;
+        let started = Instant::now();
+        let report = load::run(
+            stable.addr(),
+            LoadConfig::new(20.0, 1_000_000).max_duration(Duration::from_millis(500)),
+        )
+        .await
+        .expect("load runs");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!((5..=12).contains(&report.sent), "{report:?}");
+        assert_eq!(report.answered_by("stable"), report.sent);
+
+        let elsewhere = SocketAddr::from(([192, 0, 2, 1], 80));
+        assert!(matches!(
+            load::run(elsewhere, LoadConfig::new(1.0, 1)).await,
+            Err(SendLoadError::NotLoopback(_))
+        ));
+    }
+
+    /// Just enough of the Kubernetes API to GET objects by path; a missing path is a 404 Status.
+    async fn fake_api(objects: Arc<Mutex<BTreeMap<String, Value>>>) -> kube::Client {
+        async fn get_object(
+            State(objects): State<Arc<Mutex<BTreeMap<String, Value>>>>,
+            Path(path): Path<String>,
+        ) -> axum::response::Response {
+            let found = objects.lock().expect("lock").get(&path).cloned();
+            match found {
+                Some(object) => axum::Json(object).into_response(),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "message": format!("{path} not found"),
+                        "reason": "NotFound", "code": 404,
+                    })),
+                )
+                    .into_response(),
+            }
+        }
+        let router = Router::new()
+            .route("/{*path}", get(get_object))
+            .with_state(objects);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let url = format!("http://{addr}").parse().expect("uri");
+        kube::Client::try_from(kube::Config::new(url)).expect("client")
+    }
+
+    #[tokio::test]
+    async fn readers_get_the_share_from_the_router_objects_through_the_api() {
+        let objects = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = fake_api(Arc::clone(&objects)).await;
+        objects.lock().expect("lock").insert(
+            "apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web".to_owned(),
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"rules": [{"backendRefs": [
+                    {"name": "web", "port": 80, "weight": 90},
+                    {"name": "web-canary", "port": 80, "weight": 10},
+                ]}]},
+            }),
+        );
+        let route = HttpRouteWeights {
+            client: client.clone(),
+            namespace: "shop".to_owned(),
+            route: "web".to_owned(),
+            service: "web".to_owned(),
+        };
+        assert_eq!(route.canary_share().await.expect("read"), 0.1);
+
+        let nginx = NginxCanaryWeights {
+            client: client.clone(),
+            namespace: "shop".to_owned(),
+            canary_ingress: "web-canary".to_owned(),
+        };
+        assert_eq!(nginx.canary_share().await.expect("read"), 0.0);
+        objects.lock().expect("lock").insert(
+            "apis/networking.k8s.io/v1/namespaces/shop/ingresses/web-canary".to_owned(),
+            json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "web-canary", "namespace": "shop", "annotations": {
+                    "nginx.ingress.kubernetes.io/canary": "true",
+                    "nginx.ingress.kubernetes.io/canary-weight": "40",
+                }},
+            }),
+        );
+        assert_eq!(nginx.canary_share().await.expect("read"), 0.4);
+
+        let replicas = ReplicaRatioWeights {
+            client,
+            namespace: "shop".to_owned(),
+            stable: "web".to_owned(),
+            canary: "web-canary".to_owned(),
+        };
+        assert!(replicas.canary_share().await.is_err(), "no Deployments yet");
+    }
+
+    fn weighted_route(stable: u32, canary: u32) -> Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "parentRefs": [{"name": "public"}],
+                "rules": [{"backendRefs": [
+                    {"name": "web", "port": 80, "weight": stable},
+                    {"name": "web-canary", "port": 80, "weight": canary},
+                ]}],
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn the_split_follows_the_httproute_as_the_test_cluster_changes_it() {
+        const ROUTE: &str = "apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
+        let objects = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = fake_api(Arc::clone(&objects)).await;
+        objects
+            .lock()
+            .expect("lock")
+            .insert(ROUTE.to_owned(), weighted_route(80, 20));
+        let (stable, canary) = apps(0.0).await;
+        let weights = HttpRouteWeights {
+            client,
+            namespace: "shop".to_owned(),
+            route: "web".to_owned(),
+            service: "web".to_owned(),
+        };
+        let ingress =
+            SimulatedIngress::start(IngressConfig::new("shop", "web"), &stable, &canary, weights)
+                .await
+                .expect("ingress starts");
+        assert_eq!(ingress.refresh().await.expect("share read"), 0.2);
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 100))
+            .await
+            .expect("load runs");
+        assert!((report.canary_share() - 0.2).abs() <= 0.02, "{report:?}");
+
+        objects
+            .lock()
+            .expect("lock")
+            .insert(ROUTE.to_owned(), weighted_route(0, 1));
+        assert_eq!(ingress.refresh().await.expect("share read"), 1.0);
+        let report = load::run(ingress.addr(), LoadConfig::new(500.0, 50))
+            .await
+            .expect("load runs");
+        assert_eq!(report.answered_by("canary"), 50, "{report:?}");
+
+        // A route the reader cannot use keeps the last share rather than stopping traffic.
+        objects.lock().expect("lock").remove(ROUTE);
+        assert!(ingress.refresh().await.is_err());
+        assert_eq!(ingress.canary_share(), Some(1.0));
+    }
+
+    #[tokio::test]
+    async fn a_blue_green_reader_follows_the_service_selector() {
+        const SERVICE: &str = "api/v1/namespaces/shop/services/web";
+        let objects = Arc::new(Mutex::new(BTreeMap::new()));
+        let client = fake_api(Arc::clone(&objects)).await;
+        let service = |hash: &str| {
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"selector": {"app": "web", "pod-template-hash": hash}},
+            })
+        };
+        let labels = |hash: &str| {
+            BTreeMap::from([
+                ("app".to_owned(), "web".to_owned()),
+                ("pod-template-hash".to_owned(), hash.to_owned()),
+            ])
+        };
+        let reader = ServiceSelectorWeights {
+            client,
+            namespace: "shop".to_owned(),
+            service: "web".to_owned(),
+            stable_pod_labels: labels("5d8f7c9b6"),
+            canary_pod_labels: labels("7b4d9f8c5"),
+        };
+        objects
+            .lock()
+            .expect("lock")
+            .insert(SERVICE.to_owned(), service("5d8f7c9b6"));
+        assert_eq!(reader.canary_share().await.expect("read"), 0.0);
+        objects
+            .lock()
+            .expect("lock")
+            .insert(SERVICE.to_owned(), service("7b4d9f8c5"));
+        assert_eq!(reader.canary_share().await.expect("read"), 1.0);
+    }
+}
+
+mod real_prometheus {
+    use std::time::{Duration, Instant};
+
+    use prometheus_http_query::Client;
+    use sluice_testcluster::prometheus::server::{
+        PrometheusServer, ScrapeTarget, StartPrometheusError,
+    };
+    use sluice_testcluster::traffic::app::{AppConfig, TestApp};
+    use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
+    use sluice_testcluster::traffic::load::{self, LoadConfig};
+    use sluice_testcluster::traffic::weights::FixedShare;
+
+    /// How long each value may take to appear once Prometheus runs.
+    const VALUE_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// The value of a query that returns one series, or `None` for no data.
+    async fn value(client: &Client, query: &str) -> Option<f64> {
+        let answer = client.query(query).get().await.expect("Prometheus answers");
+        let vector = answer.data().as_vector().expect("a vector");
+        assert!(vector.len() <= 1, "{query} gave several series: {vector:?}");
+        vector.first().map(|series| series.sample().value())
+    }
+
+    /// Polls `query` until `ready` holds for its value (no data counts as not ready).
+    async fn poll(client: &Client, query: &str, ready: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + VALUE_TIMEOUT;
+        loop {
+            let last = value(client, query).await;
+            if let Some(value) = last.filter(|value| ready(*value)) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{query} not ready within {VALUE_TIMEOUT:?}; last value {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_prometheus_measures_the_error_rate_of_each_workload_from_every_exporter() {
+        let stable = TestApp::start(AppConfig::stable("shop", "web"))
+            .await
+            .expect("stable app starts");
+        let canary = TestApp::start(AppConfig::canary("shop", "web").error_rate(0.5))
+            .await
+            .expect("canary app starts");
+        let ingress = SimulatedIngress::start(
+            IngressConfig::new("shop", "web"),
+            &stable,
+            &canary,
+            FixedShare::new(0.4),
+        )
+        .await
+        .expect("ingress starts");
+        ingress.refresh().await.expect("share read");
+        let traffic = load::spawn(
+            ingress.addr(),
+            // Bounded well beyond the test's own length; the test stops it when done.
+            LoadConfig::new(100.0, 6_000).max_duration(Duration::from_secs(60)),
+        )
+        .expect("load starts");
+
+        let targets = [
+            stable.scrape_target("apps"),
+            canary.scrape_target("apps"),
+            stable.istio_scrape_target("envoy-stats"),
+            canary.istio_scrape_target("envoy-stats"),
+            ingress.scrape_target("ingress-nginx"),
+        ];
+        let prometheus = match PrometheusServer::start(&targets).await {
+            Err(missing @ StartPrometheusError::BinaryMissing { .. })
+                if std::env::var_os("SLUICE_REQUIRE_PROMETHEUS").is_none() =>
+            {
+                eprintln!("skipping the real-Prometheus test: {missing}");
+                return;
+            }
+            started => started.expect("Prometheus starts and scrapes every target"),
+        };
+        let client = Client::try_from(prometheus.url().as_str()).expect("client");
+
+        // Each target keeps the job the test gave it.
+        assert_eq!(
+            value(&client, r#"count(up{job="apps"} == 1)"#).await,
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&client, r#"count(up{job="ingress-nginx"} == 1)"#).await,
+            Some(1.0)
+        );
+
+        // Enough canary requests in the window that one request more or less is noise.
+        let canary_requests =
+            r#"sum(increase(http_requests_total{namespace="shop",pod=~"web-canary-.*"}[10s]))"#;
+        poll(&client, canary_requests, |count| count >= 100.0).await;
+
+        let error_rate = |pods: &str| {
+            format!(
+                r#"sum(rate(http_requests_total{{namespace="shop",pod=~"{pods}",code=~"5.."}}[10s])) / sum(rate(http_requests_total{{namespace="shop",pod=~"{pods}"}}[10s]))"#
+            )
+        };
+        let canary_rate = poll(&client, &error_rate("web-canary-.*"), |_| true).await;
+        assert!((canary_rate - 0.5).abs() <= 0.1, "canary: {canary_rate}");
+
+        // The trap of METRICS.md: a healthy workload has no 5xx series, so the plain ratio is
+        // no data, and only `or vector(0)` turns it into 0.
+        let stable_pods = stable.pod();
+        assert_eq!(value(&client, &error_rate(stable_pods)).await, None);
+        let guarded = format!(
+            r#"(sum(rate(http_requests_total{{namespace="shop",pod=~"{stable_pods}",code=~"5.."}}[10s])) or vector(0)) / sum(rate(http_requests_total{{namespace="shop",pod=~"{stable_pods}"}}[10s]))"#
+        );
+        assert_eq!(poll(&client, &guarded, |_| true).await, 0.0);
+
+        let nginx_canary = r#"sum(rate(nginx_ingress_controller_requests{namespace="shop",ingress="web",canary!="",status=~"5.."}[10s])) / sum(rate(nginx_ingress_controller_requests{namespace="shop",ingress="web",canary!=""}[10s]))"#;
+        let nginx_rate = poll(&client, nginx_canary, |_| true).await;
+        assert!(
+            (nginx_rate - 0.5).abs() <= 0.1,
+            "nginx canary: {nginx_rate}"
+        );
+
+        let istio_canary = r#"sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="shop",destination_workload="web-canary",response_code=~"5.."}[10s])) / sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="shop",destination_workload="web-canary"}[10s]))"#;
+        let istio_rate = poll(&client, istio_canary, |_| true).await;
+        assert!(
+            (istio_rate - 0.5).abs() <= 0.1,
+            "istio canary: {istio_rate}"
+        );
+
+        // Envoy's bucket spelling survives the scrape.
+        let envoy_bound = r#"count(istio_request_duration_milliseconds_bucket{destination_workload="web-canary",response_code="200",le="3600000"})"#;
+        assert_eq!(value(&client, envoy_bound).await, Some(1.0));
+
+        // The ingress split 40 % to the canary; Prometheus sees the same split.
+        let canary_share = r#"sum(increase(nginx_ingress_controller_requests{canary!=""}[10s])) / sum(increase(nginx_ingress_controller_requests[10s]))"#;
+        let share = poll(&client, canary_share, |_| true).await;
+        assert!((share - 0.4).abs() <= 0.1, "canary share: {share}");
+
+        traffic.stop();
+        let report = traffic.finish().await.expect("load report");
+        assert_eq!(report.failed, 0, "{report:?}");
+        prometheus.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_or_a_remote_target_is_a_clear_error() {
+        let missing = PrometheusServer::start_binary(
+            std::path::Path::new("/nonexistent/prometheus"),
+            &[],
+            Duration::from_secs(1),
+        )
+        .await;
+        let Err(error) = missing else {
+            panic!("started without a binary")
+        };
+        assert!(matches!(error, StartPrometheusError::BinaryMissing { .. }));
+        assert!(
+            error
+                .to_string()
+                .contains("install the Debian package `prometheus`")
+        );
+
+        let remote = ScrapeTarget::new("apps", std::net::SocketAddr::from(([192, 0, 2, 1], 80)));
+        assert!(matches!(
+            PrometheusServer::start(&[remote]).await,
+            Err(StartPrometheusError::TargetNotLoopback { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_server_kills_the_process() {
+        let prometheus = match PrometheusServer::start(&[]).await {
+            Err(missing @ StartPrometheusError::BinaryMissing { .. })
+                if std::env::var_os("SLUICE_REQUIRE_PROMETHEUS").is_none() =>
+            {
+                eprintln!("skipping: {missing}");
+                return;
+            }
+            started => started.expect("Prometheus starts"),
+        };
+        let pid = prometheus.pid().expect("running");
+        let addr = prometheus.addr();
+        drop(prometheus);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The process is gone once its port refuses connections and its /proc entry (after the
+        // runtime reaps it) no longer shows a running prometheus.
+        while tokio::net::TcpStream::connect(addr).await.is_ok()
+            || std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.contains("prometheus"))
+        {
+            assert!(Instant::now() < deadline, "prometheus {pid} still runs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -173,7 +173,16 @@ impl PrometheusServer {
         targets: &[ScrapeTarget],
         timeout: Duration,
     ) -> Result<Self, StartPrometheusError> {
-        let binary = binary_path();
+        Self::start_binary(&binary_path(), targets, timeout).await
+    }
+
+    /// [`Self::start_with_timeout`] with the Prometheus binary at `binary`.
+    pub async fn start_binary(
+        binary: &Path,
+        targets: &[ScrapeTarget],
+        timeout: Duration,
+    ) -> Result<Self, StartPrometheusError> {
+        let binary = binary.to_owned();
         if !binary.is_file() {
             return Err(StartPrometheusError::BinaryMissing { path: binary });
         }
@@ -327,6 +336,11 @@ impl PrometheusServer {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The process id, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Runs an instant query and returns its series (labels and value); a scalar comes back as one
