@@ -21,7 +21,7 @@ use sluice_testcluster::prometheus::server::{
     PrometheusServer, ScrapeTarget, StartPrometheusError,
 };
 use sluice_testcluster::traffic::Latency;
-use sluice_testcluster::traffic::app::{AppConfig, TestApp};
+use sluice_testcluster::traffic::app::{AppConfig, LabelStyle, TestApp};
 use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
 use sluice_testcluster::traffic::load::{self, LoadConfig};
 use sluice_testcluster::traffic::weights::FixedShare;
@@ -428,4 +428,42 @@ async fn templates_measure_the_simulated_error_rate_and_latency_on_a_real_promet
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_templates_read_the_kubernetes_pods_job_labels_through_their_arguments() {
+    let pods_job = |config: AppConfig| AppConfig {
+        label_style: LabelStyle::PodsJob,
+        ..config
+    };
+    let stable = TestApp::start(pods_job(AppConfig::stable("shop", "web")))
+        .await
+        .unwrap();
+    let canary = TestApp::start(pods_job(AppConfig::canary("shop", "web").error_rate(0.2)))
+        .await
+        .unwrap();
+    let Some(prometheus) =
+        start_prometheus(&[stable.scrape_target("pods"), canary.scrape_target("pods")]).await
+    else {
+        return;
+    };
+    let _to_canary = load::spawn(canary.addr(), LoadConfig::new(60.0, 100_000)).unwrap();
+    let _to_stable = load::spawn(stable.addr(), LoadConfig::new(60.0, 100_000)).unwrap();
+    let provider = provider(&prometheus);
+    let vars = variables();
+    let args = [
+        ("namespace-label", "kubernetes_namespace"),
+        ("pod-label", "kubernetes_pod_name"),
+    ];
+    let wait = Duration::from_secs(20);
+    let q = rendered("app-error-rate", &args, &vars);
+    poll(&provider, &q.canary, wait, near(0.2, 0.03)).await;
+    let counts = rendered("app-error-counts", &args, &vars);
+    poll(&provider, counts.stable.as_deref().unwrap(), wait, |s| {
+        *s == Sample::Value(0.0)
+    })
+    .await;
+    // With the ServiceMonitor label names there is nothing to find: no data, never 0.
+    let defaults = rendered("app-error-rate", &[], &vars);
+    assert_eq!(provider.query(&defaults.canary).await, Sample::NoData);
 }

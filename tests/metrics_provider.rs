@@ -200,6 +200,30 @@ async fn a_second_check_of_a_metric_in_flight_is_refused_without_querying() {
     );
 }
 
+#[tokio::test]
+async fn a_check_abandoned_midway_releases_its_metric() {
+    let fake = FakePrometheus::start().await.unwrap();
+    fake.on(
+        QueryMatch::exact("slow"),
+        Answer::slow(Duration::from_secs(30), Answer::value(1.0)),
+    );
+    let prometheus = provider(&fake.url(), None);
+    let in_flight = InFlight::new(4);
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        check(&prometheus, &in_flight, key("errors"), &only_canary("slow")),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "the check was still waiting when dropped"
+    );
+    assert!(in_flight.is_empty());
+    fake.on(QueryMatch::exact("fast"), Answer::value(2.0));
+    let result = check(&prometheus, &in_flight, key("errors"), &only_canary("fast")).await;
+    assert_eq!(result.canary, Sample::Value(2.0));
+}
+
 /// A server that answers every query with one value and records the Authorization headers.
 async fn recording_server() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
     let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();

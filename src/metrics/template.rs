@@ -98,6 +98,10 @@ pub enum RenderQueryError {
         "failed to render query: {variable} is used in a raw (backtick) string, where its value must not hold a backtick or control character"
     )]
     UnsafeRawValue { variable: String },
+    #[error(
+        "failed to resolve metric {metric}: a comparison needs {{{{ workload }}}} in the query, or stable would be measured by the canary's query"
+    )]
+    ComparisonWithoutWorkload { metric: String },
     #[error("failed to resolve metric {metric}: it has no query (inline or from its template)")]
     NoQuery { metric: String },
     #[error(
@@ -366,6 +370,11 @@ pub fn queries(
         ) => Some(render(query, &vars, Workload::Stable, &args)?),
         None => None,
     };
+    if stable.as_ref() == Some(&canary) {
+        return Err(RenderQueryError::ComparisonWithoutWorkload {
+            metric: metric.name.clone(),
+        });
+    }
     let (canary_total, stable_total) = match method {
         Some(ComparisonMethod::TwoProportion) => {
             let total = metric
@@ -720,7 +729,7 @@ mod tests {
     fn two_proportion_without_a_total_query_is_an_error() {
         let metric = MetricSpec {
             name: "errors".into(),
-            query: Some("e".into()),
+            query: Some(r#"e{w="{{ workload }}"}"#.into()),
             compare: Some(Comparison {
                 method: ComparisonMethod::TwoProportion,
                 ..Comparison::default()
@@ -731,6 +740,26 @@ mod tests {
             queries(&metric, None, &vars()),
             Err(RenderQueryError::NoTotalQuery {
                 metric: "errors".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_comparison_of_a_query_that_cannot_tell_the_sides_apart_is_an_error() {
+        let metric = MetricSpec {
+            name: "nginx".into(),
+            query: Some(r#"e{canary!=""}"#.into()),
+            compare: Some(Comparison {
+                method: ComparisonMethod::Ratio,
+                max_ratio: Some(1.5),
+                ..Comparison::default()
+            }),
+            ..MetricSpec::default()
+        };
+        assert_eq!(
+            queries(&metric, None, &vars()),
+            Err(RenderQueryError::ComparisonWithoutWorkload {
+                metric: "nginx".into()
             })
         );
     }
