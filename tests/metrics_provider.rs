@@ -224,6 +224,117 @@ async fn a_check_abandoned_midway_releases_its_metric() {
     assert_eq!(result.canary, Sample::Value(2.0));
 }
 
+/// An HTTPS server on 127.0.0.1 with a certificate from the test CA, answering one query.
+async fn tls_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, ServerConfig};
+
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prometheus-tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("server.crt"))
+        .expect("the server certificate fixture")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("a PEM certificate");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("the server key fixture");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("default TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("a valid certificate and key");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port on 127.0.0.1");
+    let url = format!(
+        "https://{}",
+        listener.local_addr().expect("a bound address")
+    );
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to answer.
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Headers, then the form body by its Content-Length.
+                loop {
+                    let Ok(read) = tls.read(&mut buffer).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length:"))
+                            .and_then(|value| value.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let body =
+                    r#"{"status":"success","data":{"resultType":"scalar","result":[0,"7"]}}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ignored = tls.write_all(response.as_bytes()).await;
+                let _ignored = tls.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+fn https_provider(url: &str, ca_certificate: Option<Vec<u8>>) -> Prometheus {
+    Prometheus::new(
+        &PrometheusProvider {
+            address: url.to_owned(),
+            timeout: Some(api::Duration::from_secs(5)),
+            secret_ref: None,
+        },
+        &PrometheusAuth {
+            credentials: Credentials::None,
+            ca_certificate,
+        },
+    )
+    .expect("a client for the TLS server")
+}
+
+#[tokio::test]
+async fn a_server_certified_by_the_secrets_ca_is_trusted_and_refused_without_it() {
+    let url = tls_server().await;
+    let ca = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/prometheus-tls/ca.crt"),
+    )
+    .unwrap();
+    let auth =
+        PrometheusAuth::from_secret_data(&secret(&[("ca.crt", std::str::from_utf8(&ca).unwrap())]))
+            .unwrap();
+    assert_eq!(
+        https_provider(&url, auth.ca_certificate).query("up").await,
+        Sample::Value(7.0)
+    );
+    let without = https_provider(&url, None).query("up").await;
+    let Sample::Error(reason) = without else {
+        panic!("a private CA must not be trusted without ca.crt, got {without:?}");
+    };
+    assert!(reason.contains("certificate"), "{reason}");
+}
+
 /// A server that answers every query with one value and records the Authorization headers.
 async fn recording_server() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
     let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
