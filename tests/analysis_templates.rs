@@ -224,6 +224,15 @@ async fn hostile_values_reach_prometheus_as_exactly_the_label_value_they_were() 
         "\u{0}é😀\u{fffd}\u{2028}",
         "`raw`",
     ];
+    // Why only the delimiting quote is escaped: PromQL unquotes with Go's rules, which refuse an
+    // escaped single quote inside double quotes.
+    let over_escaped = provider
+        .query(r#"label_replace(vector(1), "v", "it\'s", "", "")"#)
+        .await;
+    assert!(
+        matches!(&over_escaped, Sample::Error(reason) if reason.contains("bad_data")),
+        "{over_escaped:?}"
+    );
     for value in hostile {
         for template in [
             r#"count(label_replace(vector(1), "v", "{{ args.v }}", "", "") == 1)"#,
@@ -421,6 +430,10 @@ async fn templates_measure_the_simulated_error_rate_and_latency_on_a_real_promet
     }
     let too_few = rendered("app-error-rate", &[("min-requests", "1000000")], &vars);
     assert_eq!(provider.query(&too_few.canary).await, Sample::NoData);
+
+    // A query that forgets to aggregate is reported as several series, never averaged.
+    let per_pod = r#"rate(http_requests_total{namespace="shop", code="200"}[10s])"#;
+    poll(&provider, per_pod, wait, |s| *s == Sample::Several(2)).await;
 
     traffic.stop();
     assert!(

@@ -463,6 +463,52 @@ mod tests {
         assert!(out.is_ascii());
     }
 
+    /// Go's unquoting of the escapes `escape_string` writes, for the round-trip property.
+    fn unescape(escaped: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut chars = escaped.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next()? {
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'u' => out.push(char::from_u32(
+                    u32::from_str_radix(&chars.by_ref().take(4).collect::<String>(), 16).ok()?,
+                )?),
+                'U' => out.push(char::from_u32(
+                    u32::from_str_radix(&chars.by_ref().take(8).collect::<String>(), 16).ok()?,
+                )?),
+                other @ ('\\' | '"' | '\'') => out.push(other),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_escapes_to_printable_ascii_that_unquotes_to_itself(value in proptest::prelude::any::<String>()) {
+            for quote in ['"', '\''] {
+                let escaped = escape_string(&value, quote);
+                proptest::prop_assert!(escaped.bytes().all(|b| (b' '..=b'~').contains(&b)));
+                // The string cannot end early: every delimiting quote is escaped.
+                let unescaped_quotes = escaped
+                    .char_indices()
+                    .filter(|(i, c)| {
+                        *c == quote
+                            && escaped[..*i].chars().rev().take_while(|b| *b == '\\').count() % 2 == 0
+                    })
+                    .count();
+                proptest::prop_assert_eq!(unescaped_quotes, 0);
+                proptest::prop_assert_eq!(unescape(&escaped), Some(value.clone()));
+            }
+        }
+    }
+
     #[test]
     fn in_single_quoted_strings_only_the_single_quote_is_escaped() {
         let out = render_canary("x{a='{{ args.v }}'}", &[("v", r#"') or "x"#)]).unwrap();
