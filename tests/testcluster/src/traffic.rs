@@ -17,6 +17,7 @@ pub mod app;
 mod exposition;
 pub mod ingress;
 pub mod load;
+pub mod stack;
 pub mod weights;
 
 use std::net::SocketAddr;

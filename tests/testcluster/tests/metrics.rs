@@ -240,6 +240,30 @@ mod fake_prometheus {
     }
 
     #[tokio::test]
+    async fn a_fake_that_requires_credentials_refuses_queries_without_them() {
+        let (fake, client) = fake_and_client().await;
+        fake.require_authorization(Some("Bearer s3cret"));
+        fake.on(QueryMatch::Any, Answer::value(1.0));
+
+        let refused = client.query("up").get().await;
+        assert!(matches!(refused, Err(Error::Client(_))), "{refused:?}");
+        let answer = client
+            .query("up")
+            .header(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_static("Bearer s3cret"),
+            )
+            .get()
+            .await
+            .expect("answer with credentials");
+        assert_eq!(single_value(answer.data()), 1.0);
+
+        let recorded = fake.queries();
+        assert_eq!(recorded.len(), 1, "the refused query is not recorded");
+        assert_eq!(recorded[0].authorization.as_deref(), Some("Bearer s3cret"));
+    }
+
+    #[tokio::test]
     async fn every_query_is_recorded_so_a_test_can_count_them() {
         let (fake, client) = fake_and_client().await;
         for _ in 0..3 {
@@ -649,9 +673,11 @@ mod real_prometheus {
     use sluice_testcluster::prometheus::server::{
         PrometheusServer, ScrapeTarget, StartPrometheusError,
     };
-    use sluice_testcluster::traffic::app::{AppConfig, TestApp};
-    use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
+    use sluice_testcluster::traffic::Latency;
+    use sluice_testcluster::traffic::app::AppConfig;
+    use sluice_testcluster::traffic::ingress::IngressConfig;
     use sluice_testcluster::traffic::load::{self, LoadConfig};
+    use sluice_testcluster::traffic::stack::TrafficStack;
     use sluice_testcluster::traffic::weights::FixedShare;
 
     /// How long each value may take to appear once Prometheus runs.
@@ -683,20 +709,17 @@ mod real_prometheus {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn real_prometheus_measures_the_error_rate_of_each_workload_from_every_exporter() {
-        let stable = TestApp::start(AppConfig::stable("shop", "web"))
-            .await
-            .expect("stable app starts");
-        let canary = TestApp::start(AppConfig::canary("shop", "web").error_rate(0.5))
-            .await
-            .expect("canary app starts");
-        let ingress = SimulatedIngress::start(
+        let stack = TrafficStack::start_with(
+            AppConfig::stable("shop", "web"),
+            AppConfig::canary("shop", "web")
+                .error_rate(0.5)
+                .latency(Latency::Fixed(Duration::from_millis(300))),
             IngressConfig::new("shop", "web"),
-            &stable,
-            &canary,
             FixedShare::new(0.4),
         )
         .await
-        .expect("ingress starts");
+        .expect("apps and ingress start");
+        let (stable, ingress) = (&stack.stable, &stack.ingress);
         ingress.refresh().await.expect("share read");
         let traffic = load::spawn(
             ingress.addr(),
@@ -705,13 +728,7 @@ mod real_prometheus {
         )
         .expect("load starts");
 
-        let targets = [
-            stable.scrape_target("apps"),
-            canary.scrape_target("apps"),
-            stable.istio_scrape_target("envoy-stats"),
-            canary.istio_scrape_target("envoy-stats"),
-            ingress.scrape_target("ingress-nginx"),
-        ];
+        let targets = stack.scrape_targets();
         let prometheus = match PrometheusServer::start(&targets).await {
             Err(missing @ StartPrometheusError::BinaryMissing { .. })
                 if std::env::var_os("SLUICE_REQUIRE_PROMETHEUS").is_none() =>
@@ -723,14 +740,25 @@ mod real_prometheus {
         };
         let client = Client::try_from(prometheus.url().as_str()).expect("client");
 
-        // Each target keeps the job the test gave it.
+        // Each target keeps the job the test gave it (asked through the launcher's own helper).
+        let up = prometheus
+            .wait_for("up == 1", VALUE_TIMEOUT, |series| series.len() == 5)
+            .await
+            .expect("every target up");
+        let mut jobs: Vec<&str> = up
+            .iter()
+            .map(|(labels, _)| labels["job"].as_str())
+            .collect();
+        jobs.sort_unstable();
         assert_eq!(
-            value(&client, r#"count(up{job="apps"} == 1)"#).await,
-            Some(2.0)
-        );
-        assert_eq!(
-            value(&client, r#"count(up{job="ingress-nginx"} == 1)"#).await,
-            Some(1.0)
+            jobs,
+            [
+                "apps",
+                "apps",
+                "envoy-stats",
+                "envoy-stats",
+                "ingress-nginx"
+            ]
         );
 
         // Enough canary requests in the window that one request more or less is noise.
@@ -772,6 +800,36 @@ mod real_prometheus {
         // Envoy's bucket spelling survives the scrape.
         let envoy_bound = r#"count(istio_request_duration_milliseconds_bucket{destination_workload="web-canary",response_code="200",le="3600000"})"#;
         assert_eq!(value(&client, envoy_bound).await, Some(1.0));
+
+        // Latency: every canary request takes 300 ms, which lies in the (0.25, 0.5] bucket;
+        // stable answers at once.
+        let p90 = |selector: &str| {
+            format!(
+                r#"histogram_quantile(0.9, sum by (le) (rate(http_request_duration_seconds_bucket{{{selector}}}[10s])))"#
+            )
+        };
+        let canary_p90 = poll(&client, &p90(r#"pod=~"web-canary-.*""#), |_| true).await;
+        assert!(
+            canary_p90 > 0.25 && canary_p90 <= 0.5,
+            "canary p90 {canary_p90}"
+        );
+        let stable_p90 = poll(&client, &p90(&format!(r#"pod="{}""#, stable.pod())), |_| {
+            true
+        })
+        .await;
+        assert!(stable_p90 <= 0.1, "stable p90 {stable_p90}");
+        let istio_p90 = r#"histogram_quantile(0.9, sum by (le) (rate(istio_request_duration_milliseconds_bucket{reporter="destination",destination_workload="web-canary"}[10s])))"#;
+        let istio_p90 = poll(&client, istio_p90, |_| true).await;
+        assert!(
+            istio_p90 > 250.0 && istio_p90 <= 500.0,
+            "istio p90 {istio_p90}"
+        );
+        let nginx_p90 = r#"histogram_quantile(0.9, sum by (le) (rate(nginx_ingress_controller_request_duration_seconds_bucket{ingress="web",canary!=""}[10s])))"#;
+        let nginx_p90 = poll(&client, nginx_p90, |_| true).await;
+        assert!(
+            nginx_p90 > 0.25 && nginx_p90 <= 0.5,
+            "nginx p90 {nginx_p90}"
+        );
 
         // The ingress split 40 % to the canary; Prometheus sees the same split.
         let canary_share = r#"sum(increase(nginx_ingress_controller_requests{canary!=""}[10s])) / sum(increase(nginx_ingress_controller_requests[10s]))"#;

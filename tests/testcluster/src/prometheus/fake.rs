@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Form, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use regex::Regex;
@@ -248,6 +248,8 @@ pub struct ReceivedQuery {
     pub endpoint: Endpoint,
     /// GET or POST.
     pub method: Method,
+    /// The `Authorization` header, if any (to check that credentials from a Secret arrive).
+    pub authorization: Option<String>,
     /// The `query` parameter.
     pub query: String,
     /// Every parameter, `query` included (`time`, `start`, `end`, `step`, `timeout`, ...).
@@ -265,6 +267,7 @@ struct Rule {
 struct Script {
     rules: Vec<Rule>,
     default: Answer,
+    required_authorization: Option<String>,
 }
 
 struct Shared {
@@ -342,6 +345,7 @@ impl FakePrometheus {
             script: Mutex::new(Script {
                 rules: Vec::new(),
                 default: Answer::no_data(),
+                required_authorization: None,
             }),
             received: Mutex::new(Vec::new()),
         });
@@ -375,6 +379,13 @@ impl FakePrometheus {
     /// Answers queries no rule matches with `answer`.
     pub fn set_default(&self, answer: Answer) {
         self.shared.script().default = answer;
+    }
+
+    /// Answers 401 to every request whose `Authorization` header is not exactly `authorization`
+    /// (e.g. `Bearer <token>` or `Basic <base64>`); `None` accepts every request again.
+    /// Refused requests are not recorded.
+    pub fn require_authorization(&self, authorization: Option<&str>) {
+        self.shared.script().required_authorization = authorization.map(str::to_owned);
     }
 
     /// Forgets every rule (the default answer stays).
@@ -468,32 +479,50 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) -> Running {
 async fn instant(
     State(shared): State<Arc<Shared>>,
     method: Method,
+    headers: HeaderMap,
     Form(params): Form<Vec<(String, String)>>,
 ) -> Response {
-    answer_query(&shared, Endpoint::Instant, method, params).await
+    answer_query(&shared, Endpoint::Instant, method, &headers, params).await
 }
 
 async fn range(
     State(shared): State<Arc<Shared>>,
     method: Method,
+    headers: HeaderMap,
     Form(params): Form<Vec<(String, String)>>,
 ) -> Response {
-    answer_query(&shared, Endpoint::Range, method, params).await
+    answer_query(&shared, Endpoint::Range, method, &headers, params).await
 }
 
 async fn answer_query(
     shared: &Shared,
     endpoint: Endpoint,
     method: Method,
+    headers: &HeaderMap,
     params: Vec<(String, String)>,
 ) -> Response {
     let params: BTreeMap<String, String> = params.into_iter().collect();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let required = shared.script().required_authorization.clone();
+    if required.is_some() && authorization != required {
+        // As a Prometheus behind an authenticating proxy answers; the query never arrives.
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "Unauthorized",
+        )
+            .into_response();
+    }
     let Some(query) = params.get("query").cloned() else {
         return prometheus_error(ErrorType::BadData, "invalid parameter \"query\": missing");
     };
     shared.received().push(ReceivedQuery {
         endpoint,
         method,
+        authorization,
         query: query.clone(),
         params: params.clone(),
         received_at: Instant::now(),

@@ -115,8 +115,10 @@ struct IngressState {
 struct ShareReading {
     /// The last share read successfully.
     share: Option<f64>,
-    /// How many reads finished (successful or not).
-    reads: u64,
+    /// How many reads started.
+    started: u64,
+    /// The number (in start order, from 1) of the last read that finished, successful or not.
+    finished: u64,
     /// The last read's error, if it failed.
     error: Option<String>,
 }
@@ -222,11 +224,13 @@ impl SimulatedIngress {
     /// Reads the share again now and returns it, e.g. right after the test changed the router.
     pub async fn refresh(&self) -> Result<f64, RefreshShareError> {
         let mut readings = self.state.share.subscribe();
-        let before = readings.borrow_and_update().reads;
+        // A read already under way may have fetched the object before the caller changed it;
+        // only a read that starts after this point counts.
+        let before = readings.borrow_and_update().started;
         self.wake.notify_one();
         let fresh = tokio::time::timeout(
             REFRESH_TIMEOUT,
-            readings.wait_for(|reading| reading.reads > before),
+            readings.wait_for(|reading| reading.finished > before),
         )
         .await
         .map_err(|_| RefreshShareError::Timeout(REFRESH_TIMEOUT))?
@@ -258,9 +262,14 @@ impl Drop for SimulatedIngress {
 
 async fn refresh_loop(weights: impl WeightSource, state: Arc<IngressState>, wake: Arc<Notify>) {
     loop {
+        let mut number = 0;
+        state.share.send_modify(|reading| {
+            reading.started += 1;
+            number = reading.started;
+        });
         let read = weights.canary_share().await;
         state.share.send_modify(|reading| {
-            reading.reads += 1;
+            reading.finished = number;
             match read {
                 Ok(share) => {
                     reading.share = Some(share.clamp(0.0, 1.0));
