@@ -1,12 +1,12 @@
 //! The Prometheus provider against the scripted fake Prometheus of the test cluster: every kind of
-//! sample, the timeout, the in-flight bound, and (against a tiny recording server of our own,
-//! because the fake does not keep headers) the credentials actually sent.
+//! sample, the timeout, the in-flight bound and the credentials actually sent; and, against a
+//! small TLS server of our own, that the Secret's CA certificate is what makes a server trusted.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use sluice::api::{self, PrometheusProvider};
 use sluice::core::Sample;
 use sluice::metrics::{
@@ -335,35 +335,6 @@ async fn a_server_certified_by_the_secrets_ca_is_trusted_and_refused_without_it(
     assert!(reason.contains("certificate"), "{reason}");
 }
 
-/// A server that answers every query with one value and records the Authorization headers.
-async fn recording_server() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
-    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
-    let record = Arc::clone(&seen);
-    let app = axum::Router::new().route(
-        "/api/v1/query",
-        axum::routing::post(move |headers: HeaderMap| {
-            let record = Arc::clone(&record);
-            async move {
-                record.lock().expect("no test panicked holding it").push(
-                    headers
-                        .get("authorization")
-                        .map(|v| v.to_str().expect("an ASCII header").to_owned()),
-                );
-                axum::Json(serde_json::json!({
-                    "status": "success",
-                    "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, "1"]}]}
-                }))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port on 127.0.0.1");
-    let url = format!("http://{}", listener.local_addr().expect("a bound address"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, seen)
-}
-
 fn secret(pairs: &[(&str, &str)]) -> BTreeMap<String, k8s_openapi::ByteString> {
     pairs
         .iter()
@@ -377,20 +348,21 @@ fn secret(pairs: &[(&str, &str)]) -> BTreeMap<String, k8s_openapi::ByteString> {
 }
 
 async fn authorization_sent(auth: PrometheusAuth) -> Option<String> {
-    let (url, seen) = recording_server().await;
+    let fake = FakePrometheus::start().await.expect("the fake starts");
+    fake.on(QueryMatch::exact("up"), Answer::value(1.0));
     let prometheus = Prometheus::new(
         &PrometheusProvider {
-            address: url,
+            address: fake.url(),
             timeout: None,
             secret_ref: None,
         },
         &auth,
     )
-    .expect("a client for the recording server");
+    .expect("a client for the fake");
     assert_eq!(prometheus.query("up").await, Sample::Value(1.0));
-    let seen = seen.lock().expect("no test panicked holding it");
-    assert_eq!(seen.len(), 1);
-    seen[0].clone()
+    let received = fake.queries();
+    assert_eq!(received.len(), 1);
+    received[0].authorization.clone()
 }
 
 #[tokio::test]
@@ -412,6 +384,27 @@ async fn basic_auth_from_the_secret_is_sent() {
     assert_eq!(
         authorization_sent(auth).await.as_deref(),
         Some("Basic YWxpY2U6czNjcmV0")
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_an_error_with_the_http_status() {
+    let fake = FakePrometheus::start().await.unwrap();
+    fake.require_authorization(Some("Bearer right"));
+    fake.on(QueryMatch::exact("up"), Answer::value(1.0));
+    let auth = PrometheusAuth::from_secret_data(&secret(&[("token", "wrong")])).unwrap();
+    let prometheus = Prometheus::new(
+        &PrometheusProvider {
+            address: fake.url(),
+            timeout: None,
+            secret_ref: None,
+        },
+        &auth,
+    )
+    .unwrap();
+    assert_eq!(
+        prometheus.query("up").await,
+        Sample::Error("HTTP 401 Unauthorized".into())
     );
 }
 
