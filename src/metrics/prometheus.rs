@@ -200,6 +200,8 @@ impl Prometheus {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
+        // Proxies from the environment are ignored: Prometheus is addressed directly (usually
+        // in-cluster), and credentials must not travel through a proxy nobody configured for it.
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .no_proxy();
