@@ -11,3 +11,4 @@ pub mod http;
 pub mod telemetry;
 pub mod router;
 pub mod workload;
+pub mod metrics;
