@@ -56,7 +56,9 @@ pub enum Command {
     /// against the controller's own rules. References (policyRef, templateRef) are followed among
     /// the files given. One line per problem, naming file, document, object, field and reason.
     /// Exits 0 when all are valid, 1 when any is invalid, 2 when a file cannot be read.
-    #[command(after_help = "Examples:\n  sluice lint canary.yaml policy.yaml templates.yaml\n  kustomize build overlays/prod | sluice lint -")]
+    #[command(
+        after_help = "Examples:\n  sluice lint canary.yaml policy.yaml templates.yaml\n  kustomize build overlays/prod | sluice lint -"
+    )]
     Lint(LintArgs),
 
     /// Play a rollout on a simulated clock with the controller's real decision core.
@@ -66,7 +68,9 @@ pub enum Command {
     /// every step, weight, check (value, limit, verdict) and event, then the outcome and how long it
     /// took. With no file, runs the built-in healthy scenario. Exits 0 when the scenario's
     /// expectation holds (or it has none), 1 when it does not, 2 when the file cannot be read.
-    #[command(after_help = "Examples:\n  sluice simulate\n  sluice simulate examples/scenarios/latency-regression.yaml\n  sluice simulate my-scenario.yaml -o json | jq .outcome")]
+    #[command(
+        after_help = "Examples:\n  sluice simulate\n  sluice simulate examples/scenarios/latency-regression.yaml\n  sluice simulate my-scenario.yaml -o json | jq .outcome"
+    )]
     Simulate(SimulateArgs),
 
     /// Print the version of sluice and of the API it serves.

@@ -95,8 +95,8 @@ fn yaml_chunks(text: &str) -> Vec<(usize, String)> {
     let mut current = String::new();
     let mut start = 0;
     for (n, line) in text.lines().enumerate() {
-        let is_marker = line.starts_with("---")
-            && line[3..].chars().next().is_none_or(char::is_whitespace);
+        let is_marker =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
         if is_marker {
             if n > 0 || !current.is_empty() {
                 chunks.push((start, std::mem::take(&mut current)));
@@ -125,8 +125,18 @@ fn is_blank(chunk: &str) -> bool {
     })
 }
 
+/// The parser's first line without its own `error: line L column C:` prefix (the location is
+/// reported separately, shifted to the whole file).
 fn first_line_of(message: &str) -> String {
-    message.lines().next().unwrap_or_default().trim().to_owned()
+    let line = message.lines().next().unwrap_or_default().trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((location, rest)) if location.contains("column") => rest.to_owned(),
+        Some(_) | None => line.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -227,9 +227,7 @@ fn index_of(parsed: &[Parsed]) -> Index {
             }
             Kind::ClusterAnalysisTemplate => {
                 if let Ok(template) = serde_json::from_value::<ClusterAnalysisTemplate>(value) {
-                    index
-                        .cluster_templates
-                        .insert(name, template.spec.template);
+                    index.cluster_templates.insert(name, template.spec.template);
                 }
             }
             Kind::Canary => {}
@@ -324,7 +322,15 @@ fn check(doc: &Parsed, schemas: &BTreeMap<String, Value>, index: &Index) -> Vec<
             &format!("skipped: {api_version} {kind} is not a sluice resource"),
         )];
     };
-    let field_error = |v: Violation| error(&doc.file, doc.index, Some(&label), Some(&v.field), &v.reason);
+    let field_error = |v: Violation| {
+        error(
+            &doc.file,
+            doc.index,
+            Some(&label),
+            Some(&v.field),
+            &v.reason,
+        )
+    };
     let Some(root) = schemas.get(kind) else {
         return vec![error(
             &doc.file,
@@ -466,9 +472,24 @@ fn check_canary(
             .filter(|e| !unresolved.contains(&e.field))
             .collect(),
     };
-    let mut findings = to_findings(errors);
+    let mut findings = to_findings(dedup(errors));
     findings.extend(notes);
     findings
+}
+
+/// Resolution checks some bounds twice (on the Canary's own fields, then after applying
+/// templates); keep one line per field and reason.
+fn dedup(errors: Vec<FieldError>) -> Vec<FieldError> {
+    let mut kept: Vec<FieldError> = Vec::new();
+    for error in errors {
+        let repeated = kept
+            .iter()
+            .any(|k| k.field == error.field && error.reason.starts_with(&k.reason));
+        if !repeated {
+            kept.push(error);
+        }
+    }
+    kept
 }
 
 fn label_of(kind: &str, object: &Map<String, Value>) -> String {
@@ -529,7 +550,9 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
                 if !matches_name(value, NAME_PATTERN, 253) {
                     fail(
                         name,
-                        format!("{value:?} is not a valid CanaryPolicy name (lower-case letters, digits, '-' and '.')"),
+                        format!(
+                            "{value:?} is not a valid CanaryPolicy name (lower-case letters, digits, '-' and '.')"
+                        ),
                     );
                 }
             }
@@ -556,14 +579,19 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
                 Ok(t) if (1..=100).contains(&t) => {}
                 Ok(_) | Err(_) => fail(
                     name,
-                    format!("{value:?} must be an integer from 1 to 100 (failed checks before rollback)"),
+                    format!(
+                        "{value:?} must be an integer from 1 to 100 (failed checks before rollback)"
+                    ),
                 ),
             },
             names::ROUTER_ANNOTATION => {
                 if !ROUTERS.contains(&value) {
                     fail(
                         name,
-                        format!("{value:?} is not a router: use one of {}", ROUTERS.join(", ")),
+                        format!(
+                            "{value:?} is not a router: use one of {}",
+                            ROUTERS.join(", ")
+                        ),
                     );
                 }
             }
@@ -571,7 +599,9 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
                 if !matches_name(value, LABEL_PATTERN, 63) {
                     fail(
                         name,
-                        format!("{value:?} is not a valid Service name (a DNS label: lower-case letters, digits and '-', at most 63)"),
+                        format!(
+                            "{value:?} is not a valid Service name (a DNS label: lower-case letters, digits and '-', at most 63)"
+                        ),
                     );
                 }
             }

@@ -81,10 +81,8 @@ fn check_metadata(value: &Value, out: &mut Vec<Violation>) {
                 }
                 None => out.push(type_mismatch(&path, "object", value)),
             },
-            "name" | "namespace" | "generateName" => {
-                if !value.is_string() {
-                    out.push(type_mismatch(&path, "string", value));
-                }
+            "name" | "namespace" | "generateName" if !value.is_string() => {
+                out.push(type_mismatch(&path, "string", value));
             }
             _ => {}
         }
@@ -393,7 +391,10 @@ mod tests {
 
     #[test]
     fn a_valid_value_has_no_violations() {
-        assert!(check(json!({"name": "ok", "weights": [1, 100], "mode": "Hold", "labels": {"a": "b"}})).is_empty());
+        assert!(
+            check(json!({"name": "ok", "weights": [1, 100], "mode": "Hold", "labels": {"a": "b"}}))
+                .is_empty()
+        );
     }
 
     #[test]
@@ -406,7 +407,9 @@ mod tests {
 
     #[test]
     fn bounds_types_patterns_and_enums_are_each_reported() {
-        let found = check(json!({"name": "A", "weights": [0, "x", 101], "mode": "Maybe", "labels": {"a": 1}}));
+        let found = check(
+            json!({"name": "A", "weights": [0, "x", 101], "mode": "Maybe", "labels": {"a": 1}}),
+        );
         assert_eq!(
             found,
             vec![

@@ -57,7 +57,11 @@ pub struct Entry {
 
 /// What a timeline line says.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum What {
     /// Something the scenario made happen (a new revision, a command, an outage).
     Scenario { message: String },
@@ -142,8 +146,14 @@ pub fn simulate(scenario: &Scenario) -> Timeline {
         ..Default::default()
     };
     let resolved = validate::resolve(spec, &base).ok();
-    let metrics = resolved.as_ref().map(|r| r.metrics.clone()).unwrap_or_default();
-    let hooks = resolved.as_ref().map(|r| r.hooks.clone()).unwrap_or_default();
+    let metrics = resolved
+        .as_ref()
+        .map(|r| r.metrics.clone())
+        .unwrap_or_default();
+    let hooks = resolved
+        .as_ref()
+        .map(|r| r.hooks.clone())
+        .unwrap_or_default();
 
     let mut world = World::new(scenario);
     let mut status = CanaryStatus::default();
@@ -291,7 +301,9 @@ pub fn simulate(scenario: &Scenario) -> Timeline {
                 );
             }
             [
-                decision.requeue_after.map(|d| now + d.max(Duration::from_millis(1))),
+                decision
+                    .requeue_after
+                    .map(|d| now + d.max(Duration::from_millis(1))),
                 timeline.get(next_item).map(|item| item.at.as_std()),
                 world.next_happening(),
                 outages.get(next_outage).map(|(at, _)| *at),
@@ -626,10 +638,7 @@ pub fn render_text(timeline: &Timeline) -> String {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "outcome: {}", timeline.outcome.summary);
-    match (
-        timeline.outcome.expectation_met,
-        &timeline.outcome.expected,
-    ) {
+    match (timeline.outcome.expectation_met, &timeline.outcome.expected) {
         (Some(true), Some(expected)) => {
             let _ = writeln!(out, "expected: {expected}: met");
         }

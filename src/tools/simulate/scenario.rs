@@ -306,10 +306,7 @@ impl Scenario {
         }
         for (i, outage) in self.outages.iter().enumerate() {
             if outage.to <= outage.from {
-                return Err(invalid(
-                    format!("outages[{i}].to"),
-                    "must be after `from`",
-                ));
+                return Err(invalid(format!("outages[{i}].to"), "must be after `from`"));
             }
         }
         for (i, item) in self.timeline.iter().enumerate() {

@@ -144,8 +144,8 @@ impl World {
         let updated = if rolled {
             target.replicas
         } else {
-            let fraction =
-                target.rollout_progress.as_secs_f64() / target.rollout_duration.as_secs_f64().max(1e-9);
+            let fraction = target.rollout_progress.as_secs_f64()
+                / target.rollout_duration.as_secs_f64().max(1e-9);
             // Whole pods only: a pod is updated once it is replaced.
             (f64::from(target.replicas) * fraction).floor() as i32
         };
@@ -256,11 +256,7 @@ impl World {
     }
 
     /// Runs every metric's check now, as Prometheus would answer it.
-    pub fn checks(
-        &mut self,
-        scenario: &Scenario,
-        metrics: &[ResolvedMetric],
-    ) -> Vec<MetricResult> {
+    pub fn checks(&mut self, scenario: &Scenario, metrics: &[ResolvedMetric]) -> Vec<MetricResult> {
         let down = scenario
             .outages
             .iter()
@@ -269,7 +265,8 @@ impl World {
             .iter()
             .map(|metric| {
                 if down {
-                    let error = || Sample::Error("Prometheus unreachable (simulated outage)".into());
+                    let error =
+                        || Sample::Error("Prometheus unreachable (simulated outage)".into());
                     return MetricResult {
                         metric: metric.name.clone(),
                         query: metric.query.clone(),
