@@ -5,4 +5,7 @@
 //! Dependencies point one way: [`api`] <- [`core`] <- everything else.
 
 pub mod api;
+pub mod controller;
 pub mod core;
+pub mod http;
+pub mod telemetry;
