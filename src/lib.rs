@@ -5,5 +5,8 @@
 //! Dependencies point one way: [`api`] <- [`core`] <- everything else.
 
 pub mod api;
+pub mod controller;
 pub mod core;
+pub mod http;
+pub mod telemetry;
 pub mod tools;

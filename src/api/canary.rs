@@ -6,6 +6,9 @@
 //! across fields) and is checked again by `core::validate`, because a schema is not always installed
 //! the way it was generated. No I/O here.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` arguments read as duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -2,6 +2,9 @@
 //! queries with default limits, referenced from a Canary's metrics. `analysis-templates/` ships
 //! ClusterAnalysisTemplates for common exporters. No I/O here.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` arguments read as duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,119 @@
+//! The controller's own Prometheus metrics (DESIGN.md section 8): reconciles and their duration,
+//! errors by a bounded category, canaries by phase, the canary weight, analysis verdicts, hook
+//! calls and API calls. Every label value comes from a bounded set (phases, verdicts, categories,
+//! verbs) or names a Canary, so cardinality grows with the number of Canaries and nothing else.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Identifies one Canary.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A reconcile error by its bounded category.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub category: String,
+}
+
+/// A count of Canaries in one phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+/// One metric's verdicts for one Canary.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub namespace: String,
+    pub name: String,
+    pub metric: String,
+    pub verdict: String,
+}
+
+/// One hook's calls by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub namespace: String,
+    pub name: String,
+    pub hook: String,
+    pub outcome: String,
+}
+
+/// API calls by RBAC verb and resource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCallLabels {
+    pub verb: String,
+    pub resource: String,
+}
+
+/// Every controller metric, registered under the `sluice_` prefix.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    pub reconciles: Counter,
+    pub reconcile_duration_seconds: Histogram,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub canaries: Family<PhaseLabels, Gauge>,
+    pub canary_weight: Family<CanaryLabels, Gauge>,
+    pub checks: Family<VerdictLabels, Counter>,
+    pub hook_calls: Family<HookLabels, Counter>,
+    pub api_calls: Family<ApiCallLabels, Counter>,
+}
+
+impl ControllerMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reconciles: Counter::default(),
+            // 1 ms .. ~16 s
+            reconcile_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            reconcile_errors: Family::default(),
+            canaries: Family::default(),
+            canary_weight: Family::default(),
+            checks: Family::default(),
+            hook_calls: Family::default(),
+            api_calls: Family::default(),
+        };
+        let sluice = registry.sub_registry_with_prefix("sluice");
+        sluice.register("reconciles", "Reconciles run", metrics.reconciles.clone());
+        sluice.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            metrics.reconcile_duration_seconds.clone(),
+        );
+        sluice.register(
+            "reconcile_errors",
+            "Reconciles that failed, by error category",
+            metrics.reconcile_errors.clone(),
+        );
+        sluice.register("canaries", "Canaries by phase", metrics.canaries.clone());
+        sluice.register(
+            "canary_weight",
+            "Percentage of traffic routed to each canary",
+            metrics.canary_weight.clone(),
+        );
+        sluice.register(
+            "checks",
+            "Analysis checks by metric and verdict",
+            metrics.checks.clone(),
+        );
+        sluice.register(
+            "hook_calls",
+            "Hook calls by outcome",
+            metrics.hook_calls.clone(),
+        );
+        sluice.register(
+            "api_calls",
+            "Kubernetes API calls made, by verb and resource",
+            metrics.api_calls.clone(),
+        );
+        metrics
+    }
+}
