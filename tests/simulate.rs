@@ -335,3 +335,78 @@ fn the_binary_exits_2_for_a_missing_or_malformed_scenario() {
     let output = sluice(&["simulate", "-o", "xml"]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
 }
+
+fn healthy_with(extra_timeline: &str) -> Scenario {
+    let text = scenario_text("healthy.yaml").replace(
+        "timeline:\n  - at: 1m\n    revision: 5d8f9c2a1b\n",
+        &format!("timeline:\n  - at: 1m\n    revision: 5d8f9c2a1b\n{extra_timeline}"),
+    );
+    let text = text.replace("expect:\n  outcome: Promoted\n  within: 15m\n", "");
+    Scenario::parse(&text).expect("scenario parses")
+}
+
+#[test]
+fn an_abort_command_rolls_the_current_revision_back() {
+    let timeline = simulate(&healthy_with("  - at: 3m\n    command: Abort\n"));
+    let text = render_text(&timeline);
+    assert_eq!(timeline.outcome.outcome, Outcome::RolledBack, "{text}");
+    assert!(
+        timeline.outcome.at_seconds < 4.0 * 60.0,
+        "the abort acts at once:\n{text}"
+    );
+    assert_eq!(timeline.outcome.failed_checks, 0, "{text}");
+}
+
+#[test]
+fn a_newer_revision_mid_rollout_supersedes_the_running_one_and_is_promoted() {
+    let timeline = simulate(&healthy_with("  - at: 3m30s\n    revision: 9e8d7c6b5a\n"));
+    let text = render_text(&timeline);
+    assert_eq!(timeline.outcome.outcome, Outcome::Promoted, "{text}");
+    assert_eq!(
+        timeline.outcome.revision.as_deref(),
+        Some("9e8d7c6b5a"),
+        "{text}"
+    );
+    assert!(
+        timeline
+            .outcome
+            .summary
+            .starts_with("Promoted revision 9e8d7c6b5a after 5 step(s)"),
+        "the newer revision runs every step itself: {text}"
+    );
+}
+
+#[test]
+fn manual_promotion_waits_for_the_promote_command() {
+    let manual = |extra: &str| {
+        let text = scenario_text("healthy.yaml")
+            .replace(
+                "    strategy:\n",
+                "    manualPromotion: true\n    strategy:\n",
+            )
+            .replace("expect:\n  outcome: Promoted\n  within: 15m\n", "")
+            .replace(
+                "timeline:\n  - at: 1m\n    revision: 5d8f9c2a1b\n",
+                &format!("timeline:\n  - at: 1m\n    revision: 5d8f9c2a1b\n{extra}"),
+            );
+        simulate(&Scenario::parse(&text).expect("scenario parses"))
+    };
+    let waiting = manual("");
+    assert_eq!(
+        waiting.outcome.outcome,
+        Outcome::WaitingPromotion,
+        "{}",
+        render_text(&waiting)
+    );
+    let promoted = manual("  - at: 30m\n    command: Promote\n");
+    assert_eq!(
+        promoted.outcome.outcome,
+        Outcome::Promoted,
+        "{}",
+        render_text(&promoted)
+    );
+    assert!(
+        promoted.outcome.at_seconds >= 30.0 * 60.0,
+        "not before the command"
+    );
+}

@@ -118,6 +118,8 @@ pub struct OutcomeReport {
     /// Checks run for the revision, and how many failed.
     pub checks: usize,
     pub failed_checks: usize,
+    /// Analysis intervals (instants at which checks ran) for the revision.
+    pub intervals: usize,
     /// The rollout's last phase and message.
     pub phase: Option<Phase>,
     pub message: Option<String>,
@@ -430,6 +432,9 @@ struct Recorder {
     revision_steps_from: usize,
     checks: usize,
     failed_checks: usize,
+    /// Distinct instants at which checks ran for the current revision.
+    intervals: usize,
+    last_check_at: Option<Duration>,
 }
 
 impl Recorder {
@@ -445,20 +450,10 @@ impl Recorder {
         self.revision_steps_from = self.steps.len();
         self.checks = 0;
         self.failed_checks = 0;
+        self.intervals = 0;
     }
 
     fn record_status(&mut self, now: Duration, old: &CanaryStatus, new: &CanaryStatus) {
-        if old.phase != new.phase
-            && let Some(to) = new.phase
-        {
-            self.push(
-                now,
-                What::Phase {
-                    from: old.phase,
-                    to,
-                },
-            );
-        }
         let fresh: Vec<&CheckRecord> = new
             .analysis
             .iter()
@@ -470,6 +465,10 @@ impl Recorder {
                 self.failed_checks += 1;
             }
             let at = offset_of(&record.time);
+            if self.last_check_at != Some(at) {
+                self.intervals += 1;
+                self.last_check_at = Some(at);
+            }
             self.push(
                 at,
                 What::Check {
@@ -480,6 +479,17 @@ impl Recorder {
                     limit: record.limit.clone(),
                     verdict: record.verdict,
                     reason: record.reason.clone(),
+                },
+            );
+        }
+        if old.phase != new.phase
+            && let Some(to) = new.phase
+        {
+            self.push(
+                now,
+                What::Phase {
+                    from: old.phase,
+                    to,
                 },
             );
         }
@@ -519,14 +529,9 @@ impl Recorder {
         if self.checks > 0 {
             let _ = write!(
                 summary,
-                " ({} check(s), {} failed)",
-                self.checks, self.failed_checks
+                "; {} analysis interval(s), {} check(s), {} failed",
+                self.intervals, self.checks, self.failed_checks
             );
-        }
-        if !matches!(outcome, Outcome::Promoted)
-            && let Some(message) = &status.message
-        {
-            let _ = write!(summary, ": {message}");
         }
         let (expectation_met, expected) = match &scenario.expect {
             None => (None, None),
@@ -549,6 +554,7 @@ impl Recorder {
             steps,
             checks: self.checks,
             failed_checks: self.failed_checks,
+            intervals: self.intervals,
             phase: status.phase,
             message: status.message.clone(),
             summary,
@@ -638,6 +644,11 @@ pub fn render_text(timeline: &Timeline) -> String {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "outcome: {}", timeline.outcome.summary);
+    if timeline.outcome.outcome != Outcome::Promoted
+        && let Some(message) = &timeline.outcome.message
+    {
+        let _ = writeln!(out, "why: {message}");
+    }
     match (timeline.outcome.expectation_met, &timeline.outcome.expected) {
         (Some(true), Some(expected)) => {
             let _ = writeln!(out, "expected: {expected}: met");

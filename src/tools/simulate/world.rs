@@ -329,7 +329,9 @@ fn sample_of(segment: &Segment, check: usize, now: Duration) -> Sample {
         } else {
             1.0
         };
-        return Sample::Value(ramp.from + (ramp.to - ramp.from) * fraction);
+        let value = ramp.from + (ramp.to - ramp.from) * fraction;
+        // Six decimals: what a person writes in a limit, without float noise in the timeline.
+        return Sample::Value((value * 1e6).round() / 1e6);
     }
     if segment.nan {
         return Sample::NaN;
