@@ -242,3 +242,31 @@ fn help_explains_each_command_with_an_example() {
         );
     }
 }
+
+#[test]
+fn a_broken_document_does_not_hide_the_others_and_json_is_read_too() {
+    let report = lint(&[
+        Source {
+            name: "multi.yaml".into(),
+            text: "apiVersion: sluice.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: a, namespace: shop}\nspec: {query: [unclosed\n---\napiVersion: sluice.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: b, namespace: shop}\nspec: {query: up, min: 2, max: 1}\n".into(),
+        },
+        Source {
+            name: "template.json".into(),
+            text: r#"{"apiVersion": "sluice.dev/v1alpha1", "kind": "ClusterAnalysisTemplate", "metadata": {"name": "c"}, "spec": {"query": "up", "onNoData": "Maybe"}}"#.into(),
+        },
+    ]);
+    let lines: Vec<String> = report.errors().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("multi.yaml (document 1): invalid YAML at line "),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[1],
+        "multi.yaml (document 2): AnalysisTemplate shop/b: spec.min: min 2 exceeds max 1"
+    );
+    assert!(
+        lines[2].starts_with("template.json (document 1): ClusterAnalysisTemplate c: spec.onNoData: unsupported value \"Maybe\""),
+        "{lines:#?}"
+    );
+}

@@ -58,9 +58,15 @@ fn json_documents(text: &str) -> Vec<Document> {
         Err(error) => vec![Document {
             index: 1,
             content: Err(format!(
-                "invalid JSON at line {}, column {}: {error}",
+                "invalid JSON at line {}, column {}: {}",
                 error.line(),
-                error.column()
+                error.column(),
+                // serde_json appends the position itself; it is already in front.
+                error
+                    .to_string()
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
             )),
         }],
     }
@@ -130,6 +136,11 @@ fn is_blank(chunk: &str) -> bool {
 fn first_line_of(message: &str) -> String {
     let line = message.lines().next().unwrap_or_default().trim();
     let line = line.strip_prefix("error: ").unwrap_or(line);
+    // The parser's advice is about its own options, not about the user's file.
+    let line = line
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(line);
     match line
         .strip_prefix("line ")
         .and_then(|rest| rest.split_once(": "))
@@ -170,6 +181,23 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .expect("a line number");
         assert!((4..=5).contains(&line), "{error}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_a_syntax_error_without_parser_advice() {
+        let docs = documents("a: 1\na: 2\n");
+        let error = docs[0].content.clone().expect_err("duplicate key");
+        assert_eq!(
+            error,
+            "invalid YAML at line 2, column 1: duplicate mapping key: a"
+        );
+    }
+
+    #[test]
+    fn a_json_syntax_error_names_its_position_once() {
+        let docs = documents("{\"a\": \n}");
+        let error = docs[0].content.clone().expect_err("no value");
+        assert_eq!(error, "invalid JSON at line 2, column 1: expected value");
     }
 
     #[test]
