@@ -396,7 +396,11 @@ impl<'a> Machine<'a> {
 
     /// A new revision: hold it, then start its canary beside the stable one.
     fn start(&mut self, resolved: &Resolved, target: &TargetState) {
-        if !target.paused {
+        let pausing = self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SetTarget { paused: true, .. }));
+        if !target.paused && !pausing {
             self.set_target(target, true, true);
             self.event(
                 true,
@@ -1354,6 +1358,9 @@ impl<'a> Machine<'a> {
     }
 
     fn target_missing(&mut self, resolved: &Resolved) {
+        if self.status.phase.is_none() {
+            self.status.phase = Some(Phase::Initializing);
+        }
         self.say(format!(
             "target Deployment {} not found; waiting for it",
             resolved.target
