@@ -80,6 +80,12 @@ fn every_shipped_scenario_reaches_its_expected_outcome() {
         let (scenario, timeline) = run(&name);
         assert!(scenario.expect.is_some(), "{name} states its expectation");
         assert_eq!(
+            timeline.outcome.violations,
+            0,
+            "{name}:\n{}",
+            render_text(&timeline)
+        );
+        assert_eq!(
             timeline.outcome.expectation_met,
             Some(true),
             "{name}:\n{}",

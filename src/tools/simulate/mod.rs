@@ -89,6 +89,8 @@ pub enum What {
     Action { action: String },
     /// An action the cluster refused.
     Refused { action: String, error: String },
+    /// The cluster broke one of the design's invariants (I1, I2): a bug in the core.
+    Violation { invariant: String, message: String },
 }
 
 /// A change of the canary's weight.
@@ -120,6 +122,8 @@ pub struct OutcomeReport {
     pub failed_checks: usize,
     /// Analysis intervals (instants at which checks ran) for the revision.
     pub intervals: usize,
+    /// Invariant violations seen during the whole simulation (see the `violation` events).
+    pub violations: usize,
     /// The rollout's last phase and message.
     pub phase: Option<Phase>,
     pub message: Option<String>,
@@ -252,6 +256,7 @@ pub fn simulate(scenario: &Scenario) -> Timeline {
             );
         }
         let mut changed = false;
+        let mut refused = false;
         for action in &decision.actions {
             match world.apply(action) {
                 Ok(did) => {
@@ -262,6 +267,10 @@ pub fn simulate(scenario: &Scenario) -> Timeline {
                             action: describe(action),
                         },
                     );
+                    // Checked after every action: the cluster really is in each in-between state.
+                    if let Some(message) = world.weight_without_ready_pods() {
+                        recorder.violation(now, "I1", message);
+                    }
                 }
                 Err(error) => {
                     recorder.push(
@@ -273,12 +282,24 @@ pub fn simulate(scenario: &Scenario) -> Timeline {
                     );
                     // A refused write is seen by the watch: reconcile again at once.
                     changed = true;
+                    refused = true;
                     break;
                 }
             }
         }
         let status_changed = decision.status != status;
         status = decision.status;
+        let routed = world.route.unwrap_or(0);
+        if !refused && routed != status.canary_weight {
+            recorder.violation(
+                now,
+                "I2",
+                format!(
+                    "the router sends {routed}% to the canary but status says {}%",
+                    status.canary_weight
+                ),
+            );
+        }
 
         let pending = next_item < timeline.len();
         if !pending && let Some(outcome) = settled(&status, latest.as_ref(), &world) {
@@ -435,6 +456,7 @@ struct Recorder {
     /// Distinct instants at which checks ran for the current revision.
     intervals: usize,
     last_check_at: Option<Duration>,
+    violations: usize,
 }
 
 impl Recorder {
@@ -444,6 +466,17 @@ impl Recorder {
             at: format_offset(at),
             what,
         });
+    }
+
+    fn violation(&mut self, at: Duration, invariant: &str, message: String) {
+        self.violations += 1;
+        self.push(
+            at,
+            What::Violation {
+                invariant: invariant.to_owned(),
+                message,
+            },
+        );
     }
 
     fn reset_for_revision(&mut self) {
@@ -543,7 +576,10 @@ impl Recorder {
                     Some(within) => format!("{} within {within}", expect.outcome),
                     None => expect.outcome.to_string(),
                 };
-                (Some(expect.outcome == outcome && in_time), Some(words))
+                (
+                    Some(expect.outcome == outcome && in_time && self.violations == 0),
+                    Some(words),
+                )
             }
         };
         OutcomeReport {
@@ -555,6 +591,7 @@ impl Recorder {
             checks: self.checks,
             failed_checks: self.failed_checks,
             intervals: self.intervals,
+            violations: self.violations,
             phase: status.phase,
             message: status.message.clone(),
             summary,
@@ -639,11 +676,21 @@ pub fn render_text(timeline: &Timeline) -> String {
             ),
             What::Action { action } => format!("  -> {action}"),
             What::Refused { action, error } => format!("  -> {action}: REFUSED {error}"),
+            What::Violation { invariant, message } => {
+                format!("INVARIANT {invariant} VIOLATED: {message}")
+            }
         };
         let _ = writeln!(out, "{:>9}  {line}", entry.at);
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "outcome: {}", timeline.outcome.summary);
+    if timeline.outcome.violations > 0 {
+        let _ = writeln!(
+            out,
+            "invariants: {} violation(s), see INVARIANT lines above",
+            timeline.outcome.violations
+        );
+    }
     if timeline.outcome.outcome != Outcome::Promoted
         && let Some(message) = &timeline.outcome.message
     {

@@ -123,6 +123,14 @@ impl World {
         [ready, rolled].into_iter().flatten().min()
     }
 
+    /// Invariant I1: no weight on a side with zero ready pods. The stable side always has ready
+    /// pods here, so only the canary side can break it.
+    pub fn weight_without_ready_pods(&self) -> Option<String> {
+        let weight = self.route.filter(|w| *w > 0)?;
+        let ready = self.canary.as_ref().map_or(0, |c| c.ready);
+        (ready == 0).then(|| format!("{weight}% of traffic goes to a canary with no ready pods"))
+    }
+
     /// A new template lands on the target (a GitOps sync or `kubectl apply`).
     pub fn new_template(&mut self, revision: &str) {
         let target = &mut self.target;
@@ -351,4 +359,79 @@ pub fn hook_results(asked: &[String], hooks: &[HookSpec]) -> Vec<HookResult> {
             message: "200 OK (simulated)".into(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world() -> World {
+        let scenario = Scenario::parse(crate::tools::simulate::HEALTHY).expect("healthy parses");
+        World::new(&scenario)
+    }
+
+    #[test]
+    fn weight_on_a_canary_without_ready_pods_breaks_i1() {
+        let mut world = world();
+        world
+            .apply(&Action::ApplyCanary {
+                revision: "abc".into(),
+                replicas: 1,
+            })
+            .expect("applied");
+        world
+            .apply(&Action::SetRoute {
+                canary_weight: 10,
+                matches: Vec::new(),
+            })
+            .expect("applied");
+        assert!(world.weight_without_ready_pods().is_some());
+        world.advance(Duration::from_secs(20));
+        assert_eq!(world.weight_without_ready_pods(), None);
+    }
+
+    #[test]
+    fn a_stale_resource_version_is_a_conflict() {
+        let mut world = world();
+        let stale = world.target.resource_version.to_string();
+        world.new_template("abc");
+        let result = world.apply(&Action::SetTarget {
+            resource_version: stale,
+            labelled: true,
+            paused: false,
+        });
+        assert!(result.is_err());
+        assert!(!world.target.labelled);
+    }
+
+    #[test]
+    fn a_paused_target_does_not_roll_and_an_unpaused_one_rolls_over_its_duration() {
+        let mut world = world();
+        let rv = world.target.resource_version.to_string();
+        world
+            .apply(&Action::SetTarget {
+                resource_version: rv,
+                labelled: true,
+                paused: false,
+            })
+            .expect("applied");
+        world.new_template("abc");
+        assert!(
+            world.target.paused,
+            "the admission policy pauses a labelled target"
+        );
+        world.advance(Duration::from_secs(600));
+        assert_ne!(world.target.pods, "abc");
+        let rv = world.target.resource_version.to_string();
+        world
+            .apply(&Action::SetTarget {
+                resource_version: rv,
+                labelled: true,
+                paused: false,
+            })
+            .expect("applied");
+        assert_eq!(world.next_happening(), Some(Duration::from_secs(660)));
+        world.advance(Duration::from_secs(660));
+        assert_eq!(world.target.pods, "abc");
+    }
 }
