@@ -43,9 +43,12 @@ fn checks(timeline: &Timeline) -> Vec<(f64, Verdict)> {
     timeline
         .events
         .iter()
-        .filter_map(|e| match &e.what {
-            What::Check { verdict, .. } => Some((e.at_seconds, *verdict)),
-            _ => None,
+        .filter_map(|e| {
+            if let What::Check { verdict, .. } = &e.what {
+                Some((e.at_seconds, *verdict))
+            } else {
+                None
+            }
         })
         .collect()
 }
@@ -415,4 +418,71 @@ fn manual_promotion_waits_for_the_promote_command() {
         promoted.outcome.at_seconds >= 30.0 * 60.0,
         "not before the command"
     );
+}
+
+#[test]
+fn a_canary_that_uses_a_policy_and_a_template_is_simulated_with_both() {
+    let text = r#"
+name: policy-and-template
+canary:
+  apiVersion: sluice.dev/v1alpha1
+  kind: Canary
+  metadata: {name: web, namespace: shop}
+  spec:
+    targetRef: {name: web}
+    policyRef: {name: web-standard}
+policy:
+  apiVersion: sluice.dev/v1alpha1
+  kind: CanaryPolicy
+  metadata: {name: web-standard}
+  spec:
+    service: {port: 80}
+    router: {nginx: {ingress: {name: web}}}
+    strategy: {canary: {stepWeight: 25, maxWeight: 50}}
+    analysis:
+      interval: 30s
+      threshold: 1
+      metrics:
+        - name: error-rate
+          templateRef: {name: http-error-rate}
+templates:
+  - apiVersion: sluice.dev/v1alpha1
+    kind: AnalysisTemplate
+    metadata: {name: http-error-rate, namespace: shop}
+    spec:
+      query: sum(rate(http_requests_total{code=~"5.."}[{{ interval }}]))
+      max: 0.01
+metrics:
+  error-rate:
+    - at: 0s
+      value: 0.001
+    - at: 2m
+      value: 0.5
+timeline:
+  - at: 1m
+    revision: 5d8f9c2a1b
+expect:
+  outcome: RolledBack
+"#;
+    let timeline = simulate(&Scenario::parse(text).expect("scenario parses"));
+    let rendered = render_text(&timeline);
+    // The template's max (0.01) judges the values: the first check after 2m fails, and the
+    // policy's threshold of 1 rolls back at once.
+    assert_eq!(timeline.outcome.outcome, Outcome::RolledBack, "{rendered}");
+    assert_eq!(timeline.outcome.failed_checks, 1, "{rendered}");
+    assert!(rendered.contains("limit <= 0.01"), "{rendered}");
+}
+
+#[test]
+fn an_invalid_canary_ends_invalid_and_moves_no_traffic() {
+    let text = scenario_text("healthy.yaml")
+        .replace(
+            "stepWeight: 10\n        maxWeight: 50",
+            "stepWeight: 30\n        maxWeight: 20",
+        )
+        .replace("outcome: Promoted", "outcome: Invalid");
+    let timeline = simulate(&Scenario::parse(&text).expect("scenario parses"));
+    let rendered = render_text(&timeline);
+    assert_eq!(timeline.outcome.outcome, Outcome::Invalid, "{rendered}");
+    assert!(timeline.steps.iter().all(|s| s.weight == 0), "{rendered}");
 }
