@@ -486,3 +486,38 @@ fn an_invalid_canary_ends_invalid_and_moves_no_traffic() {
     assert_eq!(timeline.outcome.outcome, Outcome::Invalid, "{rendered}");
     assert!(timeline.steps.iter().all(|s| s.weight == 0), "{rendered}");
 }
+
+#[test]
+fn a_template_landing_during_promotion_when_paused_at_rest_is_held_and_analysed() {
+    let text = scenario_text("healthy.yaml")
+        .replace("holdMode: AdmissionPolicy", "holdMode: PausedAtRest")
+        .replace(
+            "    revision: 5d8f9c2a1b\n",
+            "    revision: 5d8f9c2a1b\n  - at: 6m40s\n    revision: 9e8d7c6b5a\n",
+        );
+    let timeline = simulate(&Scenario::parse(&text).expect("scenario parses"));
+    let rendered = render_text(&timeline);
+    assert_eq!(timeline.outcome.outcome, Outcome::Promoted, "{rendered}");
+    assert_eq!(
+        timeline.outcome.revision.as_deref(),
+        Some("9e8d7c6b5a"),
+        "{rendered}"
+    );
+    // The only rollout of the stable Deployment is the analysed one, after its own five steps.
+    let rolled: Vec<(f64, &str)> = timeline
+        .events
+        .iter()
+        .filter_map(|e| {
+            if let What::Cluster { message } = &e.what {
+                message
+                    .strip_prefix("target rolled out revision ")
+                    .map(|r| (e.at_seconds, r))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(rolled.len(), 1, "{rendered}");
+    assert_eq!(rolled[0].1, "9e8d7c6b5a", "{rendered}");
+    assert_eq!(timeline.outcome.steps, 5, "{rendered}");
+}
