@@ -135,7 +135,7 @@ pub fn step(
     }
     let Some(target) = observed.target.clone() else {
         machine.target_missing(&resolved);
-        machine.conditions(&resolved, false);
+        machine.conditions(Some("TargetNotFound"));
         return machine.decision();
     };
     if observed.router.missing {
@@ -144,13 +144,13 @@ pub fn step(
                 .to_owned(),
         );
         machine.requeue_in(MISSING_RETRY);
-        machine.conditions(&resolved, false);
+        machine.conditions(Some("RouterNotFound"));
         return machine.decision();
     }
     if !machine.command(&resolved, &target) {
         machine.dispatch(&resolved, &target);
     }
-    machine.conditions(&resolved, true);
+    machine.conditions(None);
     machine.decision()
 }
 
@@ -1370,7 +1370,8 @@ impl<'a> Machine<'a> {
 
     /// Ready, Progressing, Promoted, Failed and InvalidSpec from the phase, each naming the
     /// revision and the generation.
-    fn conditions(&mut self, resolved: &Resolved, target_found: bool) {
+    /// `not_ready` is the reason Ready is False, if it is.
+    fn conditions(&mut self, not_ready: Option<&str>) {
         let phase = self.phase();
         let revision = self.status.revision.clone();
         let message = self.status.message.clone().unwrap_or_default();
@@ -1406,20 +1407,26 @@ impl<'a> Machine<'a> {
                 (Status::True, reason, message)
             }
             (Phase::Failed, None, None) => (Status::True, "RolledBack".to_owned(), message.clone()),
-            (_, _, _) => (Status::False, "NotFailed".to_owned(), message.clone()),
+            (
+                Phase::Initializing
+                | Phase::Idle
+                | Phase::Progressing
+                | Phase::WaitingPromotion
+                | Phase::Promoting
+                | Phase::Finalising
+                | Phase::Succeeded
+                | Phase::Paused
+                | Phase::Invalid,
+                _,
+                _,
+            ) => (Status::False, "NotFailed".to_owned(), message.clone()),
         };
-        let _ = resolved;
         let generation = self.observed.generation;
         let updates = [
             (
                 condition::READY,
-                Status::from_bool(target_found),
-                if target_found {
-                    "Ready"
-                } else {
-                    "TargetNotFound"
-                }
-                .to_owned(),
+                Status::from_bool(not_ready.is_none()),
+                not_ready.unwrap_or("Ready").to_owned(),
                 message.clone(),
             ),
             (
