@@ -345,7 +345,7 @@ fn check(doc: &Parsed, schemas: &BTreeMap<String, Value>, index: &Index) -> Vec<
         // Unknown fields first: a misspelt key explains most of what follows it.
         let (unknown, other): (Vec<_>, Vec<_>) = violations
             .into_iter()
-            .partition(|v| v.reason == "unknown field");
+            .partition(|v| v.reason.starts_with(schema::UNKNOWN_FIELD));
         return unknown.into_iter().chain(other).map(field_error).collect();
     }
     let value = Value::Object(doc.object.clone());
@@ -605,13 +605,18 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
                     );
                 }
             }
-            unknown => fail(
-                unknown,
-                format!(
-                    "unknown sluice annotation; known ones are {}",
-                    names::DEPLOYMENT_ANNOTATIONS.join(", ")
-                ),
-            ),
+            unknown => {
+                let hint = schema::closest(unknown, names::DEPLOYMENT_ANNOTATIONS.iter().copied())
+                    .map(|known| format!(" (did you mean {known}?)"))
+                    .unwrap_or_default();
+                fail(
+                    unknown,
+                    format!(
+                        "unknown sluice annotation{hint}; known ones are {}",
+                        names::DEPLOYMENT_ANNOTATIONS.join(", ")
+                    ),
+                );
+            }
         }
     }
     if let (Some(step), Some(max)) = weights
@@ -668,6 +673,20 @@ mod tests {
     }
 
     #[test]
+    fn an_object_without_a_name_is_invalid() {
+        let report = lint_one(
+            "apiVersion: sluice.dev/v1alpha1\nkind: CanaryPolicy\nmetadata: {}\nspec: {}\n",
+        );
+        let lines: Vec<String> = report.errors().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "test.yaml (document 1): CanaryPolicy (unnamed): metadata.name: required field is missing"
+            ]
+        );
+    }
+
+    #[test]
     fn an_unrelated_kind_is_skipped_with_a_note() {
         let report = lint_one("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
         assert!(report.is_valid());
@@ -683,7 +702,9 @@ mod tests {
         let lines: Vec<String> = report.errors().map(ToString::to_string).collect();
         assert_eq!(
             lines,
-            vec!["test.yaml (document 1): CanaryPolicy web: spec.stratgy: unknown field"]
+            vec![
+                "test.yaml (document 1): CanaryPolicy web: spec.stratgy: unknown field (did you mean \"strategy\"?)"
+            ]
         );
     }
 }

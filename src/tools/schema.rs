@@ -44,9 +44,23 @@ pub fn check_object(object: &Map<String, Value>, root: &Value) -> Vec<Violation>
             "metadata" => check_metadata(value, &mut out),
             _ => match root.pointer(&format!("/properties/{key}")) {
                 Some(schema) => walk(value, schema, key, &mut out),
-                None => out.push(unknown(key)),
+                None => {
+                    let known = root
+                        .get("properties")
+                        .and_then(Value::as_object)
+                        .into_iter()
+                        .flat_map(|p| p.keys().map(String::as_str))
+                        .chain(["apiVersion", "kind", "metadata"]);
+                    out.push(unknown_with_hint(key, closest(key, known)));
+                }
             },
         }
+    }
+    if !object.contains_key("metadata") {
+        out.push(violation(
+            "metadata.name",
+            "required field is missing".into(),
+        ));
     }
     for required in required_of(root) {
         if !object.contains_key(required) {
@@ -64,10 +78,19 @@ fn check_metadata(value: &Value, out: &mut Vec<Violation>) {
         out.push(type_mismatch("metadata", "object", value));
         return;
     };
+    if !meta.contains_key("name") && !meta.contains_key("generateName") {
+        out.push(violation(
+            "metadata.name",
+            "required field is missing".into(),
+        ));
+    }
     for (key, value) in meta {
         let path = format!("metadata.{key}");
         if !OBJECT_META_FIELDS.contains(&key.as_str()) {
-            out.push(unknown(&path));
+            out.push(unknown_with_hint(
+                &path,
+                closest(key, OBJECT_META_FIELDS.iter().copied()),
+            ));
             continue;
         }
         match key.as_str() {
@@ -160,7 +183,10 @@ fn walk_object(
         } else if additional == Some(&Value::Bool(true)) || preserve {
             // Free-form by design.
         } else {
-            out.push(unknown(&child));
+            let known = properties
+                .into_iter()
+                .flat_map(|p| p.keys().map(String::as_str));
+            out.push(unknown_with_hint(&child, closest(key, known)));
         }
     }
     for required in required_of(schema) {
@@ -314,8 +340,53 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn unknown(path: &str) -> Violation {
-    violation(path, "unknown field".into())
+/// The reason of every unknown-field violation starts with this.
+pub const UNKNOWN_FIELD: &str = "unknown field";
+
+fn unknown_with_hint(path: &str, hint: Option<&str>) -> Violation {
+    match hint {
+        Some(hint) => violation(path, format!("{UNKNOWN_FIELD} (did you mean {hint:?}?)")),
+        None => violation(path, UNKNOWN_FIELD.into()),
+    }
+}
+
+/// The candidate nearest to `word` when it is close enough to be a typo (at most a third of its
+/// letters differ).
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) from `a` to `b`, ignoring case: a swap
+/// counts once, because `stepWeigths` is a typo of `stepWeights`, not of `stepWeight`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_lowercase().chars().collect();
+    let b: Vec<char> = b.to_lowercase().chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn type_mismatch(path: &str, expected: &str, value: &Value) -> Violation {
@@ -401,7 +472,7 @@ mod tests {
     fn an_unknown_field_is_named_with_its_path() {
         assert_eq!(
             check(json!({"name": "ok", "nmae": "x"})),
-            vec!["spec.nmae: unknown field"]
+            vec!["spec.nmae: unknown field (did you mean \"name\"?)"]
         );
     }
 
@@ -421,6 +492,22 @@ mod tests {
                 "spec.weights[1]: must be of type integer, not string \"x\"",
                 "spec.weights[2]: 101 is more than the maximum 100",
             ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_far_from_every_known_one_gets_no_hint() {
+        assert_eq!(
+            check(json!({"name": "ok", "replicas": 3})),
+            vec!["spec.replicas: unknown field"]
+        );
+    }
+
+    #[test]
+    fn a_swap_of_two_letters_is_one_typo() {
+        assert_eq!(
+            closest("stepWeigths", ["stepWeight", "stepWeights", "maxWeight"]),
+            Some("stepWeights")
         );
     }
 
