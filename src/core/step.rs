@@ -18,7 +18,16 @@
 //! - `pause` is accepted while the canary is analysed or waits for promotion; `resume` returns to
 //!   `Progressing` with a fresh step clock, so the current step is checked again before moving.
 //! - A canary losing its ready pods mid-step gets its traffic withdrawn (I1) and the step restarts
-//!   when it is ready again.
+//!   when it is ready again (no deadline applies to that wait).
+//! - Finalising happens within one decision (route to stable, re-hold per mode, scale to zero);
+//!   if any of it fails, the at-rest convergence of the next reconcile completes it.
+//! - `abort` during promotion holds the stable Deployment where its rollout stands (sluice never
+//!   rewrites the template); `skip` on the last step and `promote --full` are a person's choice to
+//!   promote without the remaining analysis.
+//! - Post-rollout and rollback hooks are called once per revision; their answers are recorded and
+//!   told, never acted on.
+//! - With the replica-ratio router the canary shares the stable Service, so its pods take traffic
+//!   as soon as they are ready, before any gate.
 
 use std::time::Duration as StdDuration;
 
