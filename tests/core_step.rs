@@ -314,4 +314,7 @@ first_sight_adopts_the_template_as_stable_and_labels_the_target,
     router_read_back_drift_is_corrected_before_any_check,
     a_canary_losing_its_ready_pods_gets_its_traffic_withdrawn,
     a_target_unpaused_mid_canary_is_paused_again,
+    post_rollout_hooks_are_called_after_promotion,
+    post_rollout_hooks_are_called_only_once,
+    a_failing_rollback_hook_is_told_not_acted_on,
 }

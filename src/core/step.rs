@@ -18,7 +18,16 @@
 //! - `pause` is accepted while the canary is analysed or waits for promotion; `resume` returns to
 //!   `Progressing` with a fresh step clock, so the current step is checked again before moving.
 //! - A canary losing its ready pods mid-step gets its traffic withdrawn (I1) and the step restarts
-//!   when it is ready again.
+//!   when it is ready again (no deadline applies to that wait).
+//! - Finalising happens within one decision (route to stable, re-hold per mode, scale to zero);
+//!   if any of it fails, the at-rest convergence of the next reconcile completes it.
+//! - `abort` during promotion holds the stable Deployment where its rollout stands (sluice never
+//!   rewrites the template); `skip` on the last step and `promote --full` are a person's choice to
+//!   promote without the remaining analysis.
+//! - Post-rollout and rollback hooks are called once per revision; their answers are recorded and
+//!   told, never acted on.
+//! - With the replica-ratio router the canary shares the stable Service, so its pods take traffic
+//!   as soon as they are ready, before any gate.
 
 use std::time::Duration as StdDuration;
 
@@ -99,12 +108,19 @@ pub fn due(
                 Vec::new()
             },
         },
+        // Informational hooks are called once per revision: a record of any answer ends them.
+        Phase::Succeeded => Due {
+            checks: false,
+            hooks: unanswered_hooks(&resolved, status, HookType::PostRollout),
+        },
+        Phase::Failed => Due {
+            checks: false,
+            hooks: unanswered_hooks(&resolved, status, HookType::Rollback),
+        },
         Phase::Initializing
         | Phase::Idle
         | Phase::Promoting
         | Phase::Finalising
-        | Phase::Succeeded
-        | Phase::Failed
         | Phase::Paused
         | Phase::Invalid => Due::default(),
     }
@@ -207,7 +223,8 @@ impl<'a> Machine<'a> {
     }
 
     fn say(&mut self, message: String) {
-        self.status.message = Some(message);
+        // One line, whatever a provider or hook put in its error text.
+        self.status.message = Some(message.replace(['\n', '\r'], " "));
     }
 
     fn event(&mut self, warning: bool, reason: &str, message: String) {
@@ -344,6 +361,10 @@ impl<'a> Machine<'a> {
     }
 
     fn at_rest(&mut self, resolved: &Resolved, target: &TargetState) {
+        for (_, failure) in self.record_hooks(&[HookType::PostRollout, HookType::Rollback]) {
+            // Informational: a failure is told, never acted on.
+            self.event(true, "HookFailed", failure);
+        }
         let Some(stable) = self.status.stable_revision.clone() else {
             self.initialize(resolved, target);
             return;
@@ -1587,6 +1608,22 @@ fn hooks_of(resolved: &Resolved, kind: HookType) -> Vec<String> {
         .hooks
         .iter()
         .filter(|h| h.hook_type == kind)
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// Hooks of `kind` with no answer at all recorded for the current revision.
+fn unanswered_hooks(resolved: &Resolved, status: &CanaryStatus, kind: HookType) -> Vec<String> {
+    resolved
+        .hooks
+        .iter()
+        .filter(|h| h.hook_type == kind)
+        .filter(|h| {
+            !status
+                .hooks
+                .iter()
+                .any(|r| r.name == h.name && Some(&r.revision) == status.revision.as_ref())
+        })
         .map(|h| h.name.clone())
         .collect()
 }
