@@ -11,4 +11,5 @@ pub mod http;
 pub mod metrics;
 pub mod router;
 pub mod telemetry;
+pub mod tools;
 pub mod workload;

@@ -1,0 +1,266 @@
+//! The `sluice` command line: clap definitions (their doc comments are the `--help` text) and
+//! [`run`], which reads files, calls the tools and picks the exit code. Data goes to `out`, errors
+//! to `err`, so tests can run it without a process.
+//!
+//! Exit codes: 0 success (all valid, expectation met), 1 a finding (invalid document, expectation
+//! not met), 2 usage or read errors (clap's own usage errors also exit 2).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use super::lint::{self, Source};
+use super::simulate::{self, scenario::Scenario};
+
+/// Everything went as asked.
+pub const EXIT_OK: u8 = 0;
+/// The tool ran and found a problem (an invalid document, an unmet expectation).
+pub const EXIT_FINDING: u8 = 1;
+/// The tool could not run: bad usage, a file that cannot be read or parsed.
+pub const EXIT_USAGE: u8 = 2;
+
+const ABOUT: &str = "sluice: progressive delivery for Kubernetes (canary and blue/green rollouts gated by Prometheus)";
+
+const EXAMPLES: &str = "\
+Examples:
+  sluice crds | kubectl apply --server-side -f -
+  sluice lint deploy/*.yaml
+  sluice simulate examples/scenarios/error-rate-regression.yaml";
+
+/// sluice: progressive delivery for Kubernetes.
+///
+/// The controller and its offline tools: print the CRDs, lint manifests before they reach a
+/// cluster, and simulate a rollout on a simulated clock with the controller's real decision core.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = ABOUT, long_about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every sluice CustomResourceDefinition as multi-document YAML.
+    ///
+    /// The output is what crds/ in the repository holds; apply it before starting the controller.
+    #[command(after_help = "Example:\n  sluice crds | kubectl apply --server-side -f -")]
+    Crds,
+
+    /// Check manifests offline: Canary, CanaryPolicy, (Cluster)AnalysisTemplate and Deployments
+    /// with sluice.dev/ annotations.
+    ///
+    /// Every document of every file (multi-document YAML or JSON) is checked for YAML syntax,
+    /// unknown fields and types against the CRD schema (like kubectl --validate=strict), then
+    /// against the controller's own rules. References (policyRef, templateRef) are followed among
+    /// the files given. One line per problem, naming file, document, object, field and reason.
+    /// Exits 0 when all are valid, 1 when any is invalid, 2 when a file cannot be read.
+    #[command(
+        after_help = "Examples:\n  sluice lint canary.yaml policy.yaml templates.yaml\n  kustomize build overlays/prod | sluice lint -"
+    )]
+    Lint(LintArgs),
+
+    /// Play a rollout on a simulated clock with the controller's real decision core.
+    ///
+    /// A scenario file gives the Canary, the cluster's behaviour, metric values over time,
+    /// Prometheus outages and commands (format: examples/scenarios/README.md). The timeline shows
+    /// every step, weight, check (value, limit, verdict) and event, then the outcome and how long it
+    /// took. With no file, runs the built-in healthy scenario. Exits 0 when the scenario's
+    /// expectation holds (or it has none), 1 when it does not, 2 when the file cannot be read.
+    #[command(
+        after_help = "Examples:\n  sluice simulate\n  sluice simulate examples/scenarios/latency-regression.yaml\n  sluice simulate my-scenario.yaml -o json | jq .outcome"
+    )]
+    Simulate(SimulateArgs),
+
+    /// Print the version of sluice and of the API it serves.
+    Version,
+}
+
+/// Arguments of `sluice lint`.
+#[derive(Debug, clap::Args)]
+pub struct LintArgs {
+    /// Files to check; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// Arguments of `sluice simulate`.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Scenario file (YAML); `-` reads standard input. Default: the built-in healthy scenario.
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// How `simulate` prints its timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// One line per event, then the outcome.
+    Text,
+    /// One JSON object: `events`, `steps` and `outcome`.
+    Json,
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match cli.command {
+        Command::Crds => crds(out, err),
+        Command::Lint(args) => lint_files(&args, out, err),
+        Command::Simulate(args) => simulate_file(&args, out, err),
+        Command::Version => {
+            let written = writeln!(
+                out,
+                "sluice {} (API {}/{})",
+                env!("CARGO_PKG_VERSION"),
+                crate::api::names::GROUP,
+                crate::api::names::VERSION
+            );
+            exit_of_write(written, err)
+        }
+    }
+}
+
+fn crds(out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match crate::api::crds_yaml() {
+        Ok(yaml) => exit_of_write(out.write_all(yaml.as_bytes()), err),
+        Err(error) => {
+            let _ = writeln!(err, "error: failed to render the CRDs: {error}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn lint_files(args: &LintArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let mut sources = Vec::new();
+    let mut unreadable = false;
+    for path in &args.files {
+        match read(path) {
+            Ok(source) => sources.push(source),
+            Err(message) => {
+                let _ = writeln!(err, "error: {message}");
+                unreadable = true;
+            }
+        }
+    }
+    let report = lint::lint(&sources);
+    let mut text = String::new();
+    for finding in &report.findings {
+        text.push_str(&finding.to_string());
+        text.push('\n');
+    }
+    text.push_str(&report.summary());
+    text.push('\n');
+    let written = exit_of_write(out.write_all(text.as_bytes()), err);
+    if unreadable || written != EXIT_OK {
+        EXIT_USAGE
+    } else if report.is_valid() {
+        EXIT_OK
+    } else {
+        EXIT_FINDING
+    }
+}
+
+fn simulate_file(args: &SimulateArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let source = match &args.scenario {
+        None => Source {
+            name: "healthy.yaml (built in)".into(),
+            text: simulate::HEALTHY.to_owned(),
+        },
+        Some(path) => match read(path) {
+            Ok(source) => source,
+            Err(message) => {
+                let _ = writeln!(err, "error: {message}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let scenario = match Scenario::parse(&source.text) {
+        Ok(scenario) => scenario,
+        Err(error) => {
+            let _ = writeln!(err, "error: {}: {error}", source.name);
+            return EXIT_USAGE;
+        }
+    };
+    let timeline = simulate::simulate(&scenario);
+    let rendered = match args.output {
+        Output::Text => simulate::render_text(&timeline),
+        Output::Json => match serde_json::to_string_pretty(&timeline) {
+            Ok(json) => json + "\n",
+            Err(error) => {
+                let _ = writeln!(err, "error: failed to render the timeline as JSON: {error}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let written = exit_of_write(out.write_all(rendered.as_bytes()), err);
+    if written != EXIT_OK {
+        return written;
+    }
+    match timeline.outcome.expectation_met {
+        Some(false) => EXIT_FINDING,
+        Some(true) | None => EXIT_OK,
+    }
+}
+
+/// Reads a file, or standard input for `-`.
+fn read(path: &std::path::Path) -> Result<Source, String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        return Ok(Source {
+            name: "<stdin>".into(),
+            text,
+        });
+    }
+    std::fs::read_to_string(path)
+        .map(|text| Source {
+            name: path.display().to_string(),
+            text,
+        })
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn exit_of_write(result: std::io::Result<()>, err: &mut dyn Write) -> u8 {
+    match result {
+        Ok(()) => EXIT_OK,
+        // A closed pipe (`sluice crds | head`) is not worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => {
+            let _ = writeln!(err, "error: failed to write output: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_the_api() {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = run(
+            Cli {
+                command: Command::Version,
+            },
+            &mut out,
+            &mut err,
+        );
+        assert_eq!(code, EXIT_OK);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("sluice.dev/v1alpha1"), "{text}");
+    }
+}
