@@ -1172,7 +1172,8 @@ impl<'a> Machine<'a> {
             | CommandAction::Pause
             | CommandAction::Resume
             | CommandAction::Skip => {
-                if wrong_revision(rollout_revision.as_ref()) || target.revision != command.revision {
+                if wrong_revision(rollout_revision.as_ref()) || target.revision != command.revision
+                {
                     Some(format!(
                         "the command names revision {}, but the rollout is at revision {current}",
                         command.revision
