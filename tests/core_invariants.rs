@@ -6,7 +6,8 @@
 //! - I3: no SetTarget paused=false while the target's template is an unanalysed revision (judged by
 //!   this test's own record of passing checks, not by the core's status);
 //! - I4: the step index never increases before stepStartedAt + interval;
-//! - I6: every SetTarget carries the observed resourceVersion, at most one per decision.
+//! - I6: every SetTarget carries the observed resourceVersion, at most one per decision; and, with
+//!   the admission policy, no unanalysed template ever runs unpaused on the stable Deployment.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -299,6 +300,19 @@ impl World {
         self.check(&observed, &decision)?;
         self.execute(&decision);
         self.status = decision.status;
+        // With the admission policy the hold is atomic, so no unanalysed template ever runs on
+        // the stable Deployment's pods (I6's purpose); paused at rest, a template landing during
+        // promotion is the documented hazard, so this is checked in admission mode only.
+        if self.mode == HoldMode::AdmissionPolicy && !self.target.paused {
+            prop_assert!(
+                self.oracle.released.contains(&self.target.revision)
+                    || self
+                        .oracle
+                        .fully_analysed(&self.target.revision, self.setup),
+                "unanalysed revision {} rolls on the stable Deployment",
+                self.target.revision
+            );
+        }
         Ok(())
     }
 
@@ -386,13 +400,14 @@ impl World {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    // Passing samples are the likeliest so that random worlds often reach promotion.
     let sample = prop_oneof![
-        Just(SampleKind::Pass),
-        Just(SampleKind::Fail),
-        Just(SampleKind::NoData),
-        Just(SampleKind::NaN),
-        Just(SampleKind::Several),
-        Just(SampleKind::Error),
+        5 => Just(SampleKind::Pass),
+        1 => Just(SampleKind::Fail),
+        1 => Just(SampleKind::NoData),
+        1 => Just(SampleKind::NaN),
+        1 => Just(SampleKind::Several),
+        1 => Just(SampleKind::Error),
     ];
     let action = prop_oneof![
         Just(CommandAction::Promote),

@@ -317,4 +317,5 @@ first_sight_adopts_the_template_as_stable_and_labels_the_target,
     post_rollout_hooks_are_called_after_promotion,
     post_rollout_hooks_are_called_only_once,
     a_failing_rollback_hook_is_told_not_acted_on,
+    the_analysis_log_keeps_the_last_twenty_checks,
 }

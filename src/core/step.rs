@@ -1143,7 +1143,7 @@ impl<'a> Machine<'a> {
         }
         let phase = self.phase();
         let current = self.revision();
-        let target_revision = self.status.revision.clone();
+        let rollout_revision = self.status.revision.clone();
         let wrong_revision =
             |named: Option<&String>| named.map(String::as_str) != Some(command.revision.as_str());
         let refusal: Option<String> = match command.action {
@@ -1172,7 +1172,8 @@ impl<'a> Machine<'a> {
             | CommandAction::Pause
             | CommandAction::Resume
             | CommandAction::Skip => {
-                if wrong_revision(target_revision.as_ref()) || target.revision != command.revision {
+                if wrong_revision(rollout_revision.as_ref()) || target.revision != command.revision
+                {
                     Some(format!(
                         "the command names revision {}, but the rollout is at revision {current}",
                         command.revision
