@@ -6,6 +6,7 @@
 pub mod defaults;
 pub mod discovery;
 pub mod errors;
+mod events;
 pub mod fields;
 mod openapi;
 pub mod patch;

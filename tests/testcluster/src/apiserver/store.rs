@@ -432,15 +432,21 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&ri.group, &ri.plural, name))
     }
 
+    /// The stored object in the shape `ri` serves.
     fn get_raw(&self, ri: &ResourceInfo, ns: &str, name: &str) -> Option<Arc<Value>> {
-        self.objects
+        let o = self
+            .objects
             .get(&ri.storage_key())?
             .get(&(ns.to_string(), name.to_string()))
-            .cloned()
+            .cloned()?;
+        Some(match super::events::convert_for(ri, &o) {
+            Some(c) => Arc::new(c),
+            None => o,
+        })
     }
 
     pub fn present(&self, ri: &ResourceInfo, obj: &Value) -> Value {
-        let mut o = obj.clone();
+        let mut o = super::events::convert_for(ri, obj).unwrap_or_else(|| obj.clone());
         o["apiVersion"] = json!(ri.api_version());
         o
     }
