@@ -216,8 +216,6 @@ impl TestCluster {
         b: &TestClusterBuilder,
     ) -> Result<TestCluster, HarnessError> {
         let client = client_from(&path).await?;
-        let url = client.default_namespace().to_string();
-        let _ = url;
         let kc =
             kube::config::Kubeconfig::read_from(&path).map_err(|e| HarnessError::Kubeconfig {
                 path: path.clone(),

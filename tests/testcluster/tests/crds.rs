@@ -154,3 +154,33 @@ async fn an_older_cluster_serves_no_mutating_admission_policies() {
     tc.stop().await;
     tc2.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_written_through_events_v1_is_read_through_core_v1() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    let tc = TestCluster::builder()
+        .without_default_crds()
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Event> = Api::namespaced(tc.client(), "default");
+    let ev: Event = serde_json::from_value(json!({"metadata": {"generateName": "web-"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "sluice.dev/controller",
+        "reportingInstance": "sluice-0", "action": "Promote", "reason": "Promoted", "type": "Normal",
+        "note": "revision abc promoted",
+        "regarding": {"apiVersion": "sluice.dev/v1alpha1", "kind": "Canary", "namespace": "default", "name": "web"}}))
+    .unwrap();
+    api.create(&PostParams::default(), &ev).await.unwrap();
+    let core: Api<CoreEvent> = Api::namespaced(tc.client(), "default");
+    let list = core.list(&Default::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let e = &list.items[0];
+    assert_eq!(e.message.as_deref(), Some("revision abc promoted"));
+    assert_eq!(e.involved_object.name.as_deref(), Some("web"));
+    assert_eq!(
+        e.reporting_component.as_deref(),
+        Some("sluice.dev/controller")
+    );
+    tc.stop().await;
+}

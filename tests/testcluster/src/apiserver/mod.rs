@@ -6,6 +6,7 @@
 pub mod defaults;
 pub mod discovery;
 pub mod errors;
+mod events;
 pub mod fields;
 mod openapi;
 pub mod patch;
@@ -139,11 +140,17 @@ impl ApiServer {
         format!("http://{}", self.shared.addr)
     }
 
-    /// Stops serving: ends watches, resets connections and waits for the tasks.
+    /// Stops serving: ends watches, resets connections and waits (at most a few seconds, then
+    /// aborts) for the tasks.
     pub async fn stop(mut self) {
         self.signal_stop();
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
+        for mut t in self.tasks.drain(..) {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
     }
 

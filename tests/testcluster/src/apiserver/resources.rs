@@ -38,8 +38,12 @@ impl ResourceInfo {
         }
     }
 
-    /// The storage key: versions of one group/plural share their objects.
+    /// The storage key: versions of one group/plural share their objects, and so do the two
+    /// Event APIs (core/v1 and events.k8s.io/v1, see `events`).
     pub fn storage_key(&self) -> (String, String) {
+        if self.plural == "events" && self.group.is_empty() {
+            return ("events.k8s.io".into(), "events".into());
+        }
         (self.group.clone(), self.plural.clone())
     }
 }

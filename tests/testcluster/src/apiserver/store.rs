@@ -99,6 +99,10 @@ pub struct Store {
     counter: u64,
     /// Set when a delete or an owned create may give the garbage collector work.
     pub gc_pending: bool,
+    /// uids of stored objects, and how many objects name each uid as an owner: lets writes
+    /// decide in O(1) whether the garbage collector has work.
+    live_uids: HashSet<String>,
+    owner_refs: HashMap<String, usize>,
 }
 
 const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -267,6 +271,8 @@ impl Store {
             tx,
             counter: 0,
             gc_pending: false,
+            live_uids: HashSet::new(),
+            owner_refs: HashMap::new(),
         }
     }
 
@@ -333,6 +339,61 @@ impl Store {
             .collect()
     }
 
+    fn owner_uids(obj: &Value) -> impl Iterator<Item = String> + '_ {
+        obj["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["uid"].as_str().map(String::from))
+    }
+
+    fn index(&mut self, obj: &Value) {
+        self.live_uids.insert(meta(obj, "uid"));
+        for owner in Self::owner_uids(obj) {
+            if !self.live_uids.contains(&owner) {
+                self.gc_pending = true;
+            }
+            *self.owner_refs.entry(owner).or_default() += 1;
+        }
+    }
+
+    fn unindex(&mut self, obj: &Value) {
+        let uid = meta(obj, "uid");
+        self.live_uids.remove(&uid);
+        for owner in Self::owner_uids(obj) {
+            if let Some(n) = self.owner_refs.get_mut(&owner) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owner_refs.remove(&owner);
+                }
+            }
+        }
+        if self.owner_refs.contains_key(&uid) {
+            // Its dependents are now orphans to collect.
+            self.gc_pending = true;
+        }
+    }
+
+    /// Stores an object, keeping the owner indexes.
+    fn put(&mut self, key: &ObjKey, okey: ObjKey, obj: Arc<Value>) {
+        let prev = self
+            .objects
+            .entry(key.clone())
+            .or_default()
+            .insert(okey, obj.clone());
+        if let Some(p) = prev {
+            self.unindex(&p);
+        }
+        self.index(&obj);
+    }
+
+    /// Removes an object, keeping the owner indexes.
+    fn take(&mut self, key: &ObjKey, okey: &ObjKey) -> Option<Arc<Value>> {
+        let o = self.objects.get_mut(key)?.remove(okey)?;
+        self.unindex(&o);
+        Some(o)
+    }
+
     fn emit(&mut self, kind: EventKind, key: &ObjKey, ns: &str, object: Arc<Value>, rv: u64) {
         self.emit_with_prev(kind, key, ns, object, None, rv);
     }
@@ -371,15 +432,21 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&ri.group, &ri.plural, name))
     }
 
+    /// The stored object in the shape `ri` serves.
     fn get_raw(&self, ri: &ResourceInfo, ns: &str, name: &str) -> Option<Arc<Value>> {
-        self.objects
+        let o = self
+            .objects
             .get(&ri.storage_key())?
             .get(&(ns.to_string(), name.to_string()))
-            .cloned()
+            .cloned()?;
+        Some(match super::events::convert_for(ri, &o) {
+            Some(c) => Arc::new(c),
+            None => o,
+        })
     }
 
     pub fn present(&self, ri: &ResourceInfo, obj: &Value) -> Value {
-        let mut o = obj.clone();
+        let mut o = super::events::convert_for(ri, obj).unwrap_or_else(|| obj.clone());
         o["apiVersion"] = json!(ri.api_version());
         o
     }
@@ -479,10 +546,7 @@ impl Store {
         default_crd_status(&mut crd);
         self.resources.install_crd(&crd);
         let obj = Arc::new(crd);
-        self.objects
-            .entry(key.clone())
-            .or_default()
-            .insert(okey, obj.clone());
+        self.put(&key, okey, obj.clone());
         self.emit(EventKind::Added, &key, "", obj, rv);
     }
 
@@ -1080,7 +1144,6 @@ impl Store {
             self.remove_object(&ri, &okey);
             let obj = Arc::new(new.clone());
             self.emit(EventKind::Deleted, &key, &ns, obj, rv);
-            self.gc_pending = true;
             return Ok(Written {
                 object: new,
                 created: false,
@@ -1088,13 +1151,7 @@ impl Store {
             });
         }
         let obj = Arc::new(new.clone());
-        self.objects
-            .entry(key.clone())
-            .or_default()
-            .insert(okey, obj.clone());
-        if new["metadata"]["ownerReferences"].is_array() {
-            self.gc_pending = true;
-        }
+        self.put(&key, okey, obj.clone());
         if ri.plural == "customresourcedefinitions" && ri.group == "apiextensions.k8s.io" {
             self.resources.install_crd(&new);
         }
@@ -1119,9 +1176,7 @@ impl Store {
     }
 
     fn remove_object(&mut self, ri: &ResourceInfo, okey: &ObjKey) {
-        if let Some(m) = self.objects.get_mut(&ri.storage_key()) {
-            m.remove(okey);
-        }
+        self.take(&ri.storage_key(), okey);
         if ri.plural == "customresourcedefinitions" && ri.group == "apiextensions.k8s.io" {
             for key in self.resources.remove_crd(&okey.1) {
                 let gone: Vec<(ObjKey, Arc<Value>)> = self
@@ -1130,6 +1185,7 @@ impl Store {
                     .map(|m| m.into_iter().collect())
                     .unwrap_or_default();
                 for ((ns, _), obj) in gone {
+                    self.unindex(&obj);
                     self.rv += 1;
                     let rv = self.rv;
                     self.emit(EventKind::Deleted, &key, &ns, obj, rv);
@@ -1162,7 +1218,9 @@ impl Store {
         let is_namespace = ri.group.is_empty() && ri.plural == "namespaces";
         let key = ri.storage_key();
         let okey = (ns.to_string(), name.to_string());
-        self.gc_pending = true;
+        if propagation == Some("Foreground") || is_namespace {
+            self.gc_pending = true;
+        }
         if !finalizers.is_empty() || is_namespace {
             if obj["metadata"]["deletionTimestamp"].is_null() {
                 obj["metadata"]["deletionTimestamp"] = json!(now());
@@ -1177,10 +1235,7 @@ impl Store {
                 let rv = self.rv;
                 obj["metadata"]["resourceVersion"] = json!(rv.to_string());
                 let a = Arc::new(obj.clone());
-                self.objects
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(okey, a.clone());
+                self.put(&key, okey, a.clone());
                 self.emit_with_prev(EventKind::Modified, &key, ns, a, Some(old.clone()), rv);
             }
             return Ok(self.present(ri, &obj));
@@ -1299,10 +1354,7 @@ impl Store {
             } else {
                 obj["metadata"]["finalizers"] = Value::Array(fins);
                 let a = Arc::new(obj);
-                self.objects
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(okey.clone(), a.clone());
+                self.put(&key, okey.clone(), a.clone());
                 self.emit_with_prev(EventKind::Modified, &key, &okey.0, a, Some(o.clone()), rv);
             }
             changed = true;

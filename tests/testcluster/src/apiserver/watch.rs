@@ -62,7 +62,7 @@ fn line(v: &Value) -> Result<Bytes, Infallible> {
 }
 
 fn event_json(ri: &ResourceInfo, ty: &str, obj: &Value) -> Value {
-    let mut o = obj.clone();
+    let mut o = super::events::convert_for(ri, obj).unwrap_or_else(|| obj.clone());
     o["apiVersion"] = json!(ri.api_version());
     json!({"type": ty, "object": o})
 }
