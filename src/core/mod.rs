@@ -13,22 +13,28 @@
 //! action that changes traffic; Unknown check results hold the step; every write of the target's
 //! `spec.paused` or opt-in label carries the resourceVersion it was decided on (invariant I6).
 
+pub mod conditions;
+pub mod plan;
 pub mod revision;
 pub mod validate;
+pub mod verdict;
 
 mod step;
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{CanaryStatus, HoldMode, HookType, HttpMatch, RolloutSpec, TemplateSpec};
 
 pub use step::{due, step};
+pub use validate::{FieldError, Resolved};
 
 /// What the controller saw, from its caches and (when [`due`] asked for them) from Prometheus and
 /// hooks. Everything the core needs beyond spec and status.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Observations {
     /// `metadata.generation` of the Canary.
     pub generation: i64,
@@ -54,7 +60,8 @@ pub struct Observations {
 }
 
 /// The outcome of looking up `policyRef`.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
 pub enum PolicyLookup {
     /// The Canary names no policy.
     #[default]
@@ -66,7 +73,8 @@ pub enum PolicyLookup {
 }
 
 /// The target Deployment as observed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TargetState {
     /// `metadata.resourceVersion`: every write of `paused` or of the opt-in label is conditional
     /// on it (I6).
@@ -93,7 +101,8 @@ pub struct TargetState {
 }
 
 /// The canary Deployment as observed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct WorkloadState {
     /// The revision its template was built from (its `sluice.dev/revision` label).
     pub revision: Option<String>,
@@ -106,7 +115,8 @@ pub struct WorkloadState {
 }
 
 /// The router as read back from the cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RouterState {
     /// Canary weight found in the router object; `None` when the router object carries no canary
     /// route (not yet ensured, or removed).
@@ -116,12 +126,14 @@ pub struct RouterState {
 }
 
 /// One value from a metrics provider, as data; the core gives the verdict.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Sample {
     Value(f64),
     /// The query returned no series.
     NoData,
     /// The query returned NaN (e.g. 0/0 with no traffic).
+    #[serde(rename = "nan")]
     NaN,
     /// The query returned several series: a configuration error, never silently reduced.
     Several(usize),
@@ -131,31 +143,39 @@ pub enum Sample {
 
 /// The samples of one metric's check. Comparison and two-proportion metrics carry the stable side
 /// and totals.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MetricResult {
     /// The metric's name in the spec.
     pub metric: String,
     /// The canary query as sent.
+    #[serde(default)]
     pub query: String,
     pub canary: Sample,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<Sample>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_total: Option<Sample>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_total: Option<Sample>,
 }
 
 /// The answer of one hook call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HookResult {
     pub name: String,
     pub hook_type: HookType,
     /// Answered 2xx.
     pub passed: bool,
     /// HTTP status or error text.
+    #[serde(default)]
     pub message: String,
 }
 
 /// What [`due`] asks the controller to gather before calling [`step`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Due {
     /// Run every metric's check now.
     pub checks: bool,
@@ -164,30 +184,35 @@ pub struct Due {
 }
 
 /// What to do, what to remember, what to tell, and when to look again.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Decision {
     /// Executed in order; execution stops at the first failure (the next reconcile decides again).
     pub actions: Vec<Action>,
     /// The status to persist (only written when it differs from the current one).
     pub status: CanaryStatus,
-    /// When to reconcile again even if nothing changes.
+    /// When to reconcile again even if nothing changes (written as a duration such as `30s`).
+    #[serde(default, with = "optional_duration")]
     pub requeue_after: Option<std::time::Duration>,
     /// Emitted after the status is persisted.
+    #[serde(default)]
     pub events: Vec<Event>,
 }
 
 /// One change to the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase")]
 pub enum Action {
-    /// Put the `sluice.dev/canary` label on the target (conditional on `resource_version`).
-    LabelTarget { resource_version: String },
-    /// Remove the label (conditional on `resource_version`).
-    UnlabelTarget { resource_version: String },
-    /// Set `spec.paused: true` on the target (conditional on `resource_version`).
-    PauseTarget { resource_version: String },
-    /// Set `spec.paused: false` on the target (conditional on `resource_version`, so a template that
-    /// landed after the decision makes the write fail instead of releasing it).
-    UnpauseTarget { resource_version: String },
+    /// Write the target's opt-in label (`sluice.dev/canary`, present when `labelled`) and its
+    /// `spec.paused` together, in one server-side apply conditional on `resource_version`: a
+    /// template that landed after the decision makes the write fail with 409 instead of releasing
+    /// it (I6). At most one per decision, because a second write with the same resourceVersion
+    /// would fail.
+    SetTarget {
+        resource_version: String,
+        labelled: bool,
+        paused: bool,
+    },
     /// Create or update the canary Deployment from the target's current template (which has hash
     /// `revision`) with `replicas` replicas.
     ApplyCanary { revision: String, replicas: i32 },
@@ -198,6 +223,7 @@ pub enum Action {
     /// Route `canary_weight` percent to the canary (and, for A/B, requests matching `matches`).
     SetRoute {
         canary_weight: i32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         matches: Vec<HttpMatch>,
     },
     /// Remove every trace of sluice from the router (all traffic to stable).
@@ -209,8 +235,10 @@ pub enum Action {
 }
 
 /// A Kubernetes Event to emit once the status is persisted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
+    #[serde(default)]
     pub warning: bool,
     /// PascalCase reason, e.g. `CanaryStarted`.
     pub reason: String,
@@ -220,4 +248,24 @@ pub struct Event {
 /// Converts a Kubernetes `Time` to the core's timestamp type.
 pub fn timestamp(time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Timestamp {
     time.0
+}
+
+/// Serde for `Option<std::time::Duration>` as the API's duration strings (`30s`, `1m30s`).
+mod optional_duration {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::api::Duration;
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<std::time::Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.map(Duration).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        Ok(Option::<Duration>::deserialize(deserializer)?.map(Duration::as_std))
+    }
 }

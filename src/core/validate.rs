@@ -2,9 +2,38 @@
 //! bound the core relies on (the same bounds the CRD schema states, checked again because a schema
 //! is not always installed as generated). Errors name the field and the reason.
 //!
-//! INTERFACE STUB: completed on the `core` branch.
+//! Resolution is pure: the policy and templates come from [`Observations`], looked up by the
+//! controller. Template arguments are merged here but substituted into queries by the controller
+//! (the escaping lives with the provider that sends them).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
+use super::{Observations, PolicyLookup, plan};
+use crate::api::{
+    AnalysisSpec, CanarySpec, Comparison, ComparisonMethod, GatewayApiRouter, HookSpec, HttpMatch,
+    IstioRouter, NginxRouter, OnNoData, ProviderSpec, RolloutSpec, RouterSpec, SmiRouter,
+    StrategySpec, TemplateRef, TemplateSpec, TraefikRouter, UnknownOutcome,
+};
+
+/// Interval between checks when the spec sets none.
+pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Failed checks that roll back when the spec sets none.
+pub const DEFAULT_THRESHOLD: i32 = 3;
+/// Progress deadline when the spec sets none.
+pub const DEFAULT_PROGRESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+/// Unknown deadline when the spec sets none.
+pub const DEFAULT_UNKNOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Canary step weight when the spec sets no strategy.
+pub const DEFAULT_STEP_WEIGHT: i32 = 10;
+/// Highest canary weight with `stepWeight` when the spec sets none.
+pub const DEFAULT_MAX_WEIGHT: i32 = 50;
+/// Hook timeout when the hook sets none (lowered to half the interval when that is shorter).
+pub const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Confidence of the two-proportion test when the metric sets none.
+pub const DEFAULT_CONFIDENCE: f64 = 0.95;
+/// Fewest canary requests for a comparison verdict when the metric sets none.
+pub const DEFAULT_MIN_SAMPLES: i64 = 50;
 
 /// One reason a spec cannot be acted on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,8 +44,653 @@ pub struct FieldError {
     pub reason: String,
 }
 
+impl FieldError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.reason)
     }
+}
+
+/// The effective spec: the policy merged in, defaults applied, templates resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// Name of the target Deployment.
+    pub target: String,
+    /// The stable Service (name defaulted to the target's) and its port.
+    pub service: ResolvedService,
+    pub router: Router,
+    pub strategy: Strategy,
+    pub interval: std::time::Duration,
+    pub threshold: i32,
+    pub progress_deadline: std::time::Duration,
+    pub unknown_deadline: std::time::Duration,
+    pub on_unknown_deadline: UnknownOutcome,
+    /// The analysis provider; `None` means the controller's default.
+    pub provider: Option<ProviderSpec>,
+    pub metrics: Vec<ResolvedMetric>,
+    /// Hooks with their timeouts and retries defaulted.
+    pub hooks: Vec<HookSpec>,
+    pub manual_promotion: bool,
+    pub skip_analysis: bool,
+}
+
+/// The stable Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedService {
+    pub name: String,
+    pub port: i32,
+}
+
+/// The one router a spec names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Router {
+    GatewayApi(GatewayApiRouter),
+    Nginx(NginxRouter),
+    Istio(IstioRouter),
+    Smi(SmiRouter),
+    Traefik(TraefikRouter),
+    Service,
+    /// Replica ratio: weights are realised by scaling the canary.
+    None,
+}
+
+/// The one strategy a spec names, with its steps computed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Weighted steps; the weights are strictly increasing.
+    Canary {
+        step_weights: Vec<i32>,
+    },
+    BlueGreen {
+        iterations: i32,
+    },
+    AbTesting {
+        iterations: i32,
+        matches: Vec<HttpMatch>,
+    },
+}
+
+/// A metric with its template applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedMetric {
+    pub name: String,
+    /// The template the query came from, if any.
+    pub template: Option<TemplateRef>,
+    /// The query with `{{ ... }}` variables still in it.
+    pub query: String,
+    pub total_query: Option<String>,
+    /// Every template argument's value (the metric's, else the template's default).
+    pub args: BTreeMap<String, String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// The window substituted for `{{ interval }}`.
+    pub interval: std::time::Duration,
+    pub on_no_data: OnNoData,
+    pub compare: Option<Comparison>,
+    pub provider: Option<ProviderSpec>,
+}
+
+/// Merges the policy into the Canary's spec, applies defaults and checks every bound.
+pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if spec.target_ref.name.is_empty() {
+        errors.push(FieldError::new(
+            "spec.targetRef.name",
+            "must name the target Deployment",
+        ));
+    }
+    if spec.target_ref.kind != "Deployment" || spec.target_ref.api_version != "apps/v1" {
+        errors.push(FieldError::new(
+            "spec.targetRef",
+            "only apps/v1 Deployment targets are supported",
+        ));
+    }
+    let merged = match (&spec.policy_ref, &observed.policy) {
+        (None, _) => spec.rollout.clone(),
+        (Some(_), PolicyLookup::Found(found)) => merge(found, &spec.rollout),
+        (Some(policy), PolicyLookup::Missing { .. } | PolicyLookup::NotReferenced) => {
+            errors.push(FieldError::new(
+                "spec.policyRef.name",
+                format!("CanaryPolicy {:?} does not exist", policy.name),
+            ));
+            spec.rollout.clone()
+        }
+    };
+    errors.extend(rollout(&merged, "spec"));
+    if merged.router.is_none() {
+        errors.push(FieldError::new(
+            "spec.router",
+            "a router is required (set it here or in the CanaryPolicy)",
+        ));
+    }
+    if merged.service.is_none() {
+        errors.push(FieldError::new(
+            "spec.service.port",
+            "the service port is required (the port routers send traffic to)",
+        ));
+    }
+    let analysis = merged.analysis.clone().unwrap_or_default();
+    let interval = analysis.interval.map_or(DEFAULT_INTERVAL, |d| d.as_std());
+    let mut metrics = Vec::new();
+    for (i, metric) in analysis.metrics.iter().flatten().enumerate() {
+        let path = format!("spec.analysis.metrics[{i}]");
+        let template = match &metric.template_ref {
+            None => None,
+            Some(reference) => match observed.templates.get(&reference.name) {
+                Some(found) => Some(found),
+                None => {
+                    errors.push(FieldError::new(
+                        format!("{path}.templateRef.name"),
+                        format!("analysis template {:?} does not exist", reference.name),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let mut args = BTreeMap::new();
+        if let Some(template) = template {
+            for arg in &template.args {
+                match metric.args.get(&arg.name).or(arg.default.as_ref()) {
+                    Some(value) => {
+                        args.insert(arg.name.clone(), value.clone());
+                    }
+                    None => errors.push(FieldError::new(
+                        format!("{path}.args.{}", arg.name),
+                        format!(
+                            "template {:?} needs argument {:?}, which has no default",
+                            metric.template_ref.as_ref().map_or("", |t| t.name.as_str()),
+                            arg.name
+                        ),
+                    )),
+                }
+            }
+        }
+        let query = metric
+            .query
+            .clone()
+            .or_else(|| template.map(|t| t.query.clone()))
+            .unwrap_or_default();
+        let min = metric.min.or(template.and_then(|t| t.min));
+        let max = metric.max.or(template.and_then(|t| t.max));
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+        {
+            errors.push(FieldError::new(
+                format!("{path}.min"),
+                format!("min {min} exceeds max {max} (after applying the template)"),
+            ));
+        }
+        let compare = metric
+            .compare
+            .clone()
+            .or_else(|| template.and_then(|t| t.compare.clone()));
+        let total_query = metric
+            .total_query
+            .clone()
+            .or_else(|| template.and_then(|t| t.total_query.clone()));
+        if let Some(compare) = &compare
+            && compare.method == ComparisonMethod::TwoProportion
+            && total_query.is_none()
+        {
+            errors.push(FieldError::new(
+                format!("{path}.totalQuery"),
+                "compare.method TwoProportion needs totalQuery (the total request count)",
+            ));
+        }
+        metrics.push(ResolvedMetric {
+            name: metric.name.clone(),
+            template: metric.template_ref.clone(),
+            query,
+            total_query,
+            args,
+            min,
+            max,
+            interval: metric.interval.map_or(interval, |d| d.as_std()),
+            on_no_data: metric
+                .on_no_data
+                .or(template.and_then(|t| t.on_no_data))
+                .unwrap_or_default(),
+            compare,
+            provider: template
+                .and_then(|t| t.provider.clone())
+                .or_else(|| analysis.provider.clone()),
+        });
+    }
+    let router = merged.router.as_ref().and_then(router_of);
+    let strategy = strategy_of(merged.strategy.as_ref());
+    let (Some(router), Some(strategy), Some(service), true) =
+        (router, strategy, merged.service.as_ref(), errors.is_empty())
+    else {
+        return Err(errors);
+    };
+    let hook_default = DEFAULT_HOOK_TIMEOUT.min(interval / 2);
+    let hooks = merged
+        .hooks
+        .iter()
+        .flatten()
+        .map(|hook| HookSpec {
+            timeout: Some(hook.timeout.unwrap_or(hook_default.into())),
+            retries: Some(hook.retries.unwrap_or(2)),
+            ..hook.clone()
+        })
+        .collect();
+    Ok(Resolved {
+        target: spec.target_ref.name.clone(),
+        service: ResolvedService {
+            name: service
+                .name
+                .clone()
+                .unwrap_or_else(|| spec.target_ref.name.clone()),
+            port: service.port,
+        },
+        router,
+        strategy,
+        interval,
+        threshold: analysis.threshold.unwrap_or(DEFAULT_THRESHOLD),
+        progress_deadline: analysis
+            .progress_deadline
+            .map_or(DEFAULT_PROGRESS_DEADLINE, |d| d.as_std()),
+        unknown_deadline: analysis
+            .unknown_deadline
+            .map_or(DEFAULT_UNKNOWN_DEADLINE, |d| d.as_std()),
+        on_unknown_deadline: analysis.on_unknown_deadline.unwrap_or_default(),
+        provider: analysis.provider.clone(),
+        metrics,
+        hooks,
+        manual_promotion: merged.manual_promotion.unwrap_or(false),
+        skip_analysis: merged.skip_analysis.unwrap_or(false),
+    })
+}
+
+/// Every top-level field set in `own` overrides the policy's; inside `analysis`, each field set.
+fn merge(policy: &RolloutSpec, own: &RolloutSpec) -> RolloutSpec {
+    let analysis = match (&policy.analysis, &own.analysis) {
+        (None, None) => None,
+        (Some(a), None) | (None, Some(a)) => Some(a.clone()),
+        (Some(base), Some(over)) => Some(AnalysisSpec {
+            interval: over.interval.or(base.interval),
+            threshold: over.threshold.or(base.threshold),
+            progress_deadline: over.progress_deadline.or(base.progress_deadline),
+            unknown_deadline: over.unknown_deadline.or(base.unknown_deadline),
+            on_unknown_deadline: over.on_unknown_deadline.or(base.on_unknown_deadline),
+            provider: over.provider.clone().or_else(|| base.provider.clone()),
+            metrics: over.metrics.clone().or_else(|| base.metrics.clone()),
+        }),
+    };
+    RolloutSpec {
+        service: own.service.clone().or_else(|| policy.service.clone()),
+        router: own.router.clone().or_else(|| policy.router.clone()),
+        strategy: own.strategy.clone().or_else(|| policy.strategy.clone()),
+        analysis,
+        hooks: own.hooks.clone().or_else(|| policy.hooks.clone()),
+        manual_promotion: own.manual_promotion.or(policy.manual_promotion),
+        skip_analysis: own.skip_analysis.or(policy.skip_analysis),
+    }
+}
+
+fn router_of(spec: &RouterSpec) -> Option<Router> {
+    let mut found = Vec::new();
+    if let Some(r) = &spec.gateway_api {
+        found.push(Router::GatewayApi(r.clone()));
+    }
+    if let Some(r) = &spec.nginx {
+        found.push(Router::Nginx(r.clone()));
+    }
+    if let Some(r) = &spec.istio {
+        found.push(Router::Istio(r.clone()));
+    }
+    if let Some(r) = &spec.smi {
+        found.push(Router::Smi(r.clone()));
+    }
+    if let Some(r) = &spec.traefik {
+        found.push(Router::Traefik(r.clone()));
+    }
+    if spec.service.is_some() {
+        found.push(Router::Service);
+    }
+    if spec.none.is_some() {
+        found.push(Router::None);
+    }
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+fn strategy_of(spec: Option<&StrategySpec>) -> Option<Strategy> {
+    let Some(spec) = spec else {
+        return Some(Strategy::Canary {
+            step_weights: plan::step_weights(DEFAULT_STEP_WEIGHT, DEFAULT_MAX_WEIGHT),
+        });
+    };
+    match (&spec.canary, &spec.blue_green, &spec.ab_testing) {
+        (Some(c), None, None) => Some(Strategy::Canary {
+            step_weights: match (&c.step_weights, c.step_weight) {
+                (Some(weights), _) => weights.clone(),
+                (None, step) => plan::step_weights(
+                    step.unwrap_or(DEFAULT_STEP_WEIGHT),
+                    c.max_weight.unwrap_or(DEFAULT_MAX_WEIGHT),
+                ),
+            },
+        }),
+        (None, Some(b), None) => Some(Strategy::BlueGreen {
+            iterations: b.iterations,
+        }),
+        (None, None, Some(a)) => Some(Strategy::AbTesting {
+            iterations: a.iterations,
+            matches: a.matches.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Checks a rollout spec (a CanaryPolicy's, or a Canary's after merging) on its own: every bound
+/// the schema states. `prefix` is the path of the spec, e.g. `spec`.
+pub fn rollout(spec: &RolloutSpec, prefix: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |field: String, reason: String| errors.push(FieldError::new(field, reason));
+    if let Some(service) = &spec.service {
+        if !(1..=65535).contains(&service.port) {
+            err(
+                format!("{prefix}.service.port"),
+                format!("port {} is outside 1..=65535", service.port),
+            );
+        }
+        if service.name.as_deref() == Some("") {
+            err(format!("{prefix}.service.name"), "must not be empty".into());
+        }
+    }
+    if let Some(router) = &spec.router
+        && router_of(router).is_none()
+    {
+        err(
+            format!("{prefix}.router"),
+            "exactly one of gatewayAPI, nginx, istio, smi, traefik, service or none must be set"
+                .into(),
+        );
+    }
+    if let Some(strategy) = &spec.strategy {
+        let path = format!("{prefix}.strategy");
+        let set = [
+            strategy.canary.is_some(),
+            strategy.blue_green.is_some(),
+            strategy.ab_testing.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if set != 1 {
+            err(
+                path.clone(),
+                "exactly one of canary, blueGreen or abTesting must be set".into(),
+            );
+        }
+        if let Some(canary) = &strategy.canary {
+            let path = format!("{path}.canary");
+            for (name, value) in [
+                ("stepWeight", canary.step_weight),
+                ("maxWeight", canary.max_weight),
+            ] {
+                if let Some(w) = value
+                    && !(1..=100).contains(&w)
+                {
+                    err(
+                        format!("{path}.{name}"),
+                        format!("weight {w} is outside 1..=100"),
+                    );
+                }
+            }
+            match (&canary.step_weights, canary.step_weight) {
+                (Some(_), Some(_)) => err(
+                    path.clone(),
+                    "set either stepWeight or stepWeights, not both".into(),
+                ),
+                (Some(weights), None) => {
+                    if weights.is_empty() {
+                        err(
+                            format!("{path}.stepWeights"),
+                            "needs at least one step".into(),
+                        );
+                    }
+                    for (i, w) in weights.iter().enumerate() {
+                        if !(1..=100).contains(w) {
+                            err(
+                                format!("{path}.stepWeights[{i}]"),
+                                format!("weight {w} is outside 1..=100"),
+                            );
+                        } else if i > 0 && *w <= weights[i - 1] {
+                            err(
+                                format!("{path}.stepWeights[{i}]"),
+                                format!(
+                                    "weight {w} does not exceed the previous step's {}: steps must be strictly increasing",
+                                    weights[i - 1]
+                                ),
+                            );
+                        }
+                    }
+                    if canary.max_weight.is_some() {
+                        err(
+                            format!("{path}.maxWeight"),
+                            "maxWeight applies to stepWeight; with stepWeights the last step is the maximum".into(),
+                        );
+                    }
+                }
+                (None, step) => {
+                    let step = step.unwrap_or(DEFAULT_STEP_WEIGHT);
+                    let max = canary.max_weight.unwrap_or(DEFAULT_MAX_WEIGHT);
+                    if max < step {
+                        err(
+                            format!("{path}.maxWeight"),
+                            format!("maxWeight {max} must be at least stepWeight {step}"),
+                        );
+                    }
+                }
+            }
+        }
+        for (name, iterations) in [
+            (
+                "blueGreen",
+                strategy.blue_green.as_ref().map(|b| b.iterations),
+            ),
+            (
+                "abTesting",
+                strategy.ab_testing.as_ref().map(|a| a.iterations),
+            ),
+        ] {
+            if let Some(n) = iterations
+                && !(1..=1000).contains(&n)
+            {
+                err(
+                    format!("{path}.{name}.iterations"),
+                    format!("{n} is outside 1..=1000"),
+                );
+            }
+        }
+        if let Some(ab) = &strategy.ab_testing {
+            if ab.matches.is_empty() || ab.matches.len() > 8 {
+                err(
+                    format!("{path}.abTesting.match"),
+                    "needs 1 to 8 request matches".into(),
+                );
+            }
+            for (i, m) in ab.matches.iter().enumerate() {
+                if m.headers.is_empty() {
+                    err(
+                        format!("{path}.abTesting.match[{i}].headers"),
+                        "needs at least one header condition".into(),
+                    );
+                }
+            }
+        }
+    }
+    let analysis = spec.analysis.clone().unwrap_or_default();
+    let interval = analysis.interval.map_or(DEFAULT_INTERVAL, |d| d.as_std());
+    let path = format!("{prefix}.analysis");
+    for (name, value) in [
+        ("interval", analysis.interval),
+        ("progressDeadline", analysis.progress_deadline),
+        ("unknownDeadline", analysis.unknown_deadline),
+    ] {
+        if value.is_some_and(|d| d.is_zero()) {
+            err(format!("{path}.{name}"), "must not be zero".into());
+        }
+    }
+    if let Some(t) = analysis.threshold
+        && !(1..=100).contains(&t)
+    {
+        err(
+            format!("{path}.threshold"),
+            format!("{t} is outside 1..=100"),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, metric) in analysis.metrics.iter().flatten().enumerate() {
+        let mpath = format!("{path}.metrics[{i}]");
+        if !names.insert(metric.name.as_str()) {
+            err(
+                format!("{mpath}.name"),
+                format!("metric name {:?} is used twice", metric.name),
+            );
+        }
+        if metric.template_ref.is_some() == metric.query.is_some() {
+            err(
+                mpath.clone(),
+                "set either templateRef or query, not both".into(),
+            );
+        }
+        if metric.query.as_deref() == Some("") {
+            err(format!("{mpath}.query"), "must not be empty".into());
+        }
+        if let (Some(min), Some(max)) = (metric.min, metric.max)
+            && min > max
+        {
+            err(
+                format!("{mpath}.min"),
+                format!("min {min} exceeds max {max}"),
+            );
+        }
+        if metric.interval.is_some_and(|d| d.is_zero()) {
+            err(format!("{mpath}.interval"), "must not be zero".into());
+        }
+        if let Some(compare) = &metric.compare {
+            errors_of_comparison(compare, &format!("{mpath}.compare"), &mut err);
+        }
+    }
+    let mut hook_names = BTreeSet::new();
+    for (i, hook) in spec.hooks.iter().flatten().enumerate() {
+        let hpath = format!("{prefix}.hooks[{i}]");
+        if !hook_names.insert(hook.name.as_str()) {
+            err(
+                format!("{hpath}.name"),
+                format!("hook name {:?} is used twice", hook.name),
+            );
+        }
+        if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+            err(format!("{hpath}.url"), "must be an http(s) URL".into());
+        }
+        if let Some(timeout) = hook.timeout {
+            if timeout.is_zero() {
+                err(format!("{hpath}.timeout"), "must not be zero".into());
+            } else if timeout.as_std() > interval / 2 {
+                err(
+                    format!("{hpath}.timeout"),
+                    format!(
+                        "timeout {timeout} is more than half the analysis interval {}",
+                        crate::api::Duration(interval)
+                    ),
+                );
+            }
+        }
+        if let Some(r) = hook.retries
+            && !(0..=5).contains(&r)
+        {
+            err(format!("{hpath}.retries"), format!("{r} is outside 0..=5"));
+        }
+    }
+    errors
+}
+
+fn errors_of_comparison(compare: &Comparison, path: &str, err: &mut impl FnMut(String, String)) {
+    match compare.method {
+        ComparisonMethod::Difference => match compare.max_difference {
+            None => err(
+                format!("{path}.maxDifference"),
+                "method Difference needs maxDifference".into(),
+            ),
+            Some(d) if d.is_nan() || d < 0.0 => err(
+                format!("{path}.maxDifference"),
+                format!("{d} must be at least 0"),
+            ),
+            Some(_) => {}
+        },
+        ComparisonMethod::Ratio => match compare.max_ratio {
+            None => err(
+                format!("{path}.maxRatio"),
+                "method Ratio needs maxRatio".into(),
+            ),
+            Some(r) if r.is_nan() || r < 1.0 => err(
+                format!("{path}.maxRatio"),
+                format!("{r} must be at least 1"),
+            ),
+            Some(_) => {}
+        },
+        ComparisonMethod::TwoProportion => {}
+    }
+    if let Some(c) = compare.confidence
+        && !(0.5..=0.9999).contains(&c)
+    {
+        err(
+            format!("{path}.confidence"),
+            format!("{c} is outside 0.5..=0.9999"),
+        );
+    }
+    if let Some(n) = compare.min_samples
+        && n < 1
+    {
+        err(
+            format!("{path}.minSamples"),
+            format!("{n} must be at least 1"),
+        );
+    }
+}
+
+/// Checks an analysis template's body. `prefix` is the path of the spec, e.g. `spec`.
+pub fn template(spec: &TemplateSpec, prefix: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |field: String, reason: String| errors.push(FieldError::new(field, reason));
+    if spec.query.is_empty() {
+        err(format!("{prefix}.query"), "must not be empty".into());
+    }
+    if let (Some(min), Some(max)) = (spec.min, spec.max)
+        && min > max
+    {
+        err(
+            format!("{prefix}.min"),
+            format!("min {min} exceeds max {max}"),
+        );
+    }
+    if let Some(compare) = &spec.compare {
+        errors_of_comparison(compare, &format!("{prefix}.compare"), &mut err);
+        if compare.method == ComparisonMethod::TwoProportion && spec.total_query.is_none() {
+            err(
+                format!("{prefix}.totalQuery"),
+                "compare.method TwoProportion needs totalQuery (the total request count)".into(),
+            );
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (i, arg) in spec.args.iter().enumerate() {
+        if !names.insert(arg.name.as_str()) {
+            err(
+                format!("{prefix}.args[{i}].name"),
+                format!("argument {:?} is declared twice", arg.name),
+            );
+        }
+    }
+    errors
 }

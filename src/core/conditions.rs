@@ -1,0 +1,1 @@
+//! Condition merging. (being completed)

@@ -1,0 +1,1 @@
+//! Pure analysis verdicts. (being completed)
