@@ -2,7 +2,16 @@
 //! loopback, a Deployment-controller and kubelet stand-in, fault injection, request accounting, and
 //! metrics (a scripted Prometheus, the real Prometheus server, and a traffic simulator).
 //!
-//! Test code only: the shipped binaries never link it.
+//! Test code only: the shipped binaries never link it. Start here: [`TestCluster`].
 
+pub mod accounting;
 pub mod admission;
+pub mod apiserver;
+pub mod faults;
+pub mod harness;
+pub mod kubeconfig;
 pub mod schema;
+
+pub use accounting::{RequestCounts, RequestKey};
+pub use faults::{Faults, InjectedError, RequestMatch};
+pub use harness::{HarnessError, TestCluster, TestClusterBuilder};
