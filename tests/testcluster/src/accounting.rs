@@ -51,7 +51,12 @@ impl RequestCounts {
 
     /// Write calls (create, update, patch, delete, deletecollection).
     pub fn writes(&self) -> u64 {
-        self.count_where(|k| matches!(k.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection"))
+        self.count_where(|k| {
+            matches!(
+                k.verb.as_str(),
+                "create" | "update" | "patch" | "delete" | "deletecollection"
+            )
+        })
     }
 }
 
@@ -62,10 +67,18 @@ impl Accounting {
     }
 
     pub fn snapshot(&self) -> RequestCounts {
-        RequestCounts(self.counts.lock().expect("accounting lock poisoned").clone())
+        RequestCounts(
+            self.counts
+                .lock()
+                .expect("accounting lock poisoned")
+                .clone(),
+        )
     }
 
     pub fn reset(&self) {
-        self.counts.lock().expect("accounting lock poisoned").clear();
+        self.counts
+            .lock()
+            .expect("accounting lock poisoned")
+            .clear();
     }
 }

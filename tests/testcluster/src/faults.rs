@@ -108,9 +108,16 @@ impl FaultState {
     }
 
     /// Consumes one injected failure matching the request, if any.
-    pub fn take_failure(&self, verb: &str, resource: &str, namespace: &str) -> Option<InjectedError> {
+    pub fn take_failure(
+        &self,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+    ) -> Option<InjectedError> {
         let mut rules = self.rules.lock().expect("fault lock poisoned");
-        let idx = rules.iter().position(|r| r.remaining > 0 && r.matcher.matches(verb, resource, namespace))?;
+        let idx = rules
+            .iter()
+            .position(|r| r.remaining > 0 && r.matcher.matches(verb, resource, namespace))?;
         rules[idx].remaining -= 1;
         let e = rules[idx].error;
         if rules[idx].remaining == 0 {
@@ -151,7 +158,15 @@ impl Faults {
 
     /// Fails the next `n` requests that match with `error`.
     pub fn fail_next(&self, n: u32, matcher: RequestMatch, error: InjectedError) {
-        self.state.rules.lock().expect("fault lock poisoned").push(FailRule { matcher, error, remaining: n });
+        self.state
+            .rules
+            .lock()
+            .expect("fault lock poisoned")
+            .push(FailRule {
+                matcher,
+                error,
+                remaining: n,
+            });
     }
 
     /// Ends every open watch stream (clients see a clean end of stream and re-watch).
@@ -168,7 +183,11 @@ impl Faults {
     pub fn clear(&self) {
         self.accept_connections();
         self.set_delay(Duration::ZERO);
-        self.state.rules.lock().expect("fault lock poisoned").clear();
+        self.state
+            .rules
+            .lock()
+            .expect("fault lock poisoned")
+            .clear();
         self.state.gone_watches.store(0, Ordering::SeqCst);
     }
 }

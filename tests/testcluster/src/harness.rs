@@ -27,13 +27,23 @@ pub enum HarnessError {
     #[error("failed to write the kubeconfig")]
     WriteKubeconfig(#[source] std::io::Error),
     #[error("failed to read {path}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to parse YAML: {0}")]
     ParseYaml(String),
     #[error("failed to build a kube client from {path}")]
-    Kubeconfig { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    Kubeconfig {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("failed to apply {kind} {name}")]
-    Apply { kind: String, name: String, source: kube::Error },
+    Apply {
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("{0} is not supported against a real cluster")]
     Unsupported(&'static str),
     #[error("condition not met within {0:?}")]
@@ -79,13 +89,26 @@ impl TestClusterBuilder {
         {
             return TestCluster::connect_real(PathBuf::from(path), &self).await;
         }
-        let server = ApiServer::start(self.opts.clone()).await.map_err(HarnessError::StartServer)?;
+        let server = ApiServer::start(self.opts.clone())
+            .await
+            .map_err(HarnessError::StartServer)?;
         let dir = tempfile::tempdir().map_err(HarnessError::WriteKubeconfig)?;
-        let kubeconfig = crate::kubeconfig::write(dir.path(), &server.url()).map_err(HarnessError::WriteKubeconfig)?;
+        let kubeconfig = crate::kubeconfig::write(dir.path(), &server.url())
+            .map_err(HarnessError::WriteKubeconfig)?;
         let client = client_from(&kubeconfig).await?;
         let url = server.url();
-        let tc = TestCluster { server: Some(server), kubeconfig, _dir: Some(dir), client, url };
-        let mut dirs = if self.skip_default_crds { vec![] } else { default_crd_dirs() };
+        let tc = TestCluster {
+            server: Some(server),
+            kubeconfig,
+            _dir: Some(dir),
+            client,
+            url,
+        };
+        let mut dirs = if self.skip_default_crds {
+            vec![]
+        } else {
+            default_crd_dirs()
+        };
         dirs.extend(self.extra_crd_dirs.iter().cloned());
         for d in dirs {
             tc.install_crds_from(&d).await?;
@@ -104,7 +127,10 @@ pub struct TestCluster {
 }
 
 async fn client_from(path: &Path) -> Result<kube::Client, HarnessError> {
-    let err = |e: Box<dyn std::error::Error + Send + Sync>| HarnessError::Kubeconfig { path: path.to_path_buf(), source: e };
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| HarnessError::Kubeconfig {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(Box::new(e)))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
@@ -123,7 +149,9 @@ pub fn default_crd_dirs() -> Vec<PathBuf> {
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
@@ -137,7 +165,8 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Parses multi-document YAML into JSON values (empty documents dropped).
 pub fn parse_yaml_documents(text: &str) -> Result<Vec<Value>, HarnessError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| HarnessError::ParseYaml(e.to_string()))?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| HarnessError::ParseYaml(e.to_string()))?;
     Ok(docs.into_iter().filter(|d| d.is_object()).collect())
 }
 
@@ -154,7 +183,10 @@ fn crds_in(dir: &Path) -> Result<Arc<Vec<Value>>, HarnessError> {
     yaml_files(dir, &mut files);
     let mut crds = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| HarnessError::ReadFile { path: f.clone(), source: e })?;
+        let text = std::fs::read_to_string(&f).map_err(|e| HarnessError::ReadFile {
+            path: f.clone(),
+            source: e,
+        })?;
         for d in parse_yaml_documents(&text)? {
             if d["kind"] == "CustomResourceDefinition" {
                 crds.push(d);
@@ -162,7 +194,10 @@ fn crds_in(dir: &Path) -> Result<Arc<Vec<Value>>, HarnessError> {
         }
     }
     let v = Arc::new(crds);
-    cache.lock().expect("crd cache poisoned").insert(dir.to_path_buf(), v.clone());
+    cache
+        .lock()
+        .expect("crd cache poisoned")
+        .insert(dir.to_path_buf(), v.clone());
     Ok(v)
 }
 
@@ -176,20 +211,36 @@ impl TestCluster {
         TestClusterBuilder::default()
     }
 
-    async fn connect_real(path: PathBuf, b: &TestClusterBuilder) -> Result<TestCluster, HarnessError> {
+    async fn connect_real(
+        path: PathBuf,
+        b: &TestClusterBuilder,
+    ) -> Result<TestCluster, HarnessError> {
         let client = client_from(&path).await?;
         let url = client.default_namespace().to_string();
         let _ = url;
-        let kc = kube::config::Kubeconfig::read_from(&path)
-            .map_err(|e| HarnessError::Kubeconfig { path: path.clone(), source: Box::new(e) })?;
+        let kc =
+            kube::config::Kubeconfig::read_from(&path).map_err(|e| HarnessError::Kubeconfig {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
         let url = kc
             .clusters
             .first()
             .and_then(|c| c.cluster.as_ref())
             .and_then(|c| c.server.clone())
             .unwrap_or_default();
-        let tc = TestCluster { server: None, kubeconfig: path, _dir: None, client, url };
-        let mut dirs = if b.skip_default_crds { vec![] } else { default_crd_dirs() };
+        let tc = TestCluster {
+            server: None,
+            kubeconfig: path,
+            _dir: None,
+            client,
+            url,
+        };
+        let mut dirs = if b.skip_default_crds {
+            vec![]
+        } else {
+            default_crd_dirs()
+        };
         dirs.extend(b.extra_crd_dirs.iter().cloned());
         for d in dirs {
             tc.install_crds_from(&d).await?;
@@ -230,14 +281,23 @@ impl TestCluster {
     async fn apply_value(&self, doc: Value) -> Result<Value, HarnessError> {
         let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
         let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let fail = |e: kube::Error| HarnessError::Apply { kind: kind.clone(), name: name.clone(), source: e };
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let fail = |e: kube::Error| HarnessError::Apply {
+            kind: kind.clone(),
+            name: name.clone(),
+            source: e,
+        };
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
             None => (String::new(), api_version.clone()),
         };
         let gvk = GroupVersionKind::gvk(&group, &version, &kind);
-        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk).await.map_err(fail)?;
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(fail)?;
         let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
             let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
             Api::namespaced_with(self.client.clone(), ns, &ar)
@@ -245,7 +305,10 @@ impl TestCluster {
             Api::all_with(self.client.clone(), &ar)
         };
         let pp = PatchParams::apply("testcluster").force();
-        let obj = api.patch(&name, &pp, &Patch::Apply(&doc)).await.map_err(fail)?;
+        let obj = api
+            .patch(&name, &pp, &Patch::Apply(&doc))
+            .await
+            .map_err(fail)?;
         serde_json::to_value(obj).map_err(|e| HarnessError::ParseYaml(e.to_string()))
     }
 
@@ -279,7 +342,11 @@ impl TestCluster {
 
     /// The request counts since start (or the last reset).
     pub fn requests(&self) -> Result<RequestCounts, HarnessError> {
-        Ok(self.server("request accounting")?.shared.accounting.snapshot())
+        Ok(self
+            .server("request accounting")?
+            .shared
+            .accounting
+            .snapshot())
     }
 
     pub fn reset_requests(&self) -> Result<(), HarnessError> {
@@ -288,7 +355,9 @@ impl TestCluster {
     }
 
     pub fn faults(&self) -> Result<Faults, HarnessError> {
-        Ok(Faults { state: self.server("fault injection")?.shared.faults.clone() })
+        Ok(Faults {
+            state: self.server("fault injection")?.shared.faults.clone(),
+        })
     }
 
     /// Drops the watch history: watches from older resourceVersions get 410 Expired.

@@ -14,7 +14,11 @@ fn set_default(obj: &mut Value, key: &str, v: Value) {
 fn default_container(c: &mut Value) {
     let image = c["image"].as_str().unwrap_or_default().to_string();
     let last = image.rsplit('/').next().unwrap_or_default();
-    let pull = if !last.contains(':') || last.ends_with(":latest") { "Always" } else { "IfNotPresent" };
+    let pull = if !last.contains(':') || last.ends_with(":latest") {
+        "Always"
+    } else {
+        "IfNotPresent"
+    };
     if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
         for p in ports {
             set_default(p, "protocol", json!("TCP"));
@@ -44,7 +48,12 @@ pub fn default_pod_spec(spec: &mut Value) {
 }
 
 /// Applies the built-in defaults for `group/plural`; `next_cluster_ip` hands out Service IPs.
-pub fn apply_builtin_defaults(group: &str, plural: &str, obj: &mut Value, next_cluster_ip: &mut dyn FnMut() -> String) {
+pub fn apply_builtin_defaults(
+    group: &str,
+    plural: &str,
+    obj: &mut Value,
+    next_cluster_ip: &mut dyn FnMut() -> String,
+) {
     match (group, plural) {
         ("apps", "deployments") | ("apps", "replicasets") => {
             let spec = &mut obj["spec"];
@@ -67,13 +76,25 @@ pub fn apply_builtin_defaults(group: &str, plural: &str, obj: &mut Value, next_c
             if let Some(tspec) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
                 default_pod_spec(tspec);
             }
-            set_default(obj, "status", if plural == "replicasets" { json!({"replicas": 0}) } else { json!({}) });
+            set_default(
+                obj,
+                "status",
+                if plural == "replicasets" {
+                    json!({"replicas": 0})
+                } else {
+                    json!({})
+                },
+            );
         }
         ("", "pods") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
             }
-            set_default(obj, "status", json!({"phase": "Pending", "qosClass": "BestEffort"}));
+            set_default(
+                obj,
+                "status",
+                json!({"phase": "Pending", "qosClass": "BestEffort"}),
+            );
         }
         ("", "services") => {
             set_default(obj, "spec", json!({}));
@@ -127,19 +148,36 @@ pub fn apply_builtin_defaults(group: &str, plural: &str, obj: &mut Value, next_c
 /// serialised, so fields that always exist (non-pointer structs, non-omitempty lists) are not new.
 pub fn zero_value(group: &str, plural: &str) -> Value {
     let meta = json!({"creationTimestamp": null});
-    let pod_template = json!({"metadata": {"creationTimestamp": null}, "spec": {"containers": null}});
+    let pod_template =
+        json!({"metadata": {"creationTimestamp": null}, "spec": {"containers": null}});
     match (group, plural) {
-        ("apps", "deployments") => json!({"metadata": meta, "spec": {"selector": null, "template": pod_template, "strategy": {}}, "status": {}}),
-        ("apps", "replicasets") => json!({"metadata": meta, "spec": {"selector": null, "template": pod_template}, "status": {"replicas": 0}}),
+        ("apps", "deployments") => {
+            json!({"metadata": meta, "spec": {"selector": null, "template": pod_template, "strategy": {}}, "status": {}})
+        }
+        ("apps", "replicasets") => {
+            json!({"metadata": meta, "spec": {"selector": null, "template": pod_template}, "status": {"replicas": 0}})
+        }
         ("", "pods") => json!({"metadata": meta, "spec": {"containers": null}, "status": {}}),
-        ("", "services") | ("networking.k8s.io", "ingresses") => json!({"metadata": meta, "spec": {}, "status": {"loadBalancer": {}}}),
+        ("", "services") | ("networking.k8s.io", "ingresses") => {
+            json!({"metadata": meta, "spec": {}, "status": {"loadBalancer": {}}})
+        }
         ("", "namespaces") => json!({"metadata": meta, "spec": {}, "status": {}}),
         ("coordination.k8s.io", "leases") => json!({"metadata": meta, "spec": {}}),
-        ("events.k8s.io", "events") => json!({"metadata": meta, "eventTime": null, "regarding": {}, "deprecatedSource": {}, "deprecatedFirstTimestamp": null, "deprecatedLastTimestamp": null}),
-        ("", "events") => json!({"metadata": meta, "involvedObject": {}, "source": {}, "firstTimestamp": null, "lastTimestamp": null, "eventTime": null, "reportingComponent": "", "reportingInstance": ""}),
-        ("rbac.authorization.k8s.io", "roles") | ("rbac.authorization.k8s.io", "clusterroles") => json!({"metadata": meta, "rules": null}),
-        ("rbac.authorization.k8s.io", _) => json!({"metadata": meta, "roleRef": {"apiGroup": "", "kind": "", "name": ""}}),
-        ("admissionregistration.k8s.io", _) | ("apiextensions.k8s.io", _) => json!({"metadata": meta, "spec": {}}),
+        ("events.k8s.io", "events") => {
+            json!({"metadata": meta, "eventTime": null, "regarding": {}, "deprecatedSource": {}, "deprecatedFirstTimestamp": null, "deprecatedLastTimestamp": null})
+        }
+        ("", "events") => {
+            json!({"metadata": meta, "involvedObject": {}, "source": {}, "firstTimestamp": null, "lastTimestamp": null, "eventTime": null, "reportingComponent": "", "reportingInstance": ""})
+        }
+        ("rbac.authorization.k8s.io", "roles") | ("rbac.authorization.k8s.io", "clusterroles") => {
+            json!({"metadata": meta, "rules": null})
+        }
+        ("rbac.authorization.k8s.io", _) => {
+            json!({"metadata": meta, "roleRef": {"apiGroup": "", "kind": "", "name": ""}})
+        }
+        ("admissionregistration.k8s.io", _) | ("apiextensions.k8s.io", _) => {
+            json!({"metadata": meta, "spec": {}})
+        }
         ("", _) => json!({"metadata": meta}),
         // Custom resources are unstructured: nothing exists before create.
         _ => json!({}),

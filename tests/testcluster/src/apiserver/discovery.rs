@@ -49,7 +49,10 @@ fn group_doc(group: &str, versions: &[String]) -> Value {
 }
 
 pub fn group_list(table: &ResourceTable) -> Value {
-    let gs: Vec<Value> = groups(table).iter().map(|(g, vs)| group_doc(g, vs)).collect();
+    let gs: Vec<Value> = groups(table)
+        .iter()
+        .map(|(g, vs)| group_doc(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
 }
 
@@ -86,6 +89,12 @@ pub fn resource_list(table: &ResourceTable, group: &str, version: &str) -> Optio
                 "kind": r.kind, "verbs": ["get", "patch", "update"]}));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
+    )
 }

@@ -98,9 +98,18 @@ impl ApiError {
     }
 
     /// 422 Invalid: `<Kind>[.group] "<name>" is invalid: <field>: <message>` (several in `[...]`).
-    pub fn invalid(kind: &str, group: &str, name: &str, causes: &[(String, String, String)]) -> Self {
+    pub fn invalid(
+        kind: &str,
+        group: &str,
+        name: &str,
+        causes: &[(String, String, String)],
+    ) -> Self {
         // causes: (reason, field, message)
-        let qual = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let qual = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let parts: Vec<String> = causes.iter().map(|(_, f, m)| format!("{f}: {m}")).collect();
         let joined = if parts.len() == 1 {
             parts[0].clone()
@@ -115,7 +124,12 @@ impl ApiError {
             .iter()
             .map(|(r, f, m)| json!({"reason": r, "message": m, "field": f}))
             .collect();
-        Self::status(422, "Invalid", format!("{qual} \"{name}\" is invalid: {joined}"), Some(d))
+        Self::status(
+            422,
+            "Invalid",
+            format!("{qual} \"{name}\" is invalid: {joined}"),
+            Some(d),
+        )
     }
 
     pub fn invalid_plain(message: &str) -> Self {

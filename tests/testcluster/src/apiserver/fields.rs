@@ -43,7 +43,8 @@ impl Shape<'_> {
     }
 
     pub fn list_type(&self, fpath: &[String]) -> ListType {
-        let builtin = fpath.first().map(String::as_str) == Some("metadata") || self.schema.is_none();
+        let builtin =
+            fpath.first().map(String::as_str) == Some("metadata") || self.schema.is_none();
         if !builtin {
             if let Some(s) = self.schema_at(fpath) {
                 return match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
@@ -51,7 +52,11 @@ impl Shape<'_> {
                     Some("map") => ListType::Map(
                         s["x-kubernetes-list-map-keys"]
                             .as_array()
-                            .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|k| k.as_str().map(String::from))
+                                    .collect()
+                            })
                             .unwrap_or_default(),
                     ),
                     _ => ListType::Atomic,
@@ -63,11 +68,12 @@ impl Shape<'_> {
     }
 
     pub fn map_is_atomic(&self, fpath: &[String]) -> bool {
-        let builtin = fpath.first().map(String::as_str) == Some("metadata") || self.schema.is_none();
+        let builtin =
+            fpath.first().map(String::as_str) == Some("metadata") || self.schema.is_none();
         if !builtin {
-            return self
-                .schema_at(fpath)
-                .is_some_and(|s| s.get("x-kubernetes-map-type").and_then(Value::as_str) == Some("atomic"));
+            return self.schema_at(fpath).is_some_and(|s| {
+                s.get("x-kubernetes-map-type").and_then(Value::as_str) == Some("atomic")
+            });
         }
         matches!(
             fpath.last().map(String::as_str),
@@ -85,7 +91,11 @@ fn builtin_list_type(fpath: &[String]) -> ListType {
     match last {
         "finalizers" => ListType::Set,
         "ownerReferences" => keys(&["uid"]),
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
         | "imagePullSecrets" => keys(&["name"]),
         "volumeMounts" => keys(&["mountPath"]),
         "conditions" => keys(&["type"]),
@@ -315,13 +325,22 @@ fn walk_apply(shape: Shape<'_>, v: &Value, fpath: &mut FPath, node: &mut FieldSe
                 ListType::Atomic => child.member = true,
                 ListType::Set => {
                     for it in items {
-                        child.children.insert(format!("v:{it}"), FieldSet { member: true, ..Default::default() });
+                        child.children.insert(
+                            format!("v:{it}"),
+                            FieldSet {
+                                member: true,
+                                ..Default::default()
+                            },
+                        );
                     }
                 }
                 ListType::Map(keys) => {
                     fpath.push("[]".into());
                     for it in items {
-                        let mut item = FieldSet { member: true, ..Default::default() };
+                        let mut item = FieldSet {
+                            member: true,
+                            ..Default::default()
+                        };
                         walk_apply(shape, it, fpath, &mut item);
                         child.children.insert(key_string(it, &keys), item);
                     }
@@ -344,7 +363,13 @@ pub fn update_set(shape: Shape<'_>, old: Option<&Value>, new: &Value) -> FieldSe
     set
 }
 
-fn walk_update(shape: Shape<'_>, old: Option<&Value>, new: &Value, fpath: &mut FPath, node: &mut FieldSet) {
+fn walk_update(
+    shape: Shape<'_>,
+    old: Option<&Value>,
+    new: &Value,
+    fpath: &mut FPath,
+    node: &mut FieldSet,
+) {
     let Some(m) = new.as_object() else { return };
     for (k, c) in m {
         let o = old.and_then(|o| o.get(k));
@@ -361,7 +386,13 @@ fn walk_update(shape: Shape<'_>, old: Option<&Value>, new: &Value, fpath: &mut F
                     ListType::Set => {
                         for it in items {
                             if !olds.is_some_and(|a| a.contains(it)) {
-                                child.children.insert(format!("v:{it}"), FieldSet { member: true, ..Default::default() });
+                                child.children.insert(
+                                    format!("v:{it}"),
+                                    FieldSet {
+                                        member: true,
+                                        ..Default::default()
+                                    },
+                                );
                             }
                         }
                     }
@@ -369,8 +400,12 @@ fn walk_update(shape: Shape<'_>, old: Option<&Value>, new: &Value, fpath: &mut F
                         fpath.push("[]".into());
                         for it in items {
                             let key = item_key(it, &keys);
-                            let old_item = olds.and_then(|a| a.iter().find(|o| item_key(o, &keys) == key));
-                            let mut item = FieldSet { member: old_item.is_none(), ..Default::default() };
+                            let old_item =
+                                olds.and_then(|a| a.iter().find(|o| item_key(o, &keys) == key));
+                            let mut item = FieldSet {
+                                member: old_item.is_none(),
+                                ..Default::default()
+                            };
                             walk_update(shape, old_item, it, fpath, &mut item);
                             if !item.is_empty() {
                                 child.children.insert(format!("k:{key}"), item);
@@ -490,7 +525,11 @@ pub fn changed_members(set: &FieldSet, before: &Value, after: &Value) -> Vec<Vec
         .filter(|p| {
             let (b, a) = (resolve(before, p), resolve(after, p));
             let last_is_item = p.last().is_some_and(|e| !e.starts_with("f:"));
-            if last_is_item { b.is_some() != a.is_some() } else { b != a }
+            if last_is_item {
+                b.is_some() != a.is_some()
+            } else {
+                b != a
+            }
         })
         .collect()
 }
@@ -528,7 +567,11 @@ mod tests {
     fn removing_a_list_item_by_key_leaves_the_others() {
         let mut obj = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
         let mut set = FieldSet::default();
-        set.insert(&["f:spec".into(), "f:containers".into(), "k:{\"name\":\"a\"}".into()]);
+        set.insert(&[
+            "f:spec".into(),
+            "f:containers".into(),
+            "k:{\"name\":\"a\"}".into(),
+        ]);
         remove_fields(&mut obj, &set, &FieldSet::default());
         assert_eq!(obj, json!({"spec": {"containers": [{"name": "b"}]}}));
     }

@@ -46,7 +46,10 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { admission_policies: true, history: 20_000 }
+        ServerOptions {
+            admission_policies: true,
+            history: 20_000,
+        }
     }
 }
 
@@ -95,7 +98,10 @@ impl ApiServer {
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let rx = shared.shutdown.subscribe();
-        let fl = FaultListener { inner: listener, faults: shared.faults.clone() };
+        let fl = FaultListener {
+            inner: listener,
+            faults: shared.faults.clone(),
+        };
         let server = tokio::spawn(async move {
             let _ = axum::serve(fl, app)
                 .with_graceful_shutdown(stopped(rx))
@@ -118,7 +124,10 @@ impl ApiServer {
                 }
             }
         });
-        Ok(ApiServer { shared, tasks: vec![server, gc] })
+        Ok(ApiServer {
+            shared,
+            tasks: vec![server, gc],
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -166,7 +175,9 @@ pub(crate) async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 fn seed_namespaces(store: &mut Store) {
-    let Some(ri) = store.resources.get("", "v1", "namespaces") else { return };
+    let Some(ri) = store.resources.get("", "v1", "namespaces") else {
+        return;
+    };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let ctx = WriteCtx {
             ri: ri.clone(),
@@ -175,7 +186,10 @@ fn seed_namespaces(store: &mut Store) {
             subresource: String::new(),
             field_validation: FieldValidation::Ignore,
         };
-        let _ = store.create(&ctx, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+        let _ = store.create(
+            &ctx,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        );
     }
 }
 
@@ -202,7 +216,14 @@ impl axum::serve::Listener for FaultListener {
             }
             let _ = s.set_nodelay(true);
             let epoch = self.faults.conn_epoch.load(Ordering::SeqCst);
-            return (FaultStream { inner: s, epoch, faults: self.faults.clone() }, a);
+            return (
+                FaultStream {
+                    inner: s,
+                    epoch,
+                    faults: self.faults.clone(),
+                },
+                a,
+            );
         }
     }
 
@@ -225,7 +246,10 @@ impl FaultStream {
 }
 
 fn reset() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by fault injection")
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "connection reset by fault injection",
+    )
 }
 
 impl tokio::io::AsyncRead for FaultStream {
@@ -255,11 +279,17 @@ impl tokio::io::AsyncWrite for FaultStream {
         std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -269,7 +299,10 @@ impl tokio::io::AsyncWrite for FaultStream {
 pub(crate) fn json_response(code: u16, body: &Value) -> Response {
     let mut r = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -304,7 +337,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q: Query<HashMap<String, String>>| q.0).unwrap_or_default();
+    let query: HashMap<String, String> = Query::try_from_uri(&uri)
+        .map(|q: Query<HashMap<String, String>>| q.0)
+        .unwrap_or_default();
     let delay = shared.faults.delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -366,7 +401,12 @@ async fn handle(
         return injected(e, &target);
     }
     if verb == "watch" {
-        return watch::serve_watch(shared.clone(), target.ri.clone(), target.namespace.clone(), &query);
+        return watch::serve_watch(
+            shared.clone(),
+            target.ri.clone(),
+            target.namespace.clone(),
+            &query,
+        );
     }
     let resp = match verb {
         "get" | "list" => read(&shared, &target, &query, &headers),
@@ -378,10 +418,13 @@ async fn handle(
 fn injected(e: InjectedError, t: &Target) -> Response {
     let name = t.name.clone().unwrap_or_default();
     match e {
-        InjectedError::Conflict => ApiError::conflict(&t.ri.group, &t.ri.plural, &name).into_response(),
+        InjectedError::Conflict => {
+            ApiError::conflict(&t.ri.group, &t.ri.plural, &name).into_response()
+        }
         InjectedError::TooManyRequests => {
             let mut r = ApiError::too_many_requests().into_response();
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
         InjectedError::Internal => ApiError::internal("injected fault").into_response(),
@@ -396,7 +439,11 @@ fn parse_target(shared: &Shared, segs: &[&str]) -> Option<Target> {
     };
     let table = &shared.lock().resources;
     let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if table.get(group, version, plural).is_some_and(|r| r.namespaced) => {
+        ["namespaces", ns, plural, tail @ ..]
+            if table
+                .get(group, version, plural)
+                .is_some_and(|r| r.namespaced) =>
+        {
             (Some(ns.to_string()), [&[*plural][..], tail].concat())
         }
         _ => (None, rest.to_vec()),
@@ -411,7 +458,12 @@ fn parse_target(shared: &Shared, segs: &[&str]) -> Option<Target> {
         [_, n, s] if *s == "status" && ri.has_status => (Some(n.to_string()), "status".to_string()),
         _ => return None,
     };
-    Some(Target { ri, namespace, name, subresource })
+    Some(Target {
+        ri,
+        namespace,
+        name,
+        subresource,
+    })
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
@@ -421,30 +473,57 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
-fn read(shared: &Shared, t: &Target, query: &HashMap<String, String>, headers: &HeaderMap) -> Result<Response, ApiError> {
+fn read(
+    shared: &Shared,
+    t: &Target,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let store = shared.lock();
     let body = match &t.name {
         Some(n) => store.get(&t.ri, t.namespace.as_deref().unwrap_or_default(), n)?,
         None => {
-            let labels = selectors::LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
-            let fields = selectors::FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
-            let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
-            let cont = query.get("continue").map(String::as_str).filter(|c| !c.is_empty());
+            let labels = selectors::LabelSelector::parse(
+                query
+                    .get("labelSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )
+            .map_err(ApiError::bad_request)?;
+            let fields = selectors::FieldSelector::parse(
+                query
+                    .get("fieldSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )
+            .map_err(ApiError::bad_request)?;
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|l| *l > 0);
+            let cont = query
+                .get("continue")
+                .map(String::as_str)
+                .filter(|c| !c.is_empty());
             store.list(&t.ri, t.namespace.as_deref(), &labels, &fields, limit, cont)?
         }
     };
     drop(store);
     if wants_table(headers) {
-        return Ok(json_response(200, &table::to_table(&t.ri, &body, t.name.is_some())));
+        return Ok(json_response(
+            200,
+            &table::to_table(&t.ri, &body, t.name.is_some()),
+        ));
     }
     Ok(json_response(200, &body))
 }
 
 /// The program name of a User-Agent: `python-requests` of `python-requests/2.34.2`.
 fn manager_from_user_agent(headers: &HeaderMap) -> String {
-    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("unknown");
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
     ua.split(['/', ' ']).next().unwrap_or("unknown").to_string()
 }
 
@@ -471,7 +550,9 @@ fn write(
     let ctx = WriteCtx {
         ri: t.ri.clone(),
         namespace: ns.clone(),
-        manager: field_manager.clone().unwrap_or_else(|| manager_from_user_agent(headers)),
+        manager: field_manager
+            .clone()
+            .unwrap_or_else(|| manager_from_user_agent(headers)),
         subresource: t.subresource.clone(),
         field_validation: match query.get("fieldValidation").map(String::as_str) {
             Some("Strict") => FieldValidation::Strict,
@@ -528,7 +609,8 @@ fn write(
                     .or_else(|_| serde_saphyr::from_str::<Value>(&text))
                     .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
             } else {
-                serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+                serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
             };
             let force = matches!(query.get("force").map(String::as_str), Some("true" | "1"));
             let name = t.name.clone().unwrap_or_default();
@@ -550,10 +632,22 @@ fn write(
             return Ok(json_response(200, &r?));
         }
         "deletecollection" => {
-            let labels = selectors::LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
+            let labels = selectors::LabelSelector::parse(
+                query
+                    .get("labelSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )
+            .map_err(ApiError::bad_request)?;
             let mut st = shared.lock();
-            let list = st.list(&t.ri, t.namespace.as_deref(), &labels, &Default::default(), None, None)?;
+            let list = st.list(
+                &t.ri,
+                t.namespace.as_deref(),
+                &labels,
+                &Default::default(),
+                None,
+                None,
+            )?;
             for item in list["items"].as_array().into_iter().flatten() {
                 let n = item["metadata"]["name"].as_str().unwrap_or_default();
                 let ins = item["metadata"]["namespace"].as_str().unwrap_or_default();
@@ -566,7 +660,11 @@ fn write(
     };
     let mut r = json_response(if written.created { 201 } else { 200 }, &written.object);
     if !written.warnings.is_empty() {
-        let w: Vec<String> = written.warnings.iter().map(|w| format!("299 - {w:?}")).collect();
+        let w: Vec<String> = written
+            .warnings
+            .iter()
+            .map(|w| format!("299 - {w:?}"))
+            .collect();
         if let Ok(v) = HeaderValue::from_str(&w.join(", ")) {
             r.headers_mut().insert("Warning", v);
         }

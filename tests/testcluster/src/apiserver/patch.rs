@@ -56,7 +56,11 @@ fn split_pointer(p: &str) -> Result<Vec<String>, JsonPatchError> {
     Ok(rest.split('/').map(unescape).collect())
 }
 
-fn parent_mut<'a>(doc: &'a mut Value, toks: &[String], path: &str) -> Result<&'a mut Value, JsonPatchError> {
+fn parent_mut<'a>(
+    doc: &'a mut Value,
+    toks: &[String],
+    path: &str,
+) -> Result<&'a mut Value, JsonPatchError> {
     let mut cur = doc;
     for t in toks {
         cur = match cur {
@@ -110,7 +114,11 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, JsonPatchError> {
         Value::Object(m) => m.remove(last).ok_or_else(missing),
         Value::Array(a) => {
             let i: usize = last.parse().map_err(|_| missing())?;
-            if i < a.len() { Ok(a.remove(i)) } else { Err(missing()) }
+            if i < a.len() {
+                Ok(a.remove(i))
+            } else {
+                Err(missing())
+            }
         }
         _ => Err(missing()),
     }
@@ -126,7 +134,11 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, JsonPatchError> 
         let path = op["path"]
             .as_str()
             .ok_or_else(|| JsonPatchError::Malformed("missing path".into()))?;
-        let value = || op.get("value").cloned().ok_or_else(|| JsonPatchError::Malformed("missing value".into()));
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| JsonPatchError::Malformed("missing value".into()))
+        };
         match op["op"].as_str().unwrap_or_default() {
             "add" => add(&mut doc, path, value()?, false)?,
             "replace" => add(&mut doc, path, value()?, true)?,
@@ -145,7 +157,9 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, JsonPatchError> 
                 let v = if op["op"] == "move" {
                     remove(&mut doc, from)?
                 } else {
-                    doc.pointer(from).cloned().ok_or_else(|| JsonPatchError::MissingPath(from.into()))?
+                    doc.pointer(from)
+                        .cloned()
+                        .ok_or_else(|| JsonPatchError::MissingPath(from.into()))?
                 };
                 add(&mut doc, path, v, false)?;
             }
@@ -199,7 +213,10 @@ fn smp_at(shape: Shape<'_>, target: &Value, patch: &Value, fpath: &mut FPath) ->
 }
 
 fn smp_list(shape: Shape<'_>, cur: &[Value], items: &[Value], fpath: &mut FPath) -> Value {
-    if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
         return Value::Array(
             items
                 .iter()
@@ -262,18 +279,27 @@ mod tests {
     fn strategic_merge_patch_deletes_an_item_with_the_patch_directive() {
         let live = json!({"spec": {"containers": [{"name": "web"}, {"name": "x"}]}});
         let patch = json!({"spec": {"containers": [{"name": "x", "$patch": "delete"}]}});
-        assert_eq!(strategic_merge_patch(&live, &patch), json!({"spec": {"containers": [{"name": "web"}]}}));
+        assert_eq!(
+            strategic_merge_patch(&live, &patch),
+            json!({"spec": {"containers": [{"name": "web"}]}})
+        );
     }
 
     #[test]
     fn json_patch_fails_on_a_failed_test() {
         let live = json!({"spec": {"replicas": 1}});
         let ops = json!([{"op": "test", "path": "/spec/replicas", "value": 9}]);
-        assert!(matches!(json_patch(&live, &ops), Err(JsonPatchError::TestFailed(_))));
+        assert!(matches!(
+            json_patch(&live, &ops),
+            Err(JsonPatchError::TestFailed(_))
+        ));
     }
 
     #[test]
     fn merge_patch_null_removes_a_field() {
-        assert_eq!(merge_patch(&json!({"a": 1, "b": 2}), &json!({"a": null})), json!({"b": 2}));
+        assert_eq!(
+            merge_patch(&json!({"a": 1, "b": 2}), &json!({"a": null})),
+            json!({"b": 2})
+        );
     }
 }

@@ -79,27 +79,162 @@ fn builtin(
 /// The built-in resources; `with_admission_policies` false emulates a cluster older than 1.36.
 pub fn builtins(with_admission_policies: bool) -> Vec<ResourceInfo> {
     let mut v = vec![
-        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true, false),
-        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false, false),
+        builtin(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            false,
+            &["ns"],
+            true,
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            true,
+            &["cm"],
+            false,
+            false,
+        ),
         builtin("", "v1", "secrets", "Secret", true, &[], false, false),
         builtin("", "v1", "services", "Service", true, &["svc"], true, false),
-        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false, false),
+        builtin(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            &["sa"],
+            false,
+            false,
+        ),
         builtin("", "v1", "events", "Event", true, &["ev"], false, false),
         builtin("", "v1", "pods", "Pod", true, &["po"], true, false),
-        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], false, false),
-        builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"], true, true),
-        builtin("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true, true),
-        builtin("networking.k8s.io", "v1", "ingresses", "Ingress", true, &["ing"], true, true),
-        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false, false),
-        builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], false, false),
-        builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], false, false),
-        builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], false, false),
-        builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], false, false),
-        builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], true, true),
+        builtin(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            true,
+            &["ev"],
+            false,
+            false,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            true,
+            &["deploy"],
+            true,
+            true,
+        ),
+        builtin(
+            "apps",
+            "v1",
+            "replicasets",
+            "ReplicaSet",
+            true,
+            &["rs"],
+            true,
+            true,
+        ),
+        builtin(
+            "networking.k8s.io",
+            "v1",
+            "ingresses",
+            "Ingress",
+            true,
+            &["ing"],
+            true,
+            true,
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "roles",
+            "Role",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+            false,
+            false,
+        ),
+        builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            &["crd", "crds"],
+            true,
+            true,
+        ),
     ];
     if with_admission_policies {
-        v.push(builtin("admissionregistration.k8s.io", "v1", "mutatingadmissionpolicies", "MutatingAdmissionPolicy", false, &[], false, true));
-        v.push(builtin("admissionregistration.k8s.io", "v1", "mutatingadmissionpolicybindings", "MutatingAdmissionPolicyBinding", false, &[], false, true));
+        v.push(builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "mutatingadmissionpolicies",
+            "MutatingAdmissionPolicy",
+            false,
+            &[],
+            false,
+            true,
+        ));
+        v.push(builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "mutatingadmissionpolicybindings",
+            "MutatingAdmissionPolicyBinding",
+            false,
+            &[],
+            false,
+            true,
+        ));
     }
     v
 }
@@ -111,7 +246,11 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceInfo> {
     let names = &spec["names"];
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut out = Vec::new();
@@ -135,7 +274,10 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceInfo> {
             has_generation: true,
             custom: true,
             schema: ver["schema"].get("openAPIV3Schema").cloned(),
-            printer_columns: ver["additionalPrinterColumns"].as_array().cloned().unwrap_or_default(),
+            printer_columns: ver["additionalPrinterColumns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
         });
     }
     out
@@ -159,8 +301,10 @@ impl ResourceTable {
     }
 
     fn insert(&mut self, r: ResourceInfo) {
-        self.by_gvr
-            .insert((r.group.clone(), r.version.clone(), r.plural.clone()), Arc::new(r));
+        self.by_gvr.insert(
+            (r.group.clone(), r.version.clone(), r.plural.clone()),
+            Arc::new(r),
+        );
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
@@ -187,7 +331,10 @@ impl ResourceTable {
     }
 
     pub fn install_crd(&mut self, crd: &Value) {
-        let name = crd["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         self.remove_crd(&name);
         let mut keys = Vec::new();
         for r in from_crd(crd) {

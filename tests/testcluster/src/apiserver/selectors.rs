@@ -43,7 +43,11 @@ fn parse_set(rest: &str) -> Result<Vec<String>, String> {
     let inner = inner
         .strip_suffix(')')
         .ok_or_else(|| "unable to parse requirement: found '', expected: ',' or ')'".to_string())?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 impl LabelSelector {
@@ -120,7 +124,10 @@ impl FieldSelector {
             let actual = match k.as_str() {
                 "metadata.name" => obj["metadata"]["name"].as_str().unwrap_or_default(),
                 "metadata.namespace" => obj["metadata"]["namespace"].as_str().unwrap_or_default(),
-                other => obj.pointer(&format!("/{}", other.replace('.', "/"))).and_then(Value::as_str).unwrap_or_default(),
+                other => obj
+                    .pointer(&format!("/{}", other.replace('.', "/")))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
             };
             (actual == v) == *eq
         })

@@ -100,11 +100,16 @@ pub struct Store {
 const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 pub fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn meta(obj: &Value, field: &str) -> String {
-    obj["metadata"][field].as_str().unwrap_or_default().to_string()
+    obj["metadata"][field]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -112,7 +117,8 @@ fn is_dns_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -162,7 +168,9 @@ fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
     entries.retain(|e| !e.set.is_empty());
     // Sorted as the real server sorts them, except that time is left out so a replay is
     // deterministic: operation (Apply before Update), then manager, then subresource.
-    entries.sort_by(|a, b| (&a.operation, &a.manager, &a.subresource).cmp(&(&b.operation, &b.manager, &b.subresource)));
+    entries.sort_by(|a, b| {
+        (&a.operation, &a.manager, &a.subresource).cmp(&(&b.operation, &b.manager, &b.subresource))
+    });
     let arr: Vec<Value> = entries
         .into_iter()
         .map(|e| {
@@ -178,8 +186,16 @@ fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
 }
 
 const SERVER_META: &[&str] = &[
-    "name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
-    "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink",
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
 ];
 
 /// The part of an object the field manager tracks for a write to `subresource`.
@@ -287,7 +303,14 @@ impl Store {
     fn new_uid(&mut self) -> String {
         let (a, b) = (self.next_random(), self.next_random());
         let h = format!("{a:016x}{b:016x}");
-        format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+        format!(
+            "{}-{}-4{}-a{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[13..16],
+            &h[17..20],
+            &h[20..32]
+        )
     }
 
     fn random_suffix(&mut self) -> String {
@@ -302,7 +325,13 @@ impl Store {
     }
 
     fn emit(&mut self, kind: EventKind, key: &ObjKey, ns: &str, object: Arc<Value>, rv: u64) {
-        let ev = Arc::new(WatchEvent { rv, kind, key: key.clone(), namespace: ns.into(), object });
+        let ev = Arc::new(WatchEvent {
+            rv,
+            kind,
+            key: key.clone(),
+            namespace: ns.into(),
+            object,
+        });
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_cap {
             if let Some(old) = self.history.pop_front() {
@@ -346,10 +375,15 @@ impl Store {
         let empty = Objects::new();
         let all = self.objects.get(&ri.storage_key()).unwrap_or(&empty);
         let start: Option<ObjKey> = match cont {
-            Some(c) => Some(decode_continue(c).ok_or_else(|| ApiError::bad_request("invalid continue token".into()))?),
+            Some(c) => Some(
+                decode_continue(c)
+                    .ok_or_else(|| ApiError::bad_request("invalid continue token".into()))?,
+            ),
             None => None,
         };
-        let iter = all.iter().filter(|((ons, _), _)| ns.is_none_or(|n| n == ons));
+        let iter = all
+            .iter()
+            .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons));
         let iter = iter.filter(|(k, _)| start.as_ref().is_none_or(|s| *k > s));
         let mut items = Vec::new();
         let mut last = None;
@@ -363,7 +397,9 @@ impl Store {
                 continue;
             }
             let mut item = self.present(ri, o);
-            if !ri.custom && let Some(m) = item.as_object_mut() {
+            if !ri.custom
+                && let Some(m) = item.as_object_mut()
+            {
                 m.remove("apiVersion");
                 m.remove("kind");
             }
@@ -379,21 +415,33 @@ impl Store {
                 md["remainingItemCount"] = json!(remaining);
             }
         }
-        Ok(json!({"kind": format!("{}List", ri.kind), "apiVersion": ri.api_version(), "metadata": md, "items": items}))
+        Ok(
+            json!({"kind": format!("{}List", ri.kind), "apiVersion": ri.api_version(), "metadata": md, "items": items}),
+        )
     }
 
     /// All objects of a group/plural (any namespace), for watches' initial events and admission.
     pub fn all_of(&self, key: &ObjKey) -> Vec<Arc<Value>> {
-        self.objects.get(key).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.objects
+            .get(key)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Stores a CRD without the write pipeline: the fast path for installing many large
     /// upstream CRDs at start-up. An existing CRD of that name is left alone.
     pub fn seed_crd(&mut self, mut crd: Value) {
         let name = meta(&crd, "name");
-        let key = ("apiextensions.k8s.io".to_string(), "customresourcedefinitions".to_string());
+        let key = (
+            "apiextensions.k8s.io".to_string(),
+            "customresourcedefinitions".to_string(),
+        );
         let okey = (String::new(), name);
-        if self.objects.get(&key).is_some_and(|m| m.contains_key(&okey)) {
+        if self
+            .objects
+            .get(&key)
+            .is_some_and(|m| m.contains_key(&okey))
+        {
             return;
         }
         let uid = self.new_uid();
@@ -409,7 +457,10 @@ impl Store {
         default_crd_status(&mut crd);
         self.resources.install_crd(&crd);
         let obj = Arc::new(crd);
-        self.objects.entry(key.clone()).or_default().insert(okey, obj.clone());
+        self.objects
+            .entry(key.clone())
+            .or_default()
+            .insert(okey, obj.clone());
         self.emit(EventKind::Added, &key, "", obj, rv);
     }
 
@@ -418,7 +469,9 @@ impl Store {
     pub fn create(&mut self, ctx: &WriteCtx, mut body: Value) -> Result<Written, ApiError> {
         let ri = ctx.ri.clone();
         if !body.is_object() {
-            return Err(ApiError::bad_request("the body of the request was in an unknown format".into()));
+            return Err(ApiError::bad_request(
+                "the body of the request was in an unknown format".into(),
+            ));
         }
         if !body["metadata"].is_object() {
             body["metadata"] = json!({});
@@ -427,11 +480,16 @@ impl Store {
         if name.is_empty() {
             let gen_name = meta(&body, "generateName");
             if gen_name.is_empty() {
-                return Err(ApiError::invalid(&ri.kind, &ri.group, "", &[(
-                    "FieldValueRequired".into(),
-                    "metadata.name".into(),
-                    "Required value: name or generateName is required".into(),
-                )]));
+                return Err(ApiError::invalid(
+                    &ri.kind,
+                    &ri.group,
+                    "",
+                    &[(
+                        "FieldValueRequired".into(),
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )],
+                ));
             }
             name = format!("{gen_name}{}", self.random_suffix());
             body["metadata"]["name"] = json!(name);
@@ -448,18 +506,32 @@ impl Store {
         self.commit(ctx, None, body, Managed::Update)
     }
 
-    pub fn replace(&mut self, ctx: &WriteCtx, name: &str, body: Value) -> Result<Written, ApiError> {
+    pub fn replace(
+        &mut self,
+        ctx: &WriteCtx,
+        name: &str,
+        body: Value,
+    ) -> Result<Written, ApiError> {
         let ri = ctx.ri.clone();
         let Some(old) = self.get_raw(&ri, &ctx.namespace, name) else {
             return Err(ApiError::not_found(&ri.group, &ri.plural, name));
         };
         if !body.is_object() {
-            return Err(ApiError::bad_request("the body of the request was in an unknown format".into()));
+            return Err(ApiError::bad_request(
+                "the body of the request was in an unknown format".into(),
+            ));
         }
         self.commit(ctx, Some(old), body, Managed::Update)
     }
 
-    pub fn patch(&mut self, ctx: &WriteCtx, name: &str, ptype: PatchType, patch: Value, force: bool) -> Result<Written, ApiError> {
+    pub fn patch(
+        &mut self,
+        ctx: &WriteCtx,
+        name: &str,
+        ptype: PatchType,
+        patch: Value,
+        force: bool,
+    ) -> Result<Written, ApiError> {
         let ri = ctx.ri.clone();
         let old = self.get_raw(&ri, &ctx.namespace, name);
         if ptype == PatchType::Apply {
@@ -473,7 +545,9 @@ impl Store {
             PatchType::Merge => super::patch::merge_patch(&old, &patch),
             PatchType::Json => super::patch::json_patch(&old, &patch).map_err(|e| {
                 let _ = e;
-                ApiError::invalid_plain("the server rejected our request due to an error in our request")
+                ApiError::invalid_plain(
+                    "the server rejected our request due to an error in our request",
+                )
             })?,
             PatchType::Strategic => {
                 if ri.custom {
@@ -485,10 +559,19 @@ impl Store {
         self.commit(ctx, Some(old), new, Managed::Update)
     }
 
-    fn apply(&mut self, ctx: &WriteCtx, name: &str, old: Option<Arc<Value>>, config: Value, force: bool) -> Result<Written, ApiError> {
+    fn apply(
+        &mut self,
+        ctx: &WriteCtx,
+        name: &str,
+        old: Option<Arc<Value>>,
+        config: Value,
+        force: bool,
+    ) -> Result<Written, ApiError> {
         let ri = ctx.ri.clone();
         if !config.is_object() {
-            return Err(ApiError::bad_request("the body of the request was in an unknown format".into()));
+            return Err(ApiError::bad_request(
+                "the body of the request was in an unknown format".into(),
+            ));
         }
         if let Some(cname) = config["metadata"]["name"].as_str()
             && cname != name
@@ -505,13 +588,17 @@ impl Store {
                 None => return Err(ApiError::not_found(&ri.group, &ri.plural, name)),
             }
         }
-        let shape = Shape { schema: ri.schema.as_ref() };
+        let shape = Shape {
+            schema: ri.schema.as_ref(),
+        };
         let cfg = tracked(&ri, &ctx.subresource, &config);
         let new_set = fields::apply_set(shape, &cfg);
         let live = old.as_deref().cloned().unwrap_or_else(|| json!({}));
         let mut merged = fields::merge_apply(shape, &live, &cfg);
         let mut entries = old.as_deref().map(parse_entries).unwrap_or_default();
-        let is_me = |e: &Entry| e.manager == ctx.manager && e.operation == "Apply" && e.subresource == ctx.subresource;
+        let is_me = |e: &Entry| {
+            e.manager == ctx.manager && e.operation == "Apply" && e.subresource == ctx.subresource
+        };
         let changed = fields::changed_members(&new_set, &live, &merged);
         let mut conflicts = Vec::new();
         for e in entries.iter().filter(|e| !is_me(e)) {
@@ -523,7 +610,8 @@ impl Store {
         }
         if !conflicts.is_empty() {
             if !force {
-                let list: Vec<(String, String)> = conflicts.into_iter().map(|(m, p, _)| (m, p)).collect();
+                let list: Vec<(String, String)> =
+                    conflicts.into_iter().map(|(m, p, _)| (m, p)).collect();
                 return Err(ApiError::apply_conflict(&list));
             }
             for e in entries.iter_mut().filter(|e| !is_me(e)) {
@@ -532,7 +620,11 @@ impl Store {
                 }
             }
         }
-        let prev = entries.iter().find(|e| is_me(e)).map(|e| e.set.clone()).unwrap_or_default();
+        let prev = entries
+            .iter()
+            .find(|e| is_me(e))
+            .map(|e| e.set.clone())
+            .unwrap_or_default();
         let removed = prev.difference(&new_set);
         let mut keep = FieldSet::default();
         for e in entries.iter().filter(|e| !is_me(e)) {
@@ -575,13 +667,26 @@ impl Store {
                 .map(|m| m.values().map(|v| (**v).clone()).collect())
                 .unwrap_or_default()
         };
-        (get("mutatingadmissionpolicies"), get("mutatingadmissionpolicybindings"))
+        (
+            get("mutatingadmissionpolicies"),
+            get("mutatingadmissionpolicybindings"),
+        )
     }
 
     /// The common end of every create and update.
-    fn commit(&mut self, ctx: &WriteCtx, old: Option<Arc<Value>>, mut new: Value, managed: Managed) -> Result<Written, ApiError> {
+    fn commit(
+        &mut self,
+        ctx: &WriteCtx,
+        old: Option<Arc<Value>>,
+        mut new: Value,
+        managed: Managed,
+    ) -> Result<Written, ApiError> {
         let ri = ctx.ri.clone();
-        let ns = if ri.namespaced { ctx.namespace.clone() } else { String::new() };
+        let ns = if ri.namespaced {
+            ctx.namespace.clone()
+        } else {
+            String::new()
+        };
         let mut warnings = Vec::new();
         // Identity and server-owned metadata.
         if !new["metadata"].is_object() {
@@ -618,7 +723,13 @@ impl Store {
                     }
                 }
             }
-            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
                 match o["metadata"].get(f) {
                     Some(v) => new["metadata"][f] = v.clone(),
                     None => {
@@ -630,22 +741,37 @@ impl Store {
             }
             new["metadata"]["name"] = json!(name);
         } else {
-            if ri.has_status && ri.custom && let Some(m) = new.as_object_mut() {
+            if ri.has_status
+                && ri.custom
+                && let Some(m) = new.as_object_mut()
+            {
                 m.remove("status");
             }
             if !is_dns_subdomain(&name) {
-                return Err(ApiError::invalid(&ri.kind, &ri.group, &name, &[(
-                    "FieldValueInvalid".into(),
-                    "metadata.name".into(),
-                    format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
-                )]));
+                return Err(ApiError::invalid(
+                    &ri.kind,
+                    &ri.group,
+                    &name,
+                    &[(
+                        "FieldValueInvalid".into(),
+                        "metadata.name".into(),
+                        format!(
+                            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+                        ),
+                    )],
+                ));
             }
             let uid = self.new_uid();
             let md = &mut new["metadata"];
             md["uid"] = json!(uid);
             md["creationTimestamp"] = json!(now());
             if let Some(m) = md.as_object_mut() {
-                for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                for f in [
+                    "resourceVersion",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                ] {
                     m.remove(f);
                 }
             }
@@ -665,7 +791,10 @@ impl Store {
                 if !pruned.is_empty() {
                     match ctx.field_validation {
                         FieldValidation::Strict => {
-                            let list: Vec<String> = pruned.iter().map(|p| format!("unknown field {p:?}")).collect();
+                            let list: Vec<String> = pruned
+                                .iter()
+                                .map(|p| format!("unknown field {p:?}"))
+                                .collect();
                             return Err(ApiError::bad_request(format!(
                                 "{kind} in version {v:?} cannot be handled as a {kind}: strict decoding error: {}",
                                 list.join(", "),
@@ -673,7 +802,9 @@ impl Store {
                                 v = ri.version
                             )));
                         }
-                        FieldValidation::Warn => warnings.extend(pruned.iter().map(|p| format!("unknown field {p:?}"))),
+                        FieldValidation::Warn => {
+                            warnings.extend(pruned.iter().map(|p| format!("unknown field {p:?}")))
+                        }
                         FieldValidation::Ignore => {}
                     }
                 }
@@ -696,7 +827,11 @@ impl Store {
         if !policies.is_empty() {
             let ns_obj = self.namespace_object(&ns);
             let req = crate::admission::AdmissionRequest {
-                operation: if old.is_some() { crate::admission::Operation::Update } else { crate::admission::Operation::Create },
+                operation: if old.is_some() {
+                    crate::admission::Operation::Update
+                } else {
+                    crate::admission::Operation::Create
+                },
                 group: &ri.group,
                 version: &ri.version,
                 resource: &ri.plural,
@@ -729,21 +864,41 @@ impl Store {
                 }
             }
         } else if ri.group == "events.k8s.io" {
-            let rns = new["regarding"]["namespace"].as_str().unwrap_or_default().to_string();
+            let rns = new["regarding"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if rns != ns {
-                causes.push(("FieldValueInvalid".into(), "involvedObject.namespace".into(), format!("Invalid value: {rns:?}: does not match event.namespace")));
+                causes.push((
+                    "FieldValueInvalid".into(),
+                    "involvedObject.namespace".into(),
+                    format!("Invalid value: {rns:?}: does not match event.namespace"),
+                ));
             }
             if new["eventTime"].is_null() {
-                causes.push(("FieldValueRequired".into(), "eventTime".into(), "Required value".into()));
+                causes.push((
+                    "FieldValueRequired".into(),
+                    "eventTime".into(),
+                    "Required value".into(),
+                ));
             }
         }
         if !causes.is_empty() {
-            return Err(ApiError::invalid(&ri.kind, if ri.custom { &ri.group } else { "" }, &name, &causes));
+            return Err(ApiError::invalid(
+                &ri.kind,
+                if ri.custom { &ri.group } else { "" },
+                &name,
+                &causes,
+            ));
         }
         if let Some(o) = &old
             && !o["metadata"]["deletionTimestamp"].is_null()
         {
-            let before: HashSet<&Value> = o["metadata"]["finalizers"].as_array().into_iter().flatten().collect();
+            let before: HashSet<&Value> = o["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect();
             let added: Vec<String> = new["metadata"]["finalizers"]
                 .as_array()
                 .into_iter()
@@ -757,7 +912,10 @@ impl Store {
                     &ri.kind,
                     &name,
                     "metadata.finalizers",
-                    &format!("no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}", list.join(", ")),
+                    &format!(
+                        "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                        list.join(", ")
+                    ),
                 ));
             }
         }
@@ -768,24 +926,39 @@ impl Store {
                 None => 1,
                 Some(o) => {
                     let g = o["metadata"]["generation"].as_i64().unwrap_or(1);
-                    if spec_part(o) != spec_part(&new) { g + 1 } else { g }
+                    if spec_part(o) != spec_part(&new) {
+                        g + 1
+                    } else {
+                        g
+                    }
                 }
             };
             new["metadata"]["generation"] = json!(g);
         }
 
         // Managed fields.
-        let shape = Shape { schema: ri.schema.as_ref() };
+        let shape = Shape {
+            schema: ri.schema.as_ref(),
+        };
         let mut entries = match managed {
             Managed::Precomputed(e) => e,
             Managed::Update => {
                 let base = match &old {
                     Some(o) => tracked(&ri, &ctx.subresource, o),
-                    None => tracked(&ri, &ctx.subresource, &defaults::zero_value(&ri.group, &ri.plural)),
+                    None => tracked(
+                        &ri,
+                        &ctx.subresource,
+                        &defaults::zero_value(&ri.group, &ri.plural),
+                    ),
                 };
-                let changed = fields::update_set(shape, Some(&base), &tracked(&ri, &ctx.subresource, &new));
+                let changed =
+                    fields::update_set(shape, Some(&base), &tracked(&ri, &ctx.subresource, &new));
                 let mut entries = old.as_deref().map(parse_entries).unwrap_or_default();
-                let is_me = |e: &Entry| e.manager == ctx.manager && e.operation == "Update" && e.subresource == ctx.subresource;
+                let is_me = |e: &Entry| {
+                    e.manager == ctx.manager
+                        && e.operation == "Update"
+                        && e.subresource == ctx.subresource
+                };
                 for e in entries.iter_mut().filter(|e| !is_me(e)) {
                     e.set = e.set.difference(&changed);
                 }
@@ -812,7 +985,11 @@ impl Store {
         let new_tracked_main = tracked(&ri, "", &new);
         let new_tracked_status = tracked(&ri, "status", &new);
         for e in entries.iter_mut() {
-            let view = if ri.has_status && e.subresource == "status" { &new_tracked_status } else { &new_tracked_main };
+            let view = if ri.has_status && e.subresource == "status" {
+                &new_tracked_status
+            } else {
+                &new_tracked_main
+            };
             e.set.retain_existing(view);
         }
         write_entries(&mut new, entries);
@@ -822,7 +999,11 @@ impl Store {
             let mut cand = new.clone();
             cand["metadata"]["resourceVersion"] = o["metadata"]["resourceVersion"].clone();
             if without_volatile(&cand) == without_volatile(o) {
-                return Ok(Written { object: self.present(&ri, o), created: false, warnings });
+                return Ok(Written {
+                    object: self.present(&ri, o),
+                    created: false,
+                    warnings,
+                });
             }
         }
 
@@ -832,19 +1013,31 @@ impl Store {
         let key = ri.storage_key();
         let okey = (ns.clone(), name.clone());
         let finalizing = !new["metadata"]["deletionTimestamp"].is_null()
-            && new["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty());
         if finalizing {
-            if let Some(m) = new["metadata"].as_object_mut() && m.get("finalizers").is_some_and(|f| f.as_array().is_some_and(|a| a.is_empty())) {
+            if let Some(m) = new["metadata"].as_object_mut()
+                && m.get("finalizers")
+                    .is_some_and(|f| f.as_array().is_some_and(|a| a.is_empty()))
+            {
                 m.remove("finalizers");
             }
             self.remove_object(&ri, &okey);
             let obj = Arc::new(new.clone());
             self.emit(EventKind::Deleted, &key, &ns, obj, rv);
             self.gc_pending = true;
-            return Ok(Written { object: new, created: false, warnings });
+            return Ok(Written {
+                object: new,
+                created: false,
+                warnings,
+            });
         }
         let obj = Arc::new(new.clone());
-        self.objects.entry(key.clone()).or_default().insert(okey, obj.clone());
+        self.objects
+            .entry(key.clone())
+            .or_default()
+            .insert(okey, obj.clone());
         if new["metadata"]["ownerReferences"].is_array() {
             self.gc_pending = true;
         }
@@ -852,8 +1045,22 @@ impl Store {
             self.resources.install_crd(&new);
         }
         let created = old.is_none();
-        self.emit(if created { EventKind::Added } else { EventKind::Modified }, &key, &ns, obj, rv);
-        Ok(Written { object: self.present(&ri, &new), created, warnings })
+        self.emit(
+            if created {
+                EventKind::Added
+            } else {
+                EventKind::Modified
+            },
+            &key,
+            &ns,
+            obj,
+            rv,
+        );
+        Ok(Written {
+            object: self.present(&ri, &new),
+            created,
+            warnings,
+        })
     }
 
     fn remove_object(&mut self, ri: &ResourceInfo, okey: &ObjKey) {
@@ -878,13 +1085,22 @@ impl Store {
 
     /// Deletes (or marks for deletion, with finalizers). `propagation` is `Foreground`,
     /// `Background` or `Orphan` (treated as Background).
-    pub fn delete(&mut self, ri: &Arc<ResourceInfo>, ns: &str, name: &str, propagation: Option<&str>) -> Result<Value, ApiError> {
+    pub fn delete(
+        &mut self,
+        ri: &Arc<ResourceInfo>,
+        ns: &str,
+        name: &str,
+        propagation: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let ns = if ri.namespaced { ns } else { "" };
         let Some(old) = self.get_raw(ri, ns, name) else {
             return Err(ApiError::not_found(&ri.group, &ri.plural, name));
         };
         let mut obj = (*old).clone();
-        let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let mut finalizers: Vec<Value> = obj["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if propagation == Some("Foreground") && !finalizers.contains(&json!("foregroundDeletion")) {
             finalizers.push(json!("foregroundDeletion"));
         }
@@ -906,7 +1122,10 @@ impl Store {
                 let rv = self.rv;
                 obj["metadata"]["resourceVersion"] = json!(rv.to_string());
                 let a = Arc::new(obj.clone());
-                self.objects.entry(key.clone()).or_default().insert(okey, a.clone());
+                self.objects
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(okey, a.clone());
                 self.emit(EventKind::Modified, &key, ns, a, rv);
             }
             return Ok(self.present(ri, &obj));
@@ -917,7 +1136,9 @@ impl Store {
         self.remove_object(ri, &okey);
         let uid = meta(&obj, "uid");
         self.emit(EventKind::Deleted, &key, ns, Arc::new(obj), rv);
-        Ok(super::errors::delete_success(&ri.group, &ri.plural, name, &uid))
+        Ok(super::errors::delete_success(
+            &ri.group, &ri.plural, name, &uid,
+        ))
     }
 
     /// One pass of the garbage collector: deletes dependents whose owners are gone or being
@@ -931,9 +1152,14 @@ impl Store {
         let mut doomed: Vec<((String, String), ObjKey)> = Vec::new();
         for (key, objs) in &self.objects {
             for o in objs.values() {
-                let fg = o["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!("foregroundDeletion")));
+                let fg = o["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.contains(&json!("foregroundDeletion")));
                 live_uids.insert(meta(o, "uid"), fg);
-                if key.0.is_empty() && key.1 == "namespaces" && !o["metadata"]["deletionTimestamp"].is_null() {
+                if key.0.is_empty()
+                    && key.1 == "namespaces"
+                    && !o["metadata"]["deletionTimestamp"].is_null()
+                {
                     terminating_ns.insert(meta(o, "name"));
                 }
             }
@@ -948,7 +1174,9 @@ impl Store {
                     }
                     continue;
                 }
-                let Some(refs) = o["metadata"]["ownerReferences"].as_array() else { continue };
+                let Some(refs) = o["metadata"]["ownerReferences"].as_array() else {
+                    continue;
+                };
                 if refs.is_empty() {
                     continue;
                 }
@@ -976,9 +1204,13 @@ impl Store {
         let mut release: Vec<((String, String), ObjKey)> = Vec::new();
         for (key, objs) in &self.objects {
             for (okey, o) in objs {
-                let fg = o["metadata"]["finalizers"].as_array().is_some_and(|f| f.contains(&json!("foregroundDeletion")));
+                let fg = o["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.contains(&json!("foregroundDeletion")));
                 let is_ns = key.0.is_empty() && key.1 == "namespaces";
-                if (fg && !owned_by.contains(&meta(o, "uid")) && !o["metadata"]["deletionTimestamp"].is_null())
+                if (fg
+                    && !owned_by.contains(&meta(o, "uid"))
+                    && !o["metadata"]["deletionTimestamp"].is_null())
                     || (is_ns && terminating_ns.contains(&okey.1) && !ns_nonempty.contains(&okey.1))
                 {
                     release.push((key.clone(), okey.clone()));
@@ -986,8 +1218,12 @@ impl Store {
             }
         }
         for (key, okey) in release {
-            let Some(ri) = self.resources.any_version(&key.0, &key.1) else { continue };
-            let Some(o) = self.get_raw(&ri, &okey.0, &okey.1) else { continue };
+            let Some(ri) = self.resources.any_version(&key.0, &key.1) else {
+                continue;
+            };
+            let Some(o) = self.get_raw(&ri, &okey.0, &okey.1) else {
+                continue;
+            };
             let mut obj = (*o).clone();
             let fins: Vec<Value> = obj["metadata"]["finalizers"]
                 .as_array()
@@ -1008,7 +1244,10 @@ impl Store {
             } else {
                 obj["metadata"]["finalizers"] = Value::Array(fins);
                 let a = Arc::new(obj);
-                self.objects.entry(key.clone()).or_default().insert(okey.clone(), a.clone());
+                self.objects
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(okey.clone(), a.clone());
                 self.emit(EventKind::Modified, &key, &okey.0, a, rv);
             }
             changed = true;
@@ -1049,9 +1288,11 @@ fn decode_continue(s: &str) -> Option<ObjKey> {
     if s.len() % 2 != 0 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
     let raw = String::from_utf8(bytes?).ok()?;
     let (a, b) = raw.split_once('\u{0}')?;
     Some((a.to_string(), b.to_string()))
 }
-

@@ -23,23 +23,36 @@ fn simple_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
 fn cell(v: Option<&Value>) -> Value {
     match v {
         None | Some(Value::Null) => json!("<none>"),
-        Some(Value::String(_) | Value::Number(_) | Value::Bool(_)) => v.cloned().unwrap_or(Value::Null),
+        Some(Value::String(_) | Value::Number(_) | Value::Bool(_)) => {
+            v.cloned().unwrap_or(Value::Null)
+        }
         Some(other) => json!(other.to_string()),
     }
 }
 
 pub fn to_table(ri: &ResourceInfo, body: &Value, single: bool) -> Value {
-    let mut columns = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0})];
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}),
+    ];
     let extra: Vec<(String, String)> = ri
         .printer_columns
         .iter()
         .filter(|c| c["name"] != "Age")
-        .map(|c| (c["name"].as_str().unwrap_or_default().to_string(), c["jsonPath"].as_str().unwrap_or_default().to_string()))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["jsonPath"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect();
     for (n, _) in &extra {
-        columns.push(json!({"name": n, "type": "string", "format": "", "description": n, "priority": 0}));
+        columns.push(
+            json!({"name": n, "type": "string", "format": "", "description": n, "priority": 0}),
+        );
     }
-    columns.push(json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}));
+    columns.push(
+        json!({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}),
+    );
     let items: Vec<Value> = if single {
         vec![body.clone()]
     } else {
@@ -64,7 +77,9 @@ pub fn to_table(ri: &ResourceInfo, body: &Value, single: bool) -> Value {
 }
 
 fn age(ts: &str) -> String {
-    let Ok(t) = ts.parse::<jiff::Timestamp>() else { return "<unknown>".into() };
+    let Ok(t) = ts.parse::<jiff::Timestamp>() else {
+        return "<unknown>".into();
+    };
     let secs = jiff::Timestamp::now().as_second() - t.as_second();
     match secs {
         s if s < 120 => format!("{s}s"),

@@ -59,27 +59,52 @@ fn bookmark(ri: &ResourceInfo, rv: u64, initial_end: bool) -> Value {
 
 fn streaming(rx: futures::channel::mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
     let mut r = Response::new(Body::from_stream(rx));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
-pub fn serve_watch(shared: Arc<Shared>, ri: Arc<ResourceInfo>, namespace: Option<String>, query: &HashMap<String, String>) -> Response {
-    let labels = match LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default()) {
+pub fn serve_watch(
+    shared: Arc<Shared>,
+    ri: Arc<ResourceInfo>,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> Response {
+    let labels = match LabelSelector::parse(
+        query
+            .get("labelSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    ) {
         Ok(l) => l,
         Err(e) => return json_response(400, &ApiError::bad_request(e).body),
     };
-    let fields = match FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or_default()) {
+    let fields = match FieldSelector::parse(
+        query
+            .get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    ) {
         Ok(f) => f,
         Err(e) => return json_response(400, &ApiError::bad_request(e).body),
     };
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
     let send_initial = query.get("sendInitialEvents").is_some_and(|v| v == "true");
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
-    let filter = Filter { key: ri.storage_key(), namespace, labels, fields };
+    let filter = Filter {
+        key: ri.storage_key(),
+        namespace,
+        labels,
+        fields,
+    };
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, Infallible>>(64);
 
     if shared.faults.take_gone_watch() {
@@ -93,7 +118,10 @@ pub fn serve_watch(shared: Arc<Shared>, ri: Arc<ResourceInfo>, namespace: Option
     }
 
     // Under one lock: the starting point, the backlog, and the live subscription.
-    let rv_param = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
+    let rv_param = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or_default();
     let (mut backlog, mut live, start_rv) = {
         let store = shared.lock();
         let live = store.subscribe();
@@ -102,7 +130,10 @@ pub fn serve_watch(shared: Arc<Shared>, ri: Arc<ResourceInfo>, namespace: Option
         let from = if send_initial || rv_param.is_empty() || rv_param == "0" {
             let mut objs: Vec<Arc<Value>> = store.all_of(&filter.key);
             objs.retain(|o| {
-                filter.namespace.as_ref().is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
+                filter
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
                     && filter.labels.matches(o)
                     && filter.fields.matches(o)
             });
@@ -113,11 +144,18 @@ pub fn serve_watch(shared: Arc<Shared>, ri: Arc<ResourceInfo>, namespace: Option
             current
         } else {
             let Ok(from) = rv_param.parse::<u64>() else {
-                return json_response(400, &ApiError::bad_request(format!("invalid resource version: {rv_param}")).body);
+                return json_response(
+                    400,
+                    &ApiError::bad_request(format!("invalid resource version: {rv_param}")).body,
+                );
             };
             match store.events_since(&filter.key, from) {
                 Ok(evs) => {
-                    backlog.extend(evs.iter().filter(|e| filter.matches(e)).map(|e| event_json(&ri, e.kind.as_str(), &e.object)));
+                    backlog.extend(
+                        evs.iter()
+                            .filter(|e| filter.matches(e))
+                            .map(|e| event_json(&ri, e.kind.as_str(), &e.object)),
+                    );
                     current
                 }
                 Err(e) => {
