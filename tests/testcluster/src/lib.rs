@@ -10,6 +10,7 @@ pub mod apiserver;
 pub mod faults;
 pub mod harness;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod schema;
 
 pub use accounting::{RequestCounts, RequestKey};
