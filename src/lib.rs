@@ -8,4 +8,6 @@ pub mod api;
 pub mod controller;
 pub mod core;
 pub mod http;
+pub mod router;
 pub mod telemetry;
+pub mod workload;
