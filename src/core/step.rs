@@ -1,9 +1,45 @@
-//! The rollout state machine. INTERFACE STUB: completed on the `core` branch.
+//! The rollout state machine: one function per [`Phase`], matched exhaustively, all memory in
+//! [`CanaryStatus`] so a restarted controller resumes the same step.
+//!
+//! Flow of one decision: opt out when deleting; resolve the spec (an invalid one sets
+//! `InvalidSpec` and moves nothing); answer a pending command; then the phase's function decides.
+//! Every transition emits an event with a PascalCase reason and leaves a one-line `message`.
+//!
+//! Guarantees (checked by the property tests): no weight above 0 unless the canary has ready pods
+//! of the revision (I1); the target is only unpaused to promote a revision whose every step passed
+//! (I3) or one that is stable; no step advances before its interval since `stepStartedAt` (I4);
+//! at most one `SetTarget` per decision, carrying the observed resourceVersion (I6).
+//!
+//! Choices worth knowing:
+//! - Promotion reuses `stepStartedAt` as its clock. A promotion still rolling after
+//!   `progressDeadline` is not rolled back (the stable Deployment already runs part of the new
+//!   revision, and sluice never writes its template): it emits a `PromotionDeadlineExceeded`
+//!   Warning, sets the `Progressing` condition's reason to it, and keeps waiting.
+//! - `pause` is accepted while the canary is analysed or waits for promotion; `resume` returns to
+//!   `Progressing` with a fresh step clock, so the current step is checked again before moving.
+//! - A canary losing its ready pods mid-step gets its traffic withdrawn (I1) and the step restarts
+//!   when it is ready again.
+
+use std::time::Duration as StdDuration;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{Decision, Due, Observations};
-use crate::api::{CanarySpec, CanaryStatus};
+use super::conditions::{self, Status, Update};
+use super::validate::{self, FieldError, Resolved, Router, Strategy};
+use super::{Action, Decision, Due, Event, Observations, TargetState, plan, verdict};
+use crate::api::names::condition;
+use crate::api::{
+    CanarySpec, CanaryStatus, CommandAck, CommandAction, HoldMode, HookRecord, HookType, Phase,
+    UnknownOutcome, Verdict,
+};
+
+/// Checks kept in `status.analysis`.
+pub const ANALYSIS_LOG_LEN: usize = 20;
+/// How soon to look again while waiting for the cluster (pods, rollouts, read-back).
+pub const CLUSTER_RETRY: StdDuration = StdDuration::from_secs(5);
+/// How soon to look again when something the spec names is missing.
+pub const MISSING_RETRY: StdDuration = StdDuration::from_secs(30);
 
 /// What must be gathered (checks run, hooks called) before [`step`] can decide.
 pub fn due(
@@ -12,8 +48,66 @@ pub fn due(
     observed: &Observations,
     now: Timestamp,
 ) -> Due {
-    let _ = (spec, status, observed, now);
-    Due::default()
+    let Ok(resolved) = validate::resolve(spec, observed) else {
+        return Due::default();
+    };
+    let Some(target) = &observed.target else {
+        return Due::default();
+    };
+    if observed.deleting || status.paused || observed.router.missing {
+        return Due::default();
+    }
+    if status.revision.as_deref() != Some(target.revision.as_str()) {
+        return Due::default();
+    }
+    match status.phase.unwrap_or_default() {
+        Phase::Progressing => {
+            if !canary_ready(status, observed) {
+                return Due::default();
+            }
+            match ts(&status.step_started_at) {
+                None => Due {
+                    checks: false,
+                    hooks: if gate_poll_due(&resolved, status, now) {
+                        pending_hooks(
+                            &resolved,
+                            status,
+                            &[HookType::ConfirmRollout, HookType::PreRollout],
+                        )
+                    } else {
+                        Vec::new()
+                    },
+                },
+                Some(_) => {
+                    let want = step_weight(&resolved, status);
+                    if check_due(&resolved, status, observed, want, now) {
+                        Due {
+                            checks: true,
+                            hooks: hooks_of(&resolved, HookType::Rollout),
+                        }
+                    } else {
+                        Due::default()
+                    }
+                }
+            }
+        }
+        Phase::WaitingPromotion => Due {
+            checks: false,
+            hooks: if gate_poll_due(&resolved, status, now) {
+                pending_hooks(&resolved, status, &[HookType::ConfirmPromotion])
+            } else {
+                Vec::new()
+            },
+        },
+        Phase::Initializing
+        | Phase::Idle
+        | Phase::Promoting
+        | Phase::Finalising
+        | Phase::Succeeded
+        | Phase::Failed
+        | Phase::Paused
+        | Phase::Invalid => Due::default(),
+    }
 }
 
 /// Decides what to do next.
@@ -23,11 +117,1477 @@ pub fn step(
     observed: &Observations,
     now: Timestamp,
 ) -> Decision {
-    let _ = (spec, observed, now);
-    Decision {
-        actions: Vec::new(),
-        status: status.clone(),
-        requeue_after: None,
-        events: Vec::new(),
+    let mut machine = Machine::new(status, observed, now);
+    if observed.deleting {
+        machine.opt_out();
+        return machine.decision();
     }
+    let resolved = match validate::resolve(spec, observed) {
+        Ok(resolved) => resolved,
+        Err(errors) => {
+            machine.invalid(&errors);
+            return machine.decision();
+        }
+    };
+    machine.status.step_count = step_count(&resolved.strategy);
+    if machine.phase() == Phase::Invalid {
+        machine.recover_from_invalid();
+    }
+    let Some(target) = observed.target.clone() else {
+        machine.target_missing(&resolved);
+        machine.conditions(&resolved, false);
+        return machine.decision();
+    };
+    if observed.router.missing {
+        machine.say(
+            "the router object named in spec.router does not exist; nothing moves until it does"
+                .to_owned(),
+        );
+        machine.requeue_in(MISSING_RETRY);
+        machine.conditions(&resolved, false);
+        return machine.decision();
+    }
+    if !machine.command(&resolved, &target) {
+        machine.dispatch(&resolved, &target);
+    }
+    machine.conditions(&resolved, true);
+    machine.decision()
+}
+
+struct Machine<'a> {
+    status: CanaryStatus,
+    observed: &'a Observations,
+    now: Timestamp,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    requeue: Option<StdDuration>,
+    /// Set by a rollback: the Failed condition's reason and message.
+    failure: Option<(&'static str, String)>,
+    /// A promotion outlived the progress deadline.
+    promotion_late: bool,
+}
+
+impl<'a> Machine<'a> {
+    fn new(status: &CanaryStatus, observed: &'a Observations, now: Timestamp) -> Self {
+        let mut status = status.clone();
+        status.observed_generation = Some(observed.generation);
+        status.hold_mode = Some(observed.hold_mode);
+        Self {
+            status,
+            observed,
+            now,
+            actions: Vec::new(),
+            events: Vec::new(),
+            requeue: None,
+            failure: None,
+            promotion_late: false,
+        }
+    }
+
+    fn decision(mut self) -> Decision {
+        let overflow = self.status.analysis.len().saturating_sub(ANALYSIS_LOG_LEN);
+        self.status.analysis.drain(..overflow);
+        if self.status.message.is_none() {
+            self.say(format!("{}", self.phase()));
+        }
+        Decision {
+            actions: self.actions,
+            status: self.status,
+            requeue_after: self.requeue,
+            events: self.events,
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.status.phase.unwrap_or_default()
+    }
+
+    fn revision(&self) -> String {
+        self.status.revision.clone().unwrap_or_default()
+    }
+
+    fn say(&mut self, message: String) {
+        self.status.message = Some(message);
+    }
+
+    fn event(&mut self, warning: bool, reason: &str, message: String) {
+        self.events.push(Event {
+            warning,
+            reason: reason.to_owned(),
+            message,
+        });
+    }
+
+    fn requeue_in(&mut self, after: StdDuration) {
+        let after = after.max(StdDuration::from_secs(1));
+        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+    }
+
+    fn requeue_at(&mut self, at: Timestamp) {
+        self.requeue_in(until(self.now, at));
+    }
+
+    fn hold_paused_at_rest(&self) -> bool {
+        self.observed.hold_mode == HoldMode::PausedAtRest
+    }
+
+    /// Writes label and `paused` in one conditional apply, only when they differ, and at most once
+    /// per decision (a second write with the same resourceVersion would fail with 409).
+    fn set_target(&mut self, target: &TargetState, labelled: bool, paused: bool) {
+        let written = self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SetTarget { .. }));
+        if written || (target.labelled == labelled && target.paused == paused) {
+            return;
+        }
+        self.actions.push(Action::SetTarget {
+            resource_version: target.resource_version.clone(),
+            labelled,
+            paused,
+        });
+    }
+
+    fn route(&mut self, resolved: &Resolved, weight: i32) {
+        match &resolved.router {
+            Router::None => {}
+            Router::GatewayApi(_)
+            | Router::Nginx(_)
+            | Router::Istio(_)
+            | Router::Smi(_)
+            | Router::Traefik(_)
+            | Router::Service => {
+                let matches = match &resolved.strategy {
+                    Strategy::AbTesting { matches, .. } if weight < 100 => matches.clone(),
+                    Strategy::AbTesting { .. }
+                    | Strategy::Canary { .. }
+                    | Strategy::BlueGreen { .. } => Vec::new(),
+                };
+                self.actions.push(Action::SetRoute {
+                    canary_weight: weight,
+                    matches,
+                });
+            }
+        }
+    }
+
+    fn scale_down(&mut self) {
+        if self
+            .observed
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.replicas > 0)
+        {
+            self.actions.push(Action::ScaleCanary { replicas: 0 });
+        }
+    }
+
+    /// Moves the canary to `weight`: sizes it, then routes (or, with no router, sizes it to the
+    /// replica ratio). Callers have checked that the canary is ready (I1).
+    fn set_traffic(&mut self, resolved: &Resolved, target: &TargetState, weight: i32) {
+        let replicas = canary_replicas(resolved, target, weight);
+        let current = self.observed.canary.as_ref().map_or(0, |c| c.replicas);
+        match &resolved.router {
+            Router::None => {
+                if current != replicas {
+                    self.actions.push(Action::ScaleCanary { replicas });
+                }
+            }
+            Router::GatewayApi(_)
+            | Router::Nginx(_)
+            | Router::Istio(_)
+            | Router::Smi(_)
+            | Router::Traefik(_)
+            | Router::Service => {
+                if current < replicas {
+                    self.actions.push(Action::ScaleCanary { replicas });
+                }
+                self.route(resolved, weight);
+            }
+        }
+        self.status.canary_weight = weight;
+    }
+
+    fn dispatch(&mut self, resolved: &Resolved, target: &TargetState) {
+        match self.phase() {
+            Phase::Initializing => self.initialize(resolved, target),
+            Phase::Idle | Phase::Succeeded | Phase::Failed | Phase::Finalising => {
+                self.at_rest(resolved, target);
+            }
+            Phase::Progressing => self.progressing(resolved, target),
+            Phase::WaitingPromotion => self.waiting_promotion(resolved, target),
+            Phase::Promoting => self.promoting(resolved, target),
+            Phase::Paused => self.paused(),
+            // recover_from_invalid has already left this phase; rest is the harmless fallback.
+            Phase::Invalid => self.at_rest(resolved, target),
+        }
+    }
+
+    // ---- Phases -------------------------------------------------------------------------------
+
+    /// First sight: the current template is adopted as stable without analysis.
+    fn initialize(&mut self, resolved: &Resolved, target: &TargetState) {
+        if self.status.stable_revision.is_none() {
+            self.status.stable_revision = Some(target.revision.clone());
+            self.status.revision = Some(target.revision.clone());
+            self.event(
+                false,
+                "Initialized",
+                format!(
+                    "adopted revision {} of Deployment {} as stable",
+                    target.revision, resolved.target
+                ),
+            );
+        }
+        self.status.phase = Some(Phase::Idle);
+        self.at_rest(resolved, target);
+    }
+
+    fn at_rest(&mut self, resolved: &Resolved, target: &TargetState) {
+        let Some(stable) = self.status.stable_revision.clone() else {
+            self.initialize(resolved, target);
+            return;
+        };
+        if target.revision == stable {
+            self.converge_at_rest(resolved, target, self.hold_paused_at_rest());
+            if self.phase() == Phase::Finalising {
+                self.status.phase = Some(Phase::Succeeded);
+            }
+            let phase = self.phase();
+            self.say(match phase {
+                Phase::Failed => format!(
+                    "revision {} failed; the target serves stable revision {stable}",
+                    self.status.failed_revision.clone().unwrap_or_default()
+                ),
+                Phase::Succeeded => format!("revision {stable} promoted and serving"),
+                Phase::Initializing
+                | Phase::Idle
+                | Phase::Progressing
+                | Phase::WaitingPromotion
+                | Phase::Promoting
+                | Phase::Finalising
+                | Phase::Paused
+                | Phase::Invalid => format!("idle on stable revision {stable}"),
+            });
+            return;
+        }
+        if self.status.failed_revision.as_deref() == Some(target.revision.as_str()) {
+            // The rejected template stays held in both modes until a newer one or a retry.
+            self.converge_at_rest(resolved, target, true);
+            self.status.phase = Some(Phase::Failed);
+            self.status.revision = Some(target.revision.clone());
+            self.say(format!(
+                "revision {} failed and is held; push a new revision or retry it",
+                target.revision
+            ));
+            return;
+        }
+        self.start(resolved, target);
+    }
+
+    fn converge_at_rest(&mut self, resolved: &Resolved, target: &TargetState, paused: bool) {
+        if self.observed.router.canary_weight.is_some_and(|w| w != 0) {
+            self.route(resolved, 0);
+        }
+        self.scale_down();
+        self.status.canary_weight = 0;
+        self.set_target(target, true, paused);
+    }
+
+    /// A new revision: hold it, then start its canary beside the stable one.
+    fn start(&mut self, resolved: &Resolved, target: &TargetState) {
+        if !target.paused {
+            self.set_target(target, true, true);
+            self.event(
+                true,
+                "TemplateNotHeld",
+                format!(
+                    "revision {} was not held paused (is the admission policy installed?); pausing the target now",
+                    target.revision
+                ),
+            );
+        }
+        let revision = target.revision.clone();
+        let status = &mut self.status;
+        status.phase = Some(Phase::Progressing);
+        status.revision = Some(revision.clone());
+        status.revision_started_at = Some(Time(self.now));
+        status.step_index = 0;
+        status.canary_weight = 0;
+        status.step_started_at = None;
+        status.last_check_at = None;
+        status.failed_checks = 0;
+        status.unknown_since = None;
+        status.iterations = 0;
+        status.paused = false;
+        status.hooks.clear();
+        let replicas = canary_replicas(resolved, target, first_weight(resolved));
+        self.actions.push(Action::ApplyCanaryService);
+        self.actions.push(Action::ApplyCanary {
+            revision: revision.clone(),
+            replicas,
+        });
+        self.event(
+            false,
+            "CanaryStarted",
+            format!(
+                "revision {revision} started beside stable revision {} with {replicas} canary replicas",
+                self.status.stable_revision.clone().unwrap_or_default()
+            ),
+        );
+        self.say(format!(
+            "revision {revision}: waiting for the canary to be ready"
+        ));
+        self.requeue_in(CLUSTER_RETRY);
+    }
+
+    fn progressing(&mut self, resolved: &Resolved, target: &TargetState) {
+        if Some(&target.revision) != self.status.revision.as_ref() {
+            self.changed_template(resolved, target);
+            return;
+        }
+        self.keep_held(target);
+        let ready = canary_ready(&self.status, self.observed);
+        if self.status.step_started_at.is_none() {
+            self.before_traffic(resolved, target, ready);
+            return;
+        }
+        let revision = self.revision();
+        if !ready {
+            if self.status.canary_weight > 0 {
+                self.route(resolved, 0);
+                self.status.canary_weight = 0;
+                self.event(
+                    true,
+                    "CanaryNotReady",
+                    format!("the canary of revision {revision} has no ready pods; its traffic goes back to stable"),
+                );
+            }
+            self.ensure_canary(resolved, target);
+            self.say(format!(
+                "revision {revision}: the canary has no ready pods; step {} holds",
+                self.status.step_index + 1
+            ));
+            self.requeue_in(CLUSTER_RETRY);
+            return;
+        }
+        let want = step_weight(resolved, &self.status);
+        if self.status.canary_weight != want || !carries(resolved, self.observed, target, want) {
+            if self.status.canary_weight != want {
+                // Traffic was withdrawn (or never set): the step's clock starts again (I4).
+                self.status.step_started_at = Some(Time(self.now));
+                self.event(
+                    false,
+                    "TrafficRestored",
+                    format!("revision {revision}: {want}% of traffic to the canary again"),
+                );
+            }
+            self.set_traffic(resolved, target, want);
+            self.say(format!(
+                "revision {revision}: setting the canary weight to {want}%"
+            ));
+            self.requeue_in(CLUSTER_RETRY);
+            return;
+        }
+        if self.observed.checks.is_some()
+            && check_due(resolved, &self.status, self.observed, want, self.now)
+        {
+            self.judge_checks(resolved, target);
+        } else {
+            let next = next_check_at(resolved, &self.status);
+            self.say(format!(
+                "revision {revision}: {}; next check at {next}",
+                self.progress_words(resolved)
+            ));
+            self.requeue_at(next);
+        }
+    }
+
+    fn progress_words(&self, resolved: &Resolved) -> String {
+        match &resolved.strategy {
+            Strategy::Canary { step_weights } => format!(
+                "step {}/{} at {}%",
+                self.status.step_index + 1,
+                step_weights.len(),
+                self.status.canary_weight
+            ),
+            Strategy::BlueGreen { iterations } | Strategy::AbTesting { iterations, .. } => {
+                format!("{}/{iterations} passing checks", self.status.iterations)
+            }
+        }
+    }
+
+    /// The template of a canary phase must stay held; anything else is a race to correct at once.
+    fn keep_held(&mut self, target: &TargetState) {
+        if !target.paused || !target.labelled {
+            self.set_target(target, true, true);
+            if !target.paused {
+                self.event(
+                    true,
+                    "TemplateNotHeld",
+                    format!(
+                        "the target was unpaused while revision {} is analysed; pausing it again",
+                        target.revision
+                    ),
+                );
+            }
+        }
+    }
+
+    fn ensure_canary(&mut self, resolved: &Resolved, target: &TargetState) {
+        let revision = self.revision();
+        let stale =
+            self.observed.canary.as_ref().is_none_or(|c| {
+                c.revision.as_deref() != Some(revision.as_str()) || c.replicas == 0
+            });
+        if stale {
+            self.actions.push(Action::ApplyCanary {
+                revision,
+                replicas: canary_replicas(resolved, target, first_weight(resolved)),
+            });
+        }
+    }
+
+    fn before_traffic(&mut self, resolved: &Resolved, target: &TargetState, ready: bool) {
+        let revision = self.revision();
+        if !ready {
+            let deadline = after(
+                ts(&self.status.revision_started_at).unwrap_or(self.now),
+                resolved.progress_deadline,
+            );
+            if self.now >= deadline {
+                self.rollback(
+                    resolved,
+                    target,
+                    "ProgressDeadlineExceeded",
+                    format!(
+                        "the canary was not ready within the progress deadline {}",
+                        crate::api::Duration(resolved.progress_deadline)
+                    ),
+                );
+                return;
+            }
+            self.ensure_canary(resolved, target);
+            let ready_pods = self
+                .observed
+                .canary
+                .as_ref()
+                .map_or(0, |c| c.ready_replicas);
+            self.say(format!(
+                "revision {revision}: waiting for the canary to be ready ({ready_pods} ready pods); deadline {deadline}"
+            ));
+            self.requeue_in(CLUSTER_RETRY);
+            self.requeue_at(deadline);
+            return;
+        }
+        let failed = self.record_hooks(&[HookType::ConfirmRollout, HookType::PreRollout]);
+        if !failed.is_empty() {
+            // Pre-rollout hooks are checks; confirm-rollout gates only hold.
+            let pre: Vec<String> = failed
+                .into_iter()
+                .filter(|(t, _)| *t == HookType::PreRollout)
+                .map(|(_, m)| m)
+                .collect();
+            if !pre.is_empty() && self.count_failure(resolved, target, &pre.join("; ")) {
+                return;
+            }
+        }
+        for (kind, words) in [
+            (HookType::ConfirmRollout, "confirm-rollout gate"),
+            (HookType::PreRollout, "pre-rollout hook"),
+        ] {
+            let pending = pending_hooks(resolved, &self.status, &[kind]);
+            if !pending.is_empty() {
+                self.say(format!(
+                    "revision {revision}: waiting for {words} {} to pass",
+                    pending.join(", ")
+                ));
+                let next = after(
+                    ts(&self.status.last_check_at).unwrap_or(self.now),
+                    resolved.interval,
+                );
+                self.requeue_at(next);
+                return;
+            }
+        }
+        let weight = first_weight(resolved);
+        self.status.step_index = 0;
+        self.status.step_started_at = Some(Time(self.now));
+        self.set_traffic(resolved, target, weight);
+        self.event(
+            false,
+            "TrafficShifted",
+            format!("revision {revision} is ready: {weight}% of traffic to the canary"),
+        );
+        self.say(format!(
+            "revision {revision}: {}",
+            self.progress_words(resolved)
+        ));
+        self.requeue_in(resolved.interval);
+    }
+
+    /// Records hook results of `kinds` in status; returns the failures (type and words).
+    fn record_hooks(&mut self, kinds: &[HookType]) -> Vec<(HookType, String)> {
+        let revision = self.revision();
+        let mut failed = Vec::new();
+        let results: Vec<_> = self
+            .observed
+            .hooks
+            .iter()
+            .filter(|h| kinds.contains(&h.hook_type))
+            .cloned()
+            .collect();
+        for result in results {
+            if !result.passed {
+                failed.push((
+                    result.hook_type,
+                    format!("hook {} failed: {}", result.name, result.message),
+                ));
+            }
+            self.status.hooks.retain(|h| h.name != result.name);
+            self.status.hooks.push(HookRecord {
+                name: result.name.clone(),
+                revision: revision.clone(),
+                step: self.status.step_index,
+                passed: result.passed,
+                message: (!result.message.is_empty()).then(|| result.message.clone()),
+                time: Time(self.now),
+            });
+            self.status.last_check_at = Some(Time(self.now));
+        }
+        failed
+    }
+
+    /// Counts a failed check; rolls back at the threshold. Returns whether it rolled back.
+    fn count_failure(&mut self, resolved: &Resolved, target: &TargetState, why: &str) -> bool {
+        self.status.failed_checks += 1;
+        let revision = self.revision();
+        if self.status.failed_checks >= resolved.threshold {
+            self.rollback(
+                resolved,
+                target,
+                "AnalysisFailed",
+                format!(
+                    "{} failed checks reached the threshold {}: {why}",
+                    self.status.failed_checks, resolved.threshold
+                ),
+            );
+            return true;
+        }
+        self.event(
+            true,
+            "CheckFailed",
+            format!(
+                "revision {revision}: failed check {}/{}: {why}",
+                self.status.failed_checks, resolved.threshold
+            ),
+        );
+        self.say(format!(
+            "revision {revision}: failed check {}/{} ({why})",
+            self.status.failed_checks, resolved.threshold
+        ));
+        false
+    }
+
+    fn judge_checks(&mut self, resolved: &Resolved, target: &TargetState) {
+        let revision = self.revision();
+        let results = self.observed.checks.clone().unwrap_or_default();
+        let mut failures = Vec::new();
+        let mut unknowns = Vec::new();
+        for metric in &resolved.metrics {
+            let record = match results.iter().find(|r| r.metric == metric.name) {
+                Some(result) => verdict::check_record(
+                    metric,
+                    result,
+                    &revision,
+                    self.status.step_index,
+                    self.now,
+                ),
+                None => crate::api::CheckRecord {
+                    metric: metric.name.clone(),
+                    revision: revision.clone(),
+                    step: self.status.step_index,
+                    query: None,
+                    value: None,
+                    stable_value: None,
+                    limit: None,
+                    verdict: Verdict::Unknown,
+                    reason: Some("no result was gathered for this metric".into()),
+                    time: Time(self.now),
+                },
+            };
+            let words = format!(
+                "{} = {} (limit {}): {}",
+                record.metric,
+                record.value.map_or("none".to_owned(), |v| v.to_string()),
+                record.limit.clone().unwrap_or_else(|| "none".into()),
+                record.reason.clone().unwrap_or_default()
+            );
+            match record.verdict {
+                Verdict::Pass => {}
+                Verdict::Fail => failures.push(words),
+                Verdict::Unknown => unknowns.push(words),
+            }
+            self.status.analysis.push(record);
+        }
+        for (_, words) in self.record_hooks(&[HookType::Rollout]) {
+            failures.push(words);
+        }
+        self.status.last_check_at = Some(Time(self.now));
+        if resolved.skip_analysis {
+            failures.clear();
+            unknowns.clear();
+        }
+        if !failures.is_empty() {
+            if !self.count_failure(resolved, target, &failures.join("; ")) {
+                self.requeue_at(next_check_at(resolved, &self.status));
+            }
+            return;
+        }
+        if !unknowns.is_empty() {
+            let since = ts(&self.status.unknown_since).unwrap_or(self.now);
+            self.status.unknown_since = Some(Time(since));
+            let deadline = after(since, resolved.unknown_deadline);
+            let why = unknowns.join("; ");
+            if self.now >= deadline {
+                match resolved.on_unknown_deadline {
+                    UnknownOutcome::Rollback => self.rollback(
+                        resolved,
+                        target,
+                        "UnknownDeadlineExceeded",
+                        format!(
+                            "checks stayed Unknown for {}: {why}",
+                            crate::api::Duration(resolved.unknown_deadline)
+                        ),
+                    ),
+                    UnknownOutcome::Pause => {
+                        self.status.paused = true;
+                        self.status.phase = Some(Phase::Paused);
+                        self.event(
+                            true,
+                            "UnknownDeadlinePaused",
+                            format!("revision {revision}: checks stayed Unknown past the deadline; paused until a person acts: {why}"),
+                        );
+                        self.say(format!(
+                            "revision {revision}: paused, checks stayed Unknown past the deadline ({why})"
+                        ));
+                    }
+                }
+                return;
+            }
+            self.event(
+                true,
+                "CheckUnknown",
+                format!("revision {revision}: cannot judge, holding: {why}"),
+            );
+            self.say(format!(
+                "revision {revision}: holding on Unknown since {since} ({why})"
+            ));
+            self.requeue_at(next_check_at(resolved, &self.status));
+            self.requeue_at(deadline);
+            return;
+        }
+        self.status.unknown_since = None;
+        self.passed_check(resolved, target);
+    }
+
+    fn passed_check(&mut self, resolved: &Resolved, target: &TargetState) {
+        let revision = self.revision();
+        let step_end = after(
+            ts(&self.status.step_started_at).unwrap_or(self.now),
+            resolved.interval,
+        );
+        if self.now < step_end {
+            // I4: a check can pass early (a restarted clock), the step still lasts an interval.
+            self.say(format!(
+                "revision {revision}: check passed; the step lasts until {step_end}"
+            ));
+            self.requeue_at(step_end);
+            return;
+        }
+        match &resolved.strategy {
+            Strategy::Canary { step_weights } => {
+                let next = usize::try_from(self.status.step_index + 1).unwrap_or(usize::MAX);
+                if next < step_weights.len() {
+                    self.advance(resolved, target, next, step_weights[next]);
+                } else {
+                    self.analysis_complete(resolved, target);
+                }
+            }
+            Strategy::BlueGreen { iterations } | Strategy::AbTesting { iterations, .. } => {
+                self.status.iterations += 1;
+                if self.status.iterations >= *iterations {
+                    if matches!(resolved.strategy, Strategy::BlueGreen { .. }) {
+                        self.set_traffic(resolved, target, 100);
+                        self.event(
+                            false,
+                            "TrafficSwitched",
+                            format!("revision {revision}: all traffic switched to the canary"),
+                        );
+                    }
+                    self.analysis_complete(resolved, target);
+                } else {
+                    self.event(
+                        false,
+                        "CheckPassed",
+                        format!(
+                            "revision {revision}: {}/{iterations} passing checks",
+                            self.status.iterations
+                        ),
+                    );
+                    self.say(format!(
+                        "revision {revision}: {}",
+                        self.progress_words(resolved)
+                    ));
+                    self.requeue_at(next_check_at(resolved, &self.status));
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, resolved: &Resolved, target: &TargetState, next: usize, weight: i32) {
+        self.status.step_index = i32::try_from(next).unwrap_or(i32::MAX);
+        self.status.step_started_at = Some(Time(self.now));
+        self.set_traffic(resolved, target, weight);
+        let revision = self.revision();
+        self.event(
+            false,
+            "StepAdvanced",
+            format!(
+                "revision {revision}: step {}/{}: {weight}% of traffic to the canary",
+                next + 1,
+                self.status.step_count
+            ),
+        );
+        self.say(format!(
+            "revision {revision}: {}",
+            self.progress_words(resolved)
+        ));
+        self.requeue_in(resolved.interval);
+    }
+
+    fn analysis_complete(&mut self, resolved: &Resolved, target: &TargetState) {
+        let revision = self.revision();
+        if resolved.manual_promotion || !hooks_of(resolved, HookType::ConfirmPromotion).is_empty() {
+            self.status.phase = Some(Phase::WaitingPromotion);
+            self.event(
+                false,
+                "WaitingPromotion",
+                format!("revision {revision} passed every step; waiting for promotion"),
+            );
+            self.say(format!(
+                "revision {revision}: analysis passed; waiting for {}",
+                if resolved.manual_promotion {
+                    "`kubectl sluice promote`"
+                } else {
+                    "the confirm-promotion gate"
+                }
+            ));
+            self.requeue_in(CLUSTER_RETRY);
+            return;
+        }
+        self.begin_promotion(target, "analysis passed every step");
+    }
+
+    fn waiting_promotion(&mut self, resolved: &Resolved, target: &TargetState) {
+        if Some(&target.revision) != self.status.revision.as_ref() {
+            self.changed_template(resolved, target);
+            return;
+        }
+        self.keep_held(target);
+        let revision = self.revision();
+        self.record_hooks(&[HookType::ConfirmPromotion]);
+        let approved = !resolved.manual_promotion || self.promote_acknowledged();
+        let gates = pending_hooks(resolved, &self.status, &[HookType::ConfirmPromotion]);
+        if approved && gates.is_empty() {
+            self.begin_promotion(target, "analysis passed and promotion was approved");
+            return;
+        }
+        if approved {
+            self.say(format!(
+                "revision {revision}: waiting for confirm-promotion gate {}",
+                gates.join(", ")
+            ));
+            self.requeue_at(after(
+                ts(&self.status.last_check_at).unwrap_or(self.now),
+                resolved.interval,
+            ));
+        } else {
+            self.say(format!(
+                "revision {revision}: analysis passed; run `kubectl sluice promote` to promote it"
+            ));
+        }
+    }
+
+    fn promote_acknowledged(&self) -> bool {
+        self.status
+            .acknowledged_command
+            .as_ref()
+            .is_some_and(|ack| {
+                ack.accepted
+                    && ack.action == CommandAction::Promote
+                    && Some(&ack.revision) == self.status.revision.as_ref()
+            })
+    }
+
+    /// Releases the held template: the stable Deployment rolls it natively. Callers guarantee a
+    /// complete passing analysis of this revision, or a person's `promote --full` (I3).
+    fn begin_promotion(&mut self, target: &TargetState, why: &str) {
+        let revision = self.revision();
+        self.status.phase = Some(Phase::Promoting);
+        self.status.step_started_at = Some(Time(self.now));
+        self.set_target(target, true, false);
+        self.event(
+            false,
+            "PromotionStarted",
+            format!("revision {revision}: {why}; the stable Deployment rolls it out"),
+        );
+        self.say(format!(
+            "revision {revision}: promoting (the stable Deployment rolls it out)"
+        ));
+        self.requeue_in(CLUSTER_RETRY);
+    }
+
+    fn promoting(&mut self, resolved: &Resolved, target: &TargetState) {
+        if Some(&target.revision) != self.status.revision.as_ref() {
+            self.changed_template(resolved, target);
+            return;
+        }
+        let revision = self.revision();
+        if target.paused || !target.labelled {
+            self.set_target(target, true, false);
+            self.say(format!(
+                "revision {revision}: promoting, releasing the target"
+            ));
+            self.requeue_in(CLUSTER_RETRY);
+            return;
+        }
+        let rolled_out = target.observed_generation >= target.generation
+            && target.updated_replicas == target.replicas
+            && target.available_replicas == target.replicas
+            && target.status_replicas == target.replicas;
+        if rolled_out {
+            self.finalise(resolved, target);
+            return;
+        }
+        let deadline = after(
+            ts(&self.status.step_started_at).unwrap_or(self.now),
+            resolved.progress_deadline,
+        );
+        if self.now >= deadline {
+            self.promotion_late = true;
+            let already = conditions::find(&self.status.conditions, condition::PROGRESSING)
+                .is_some_and(|c| c.reason == "PromotionDeadlineExceeded");
+            if !already {
+                self.event(
+                    true,
+                    "PromotionDeadlineExceeded",
+                    format!("revision {revision}: the stable Deployment has not finished rolling out within {}; still waiting", crate::api::Duration(resolved.progress_deadline)),
+                );
+            }
+        }
+        self.say(format!(
+            "revision {revision}: promoting, {}/{} pods updated, {} available",
+            target.updated_replicas, target.replicas, target.available_replicas
+        ));
+        self.requeue_in(CLUSTER_RETRY);
+    }
+
+    /// The stable Deployment runs the new revision: traffic back to it, held again, canary off.
+    fn finalise(&mut self, resolved: &Resolved, target: &TargetState) {
+        let revision = self.revision();
+        self.route(resolved, 0);
+        self.set_target(target, true, self.hold_paused_at_rest());
+        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        self.status.canary_weight = 0;
+        self.status.stable_revision = Some(revision.clone());
+        self.status.phase = Some(Phase::Succeeded);
+        self.status.unknown_since = None;
+        self.event(
+            false,
+            "Promoted",
+            format!("revision {revision} promoted: the stable Deployment serves it"),
+        );
+        self.say(format!("revision {revision} promoted and serving"));
+    }
+
+    /// Traffic to stable first, then the canary off; the rejected template stays held.
+    fn rollback(
+        &mut self,
+        resolved: &Resolved,
+        target: &TargetState,
+        reason: &'static str,
+        why: String,
+    ) {
+        let revision = self.revision();
+        self.route(resolved, 0);
+        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        self.set_target(target, true, true);
+        self.status.canary_weight = 0;
+        self.status.failed_revision = Some(revision.clone());
+        self.status.phase = Some(Phase::Failed);
+        self.status.paused = false;
+        self.status.unknown_since = None;
+        self.event(
+            true,
+            "RolledBack",
+            format!("revision {revision} rolled back ({reason}): {why}"),
+        );
+        self.say(format!("revision {revision} rolled back: {why}"));
+        self.failure = Some((reason, why));
+    }
+
+    fn changed_template(&mut self, resolved: &Resolved, target: &TargetState) {
+        let old = self.revision();
+        let new = target.revision.clone();
+        if self.status.stable_revision.as_deref() == Some(new.as_str()) {
+            self.route(resolved, 0);
+            self.scale_down();
+            self.set_target(target, true, self.hold_paused_at_rest());
+            self.status.canary_weight = 0;
+            self.status.revision = Some(new.clone());
+            self.status.phase = Some(Phase::Idle);
+            self.event(
+                false,
+                "TemplateReverted",
+                format!("the template is back at stable revision {new}; the canary of {old} ended"),
+            );
+            self.say(format!(
+                "idle on stable revision {new} (canary of {old} ended)"
+            ));
+            return;
+        }
+        if self.phase() == Phase::Promoting && !target.paused {
+            self.set_target(target, true, true);
+            self.event(
+                true,
+                "TemplateChangedDuringPromotion",
+                format!("revision {new} landed while {old} was promoting; the target is paused again and {new} is treated as a new revision"),
+            );
+        }
+        self.route(resolved, 0);
+        self.status.canary_weight = 0;
+        if self.status.failed_revision.as_deref() == Some(new.as_str()) {
+            self.scale_down();
+            self.set_target(target, true, true);
+            self.status.revision = Some(new.clone());
+            self.status.phase = Some(Phase::Failed);
+            self.event(
+                true,
+                "Superseded",
+                format!("revision {old} superseded by {new}, which failed before and stays held"),
+            );
+            self.say(format!(
+                "revision {new} failed before and is held; retry it or push a new revision"
+            ));
+            return;
+        }
+        self.event(
+            false,
+            "Superseded",
+            format!("revision {old} superseded by {new}"),
+        );
+        self.start(resolved, target);
+    }
+
+    fn paused(&mut self) {
+        let revision = self.revision();
+        self.say(format!(
+            "revision {revision}: paused; nothing moves until `kubectl sluice resume`"
+        ));
+    }
+
+    // ---- Commands -----------------------------------------------------------------------------
+
+    /// Answers a pending command. Returns true when the command decided this reconcile.
+    fn command(&mut self, resolved: &Resolved, target: &TargetState) -> bool {
+        let Some(command) = self.status.command.clone() else {
+            return false;
+        };
+        let answered = self
+            .status
+            .acknowledged_command
+            .as_ref()
+            .is_some_and(|ack| {
+                ack.requested_at == command.requested_at
+                    && ack.action == command.action
+                    && ack.revision == command.revision
+            });
+        if answered {
+            return false;
+        }
+        let phase = self.phase();
+        let current = self.revision();
+        let target_revision = self.status.revision.clone();
+        let wrong_revision =
+            |named: Option<&String>| named.map(String::as_str) != Some(command.revision.as_str());
+        let refusal: Option<String> = match command.action {
+            CommandAction::Retry => {
+                if wrong_revision(self.status.failed_revision.as_ref()) || phase != Phase::Failed {
+                    Some(format!(
+                        "retry names revision {}, but the failed revision is {}",
+                        command.revision,
+                        self.status
+                            .failed_revision
+                            .clone()
+                            .unwrap_or_else(|| "none".into())
+                    ))
+                } else if target.revision != command.revision {
+                    Some(format!(
+                        "the target's template is now revision {}, not {}",
+                        target.revision, command.revision
+                    ))
+                } else {
+                    None
+                }
+            }
+            CommandAction::Promote
+            | CommandAction::PromoteFull
+            | CommandAction::Abort
+            | CommandAction::Pause
+            | CommandAction::Resume
+            | CommandAction::Skip => {
+                if wrong_revision(target_revision.as_ref()) || target.revision != command.revision {
+                    Some(format!(
+                        "the command names revision {}, but the rollout is at revision {current}",
+                        command.revision
+                    ))
+                } else {
+                    self.refusal_for_phase(command.action, phase, resolved)
+                }
+            }
+        };
+        let accepted = refusal.is_none();
+        let message = refusal.unwrap_or_else(|| format!("{:?} accepted", command.action));
+        self.status.acknowledged_command = Some(CommandAck {
+            action: command.action,
+            revision: command.revision.clone(),
+            requested_at: command.requested_at.clone(),
+            accepted,
+            message: message.clone(),
+        });
+        if !accepted {
+            self.event(
+                true,
+                "CommandRefused",
+                format!(
+                    "{:?} for revision {} refused: {message}",
+                    command.action, command.revision
+                ),
+            );
+            return false;
+        }
+        self.event(
+            false,
+            "CommandAccepted",
+            format!(
+                "{:?} for revision {} accepted",
+                command.action, command.revision
+            ),
+        );
+        match command.action {
+            CommandAction::Promote => false,
+            CommandAction::PromoteFull => {
+                self.status.paused = false;
+                self.begin_promotion(
+                    target,
+                    "a person promoted it with --full, skipping analysis",
+                );
+                true
+            }
+            CommandAction::Abort => {
+                self.rollback(resolved, target, "Aborted", "aborted by a person".into());
+                true
+            }
+            CommandAction::Retry => {
+                self.status.failed_revision = None;
+                self.start(resolved, target);
+                true
+            }
+            CommandAction::Pause => {
+                self.status.paused = true;
+                self.status.phase = Some(Phase::Paused);
+                self.event(
+                    false,
+                    "Paused",
+                    format!("revision {current}: paused by a person"),
+                );
+                self.paused();
+                true
+            }
+            CommandAction::Resume => {
+                self.status.paused = false;
+                self.status.phase = Some(Phase::Progressing);
+                self.status.unknown_since = None;
+                if self.status.step_started_at.is_some() {
+                    self.status.step_started_at = Some(Time(self.now));
+                }
+                self.event(false, "Resumed", format!("revision {current}: resumed"));
+                false
+            }
+            CommandAction::Skip => {
+                let Strategy::Canary { step_weights } = &resolved.strategy else {
+                    return false;
+                };
+                let next = usize::try_from(self.status.step_index + 1).unwrap_or(usize::MAX);
+                if next < step_weights.len() {
+                    self.advance(resolved, target, next, step_weights[next]);
+                } else {
+                    self.analysis_complete(resolved, target);
+                }
+                true
+            }
+        }
+    }
+
+    fn refusal_for_phase(
+        &self,
+        action: CommandAction,
+        phase: Phase,
+        resolved: &Resolved,
+    ) -> Option<String> {
+        let allowed: &[Phase] = match action {
+            CommandAction::Promote => &[Phase::WaitingPromotion],
+            CommandAction::PromoteFull => {
+                &[Phase::Progressing, Phase::WaitingPromotion, Phase::Paused]
+            }
+            CommandAction::Abort => &[
+                Phase::Progressing,
+                Phase::WaitingPromotion,
+                Phase::Promoting,
+                Phase::Paused,
+            ],
+            CommandAction::Pause => &[Phase::Progressing, Phase::WaitingPromotion],
+            CommandAction::Resume => &[Phase::Paused],
+            CommandAction::Skip => &[Phase::Progressing],
+            CommandAction::Retry => &[Phase::Failed],
+        };
+        if !allowed.contains(&phase) {
+            return Some(format!("{action:?} does not apply in phase {phase}"));
+        }
+        if action == CommandAction::Skip {
+            if !matches!(resolved.strategy, Strategy::Canary { .. }) {
+                return Some("skip applies to weighted canary steps only".into());
+            }
+            if self.status.step_started_at.is_none() || !canary_ready(&self.status, self.observed) {
+                return Some("the canary carries no traffic yet; nothing to skip".into());
+            }
+        }
+        None
+    }
+
+    // ---- Outside the phases --------------------------------------------------------------------
+
+    fn opt_out(&mut self) {
+        self.actions.push(Action::RemoveRoute);
+        self.actions.push(Action::DeleteCanary);
+        if let Some(target) = &self.observed.target {
+            self.actions.push(Action::SetTarget {
+                resource_version: target.resource_version.clone(),
+                labelled: false,
+                paused: false,
+            });
+        }
+        self.actions.push(Action::RemoveFinalizer);
+        self.status.canary_weight = 0;
+        self.event(
+            false,
+            "OptedOut",
+            "traffic back to stable, the canary removed and the target released".into(),
+        );
+        self.say("opting out: traffic to stable, canary removed, target released".into());
+    }
+
+    fn invalid(&mut self, errors: &[FieldError]) {
+        let words: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let words = words.join("; ");
+        if self.phase() != Phase::Invalid {
+            self.event(
+                true,
+                "InvalidSpec",
+                format!("the spec cannot be acted on: {words}"),
+            );
+        }
+        self.status.phase = Some(Phase::Invalid);
+        let generation = self.observed.generation;
+        let revision = self.status.revision.clone();
+        for (type_, status, reason) in [
+            (condition::INVALID_SPEC, Status::True, "InvalidSpec"),
+            (condition::READY, Status::False, "InvalidSpec"),
+        ] {
+            conditions::merge(
+                &mut self.status.conditions,
+                Update {
+                    type_,
+                    status,
+                    reason,
+                    message: &words,
+                    revision: revision.as_deref(),
+                },
+                generation,
+                self.now,
+            );
+        }
+        self.say(format!("invalid spec, live traffic left as it is: {words}"));
+    }
+
+    fn recover_from_invalid(&mut self) {
+        let status = &mut self.status;
+        let phase = match (&status.stable_revision, &status.revision) {
+            (None, _) => Phase::Initializing,
+            (Some(_), revision) if revision.is_some() && *revision == status.failed_revision => {
+                Phase::Failed
+            }
+            (Some(stable), Some(revision)) if stable != revision => Phase::Progressing,
+            (Some(_), Some(_) | None) => Phase::Idle,
+        };
+        if phase == Phase::Progressing && status.step_started_at.is_some() {
+            // The step's clock starts again: the spec that judged it may have changed.
+            status.step_started_at = Some(Time(self.now));
+        }
+        status.phase = Some(phase);
+        self.event(
+            false,
+            "SpecFixed",
+            format!("the spec is valid again; continuing in phase {phase}"),
+        );
+    }
+
+    fn target_missing(&mut self, resolved: &Resolved) {
+        self.say(format!(
+            "target Deployment {} not found; waiting for it",
+            resolved.target
+        ));
+        self.requeue_in(MISSING_RETRY);
+    }
+
+    /// Ready, Progressing, Promoted, Failed and InvalidSpec from the phase, each naming the
+    /// revision and the generation.
+    fn conditions(&mut self, resolved: &Resolved, target_found: bool) {
+        let phase = self.phase();
+        let revision = self.status.revision.clone();
+        let message = self.status.message.clone().unwrap_or_default();
+        let promoted = revision.is_some()
+            && revision == self.status.stable_revision
+            && matches!(phase, Phase::Idle | Phase::Succeeded);
+        let (progressing, progressing_reason) = match phase {
+            Phase::Progressing | Phase::WaitingPromotion | Phase::Finalising => {
+                (Status::True, phase.as_str())
+            }
+            Phase::Promoting if self.promotion_late => (Status::True, "PromotionDeadlineExceeded"),
+            Phase::Promoting => (Status::True, phase.as_str()),
+            Phase::Paused => (Status::Unknown, phase.as_str()),
+            Phase::Initializing
+            | Phase::Idle
+            | Phase::Succeeded
+            | Phase::Failed
+            | Phase::Invalid => (Status::False, phase.as_str()),
+        };
+        let existing_failure = conditions::find(&self.status.conditions, condition::FAILED)
+            .filter(|c| c.status == "True")
+            .map(|c| (c.reason.clone(), c.message.clone()));
+        let (failed, failed_reason, failed_message) = match (phase, &self.failure, existing_failure)
+        {
+            (Phase::Failed, Some((reason, why)), _) => {
+                (Status::True, (*reason).to_owned(), why.clone())
+            }
+            (Phase::Failed, None, Some((reason, message))) => {
+                // Keep the original cause; strip the old revision prefix, merge writes it again.
+                let message = message
+                    .split_once(": ")
+                    .map_or(message.clone(), |(_, rest)| rest.to_owned());
+                (Status::True, reason, message)
+            }
+            (Phase::Failed, None, None) => (Status::True, "RolledBack".to_owned(), message.clone()),
+            (_, _, _) => (Status::False, "NotFailed".to_owned(), message.clone()),
+        };
+        let _ = resolved;
+        let generation = self.observed.generation;
+        let updates = [
+            (
+                condition::READY,
+                Status::from_bool(target_found),
+                if target_found {
+                    "Ready"
+                } else {
+                    "TargetNotFound"
+                }
+                .to_owned(),
+                message.clone(),
+            ),
+            (
+                condition::PROGRESSING,
+                progressing,
+                progressing_reason.to_owned(),
+                message.clone(),
+            ),
+            (
+                condition::PROMOTED,
+                Status::from_bool(promoted),
+                if promoted { "Promoted" } else { phase.as_str() }.to_owned(),
+                if promoted {
+                    "promoted; the stable Deployment serves it".to_owned()
+                } else {
+                    message.clone()
+                },
+            ),
+            (condition::FAILED, failed, failed_reason, failed_message),
+            (
+                condition::INVALID_SPEC,
+                Status::False,
+                "Valid".to_owned(),
+                "the spec is valid".to_owned(),
+            ),
+        ];
+        for (type_, status, reason, message) in updates {
+            conditions::merge(
+                &mut self.status.conditions,
+                Update {
+                    type_,
+                    status,
+                    reason: &reason,
+                    message: &message,
+                    revision: revision.as_deref(),
+                },
+                generation,
+                self.now,
+            );
+        }
+    }
+}
+
+// ---- Shared predicates (used by both `due` and `step`, so they cannot disagree) -----------------
+
+fn ts(time: &Option<Time>) -> Option<Timestamp> {
+    time.as_ref().map(|t| t.0)
+}
+
+fn after(at: Timestamp, span: StdDuration) -> Timestamp {
+    at.checked_add(span).unwrap_or(Timestamp::MAX)
+}
+
+fn until(now: Timestamp, at: Timestamp) -> StdDuration {
+    if at > now {
+        at.duration_since(now).unsigned_abs()
+    } else {
+        StdDuration::ZERO
+    }
+}
+
+fn step_count(strategy: &Strategy) -> i32 {
+    match strategy {
+        Strategy::Canary { step_weights } => i32::try_from(step_weights.len()).unwrap_or(i32::MAX),
+        Strategy::BlueGreen { .. } | Strategy::AbTesting { .. } => 1,
+    }
+}
+
+fn first_weight(resolved: &Resolved) -> i32 {
+    match &resolved.strategy {
+        Strategy::Canary { step_weights } => step_weights.first().copied().unwrap_or(0),
+        Strategy::BlueGreen { .. } | Strategy::AbTesting { .. } => 0,
+    }
+}
+
+/// The weight the current step gives the canary.
+fn step_weight(resolved: &Resolved, status: &CanaryStatus) -> i32 {
+    match &resolved.strategy {
+        Strategy::Canary { step_weights } => usize::try_from(status.step_index)
+            .ok()
+            .and_then(|i| step_weights.get(i))
+            .or(step_weights.last())
+            .copied()
+            .unwrap_or(0),
+        Strategy::BlueGreen { .. } | Strategy::AbTesting { .. } => 0,
+    }
+}
+
+fn canary_replicas(resolved: &Resolved, target: &TargetState, weight: i32) -> i32 {
+    match &resolved.strategy {
+        Strategy::BlueGreen { .. } | Strategy::AbTesting { .. } => target.replicas.max(1),
+        Strategy::Canary { .. } if resolved.router == Router::None => {
+            plan::ratio_replicas(target.replicas, weight)
+        }
+        Strategy::Canary { .. } => plan::routed_replicas(target.replicas, weight),
+    }
+}
+
+/// The canary has ready pods of the revision being rolled out (I1's precondition).
+fn canary_ready(status: &CanaryStatus, observed: &Observations) -> bool {
+    observed.canary.as_ref().is_some_and(|c| {
+        c.ready_replicas >= 1 && c.revision.is_some() && c.revision == status.revision
+    })
+}
+
+/// The canary carries `weight` as read back from the cluster (I2).
+fn carries(
+    resolved: &Resolved,
+    observed: &Observations,
+    target: &TargetState,
+    weight: i32,
+) -> bool {
+    match &resolved.router {
+        Router::None => observed
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.replicas == plan::ratio_replicas(target.replicas, weight)),
+        Router::GatewayApi(_)
+        | Router::Nginx(_)
+        | Router::Istio(_)
+        | Router::Smi(_)
+        | Router::Traefik(_)
+        | Router::Service => observed.router.canary_weight.unwrap_or(0) == weight,
+    }
+}
+
+fn next_check_at(resolved: &Resolved, status: &CanaryStatus) -> Timestamp {
+    let from = match (ts(&status.last_check_at), ts(&status.step_started_at)) {
+        (Some(a), Some(b)) => a.max(b),
+        (a, b) => a.or(b).unwrap_or(Timestamp::MIN),
+    };
+    after(from, resolved.interval)
+}
+
+fn check_due(
+    resolved: &Resolved,
+    status: &CanaryStatus,
+    observed: &Observations,
+    want: i32,
+    now: Timestamp,
+) -> bool {
+    let Some(target) = &observed.target else {
+        return false;
+    };
+    status.step_started_at.is_some()
+        && status.canary_weight == want
+        && canary_ready(status, observed)
+        && carries(resolved, observed, target, want)
+        && now >= next_check_at(resolved, status)
+}
+
+fn gate_poll_due(resolved: &Resolved, status: &CanaryStatus, now: Timestamp) -> bool {
+    ts(&status.last_check_at).is_none_or(|last| now >= after(last, resolved.interval))
+}
+
+fn hooks_of(resolved: &Resolved, kind: HookType) -> Vec<String> {
+    resolved
+        .hooks
+        .iter()
+        .filter(|h| h.hook_type == kind)
+        .map(|h| h.name.clone())
+        .collect()
+}
+
+/// Hooks of `kinds` without a passing result for the current revision.
+fn pending_hooks(resolved: &Resolved, status: &CanaryStatus, kinds: &[HookType]) -> Vec<String> {
+    resolved
+        .hooks
+        .iter()
+        .filter(|h| kinds.contains(&h.hook_type))
+        .filter(|h| {
+            !status.hooks.iter().any(|r| {
+                r.name == h.name && r.passed && Some(&r.revision) == status.revision.as_ref()
+            })
+        })
+        .map(|h| h.name.clone())
+        .collect()
 }
