@@ -3,3 +3,4 @@
 //! of its own. (Being built: this module holds its metrics so far.)
 
 pub mod metrics;
+pub mod startup;
