@@ -8,6 +8,7 @@ pub mod api;
 pub mod controller;
 pub mod core;
 pub mod http;
+pub mod metrics;
 pub mod router;
 pub mod telemetry;
 pub mod workload;

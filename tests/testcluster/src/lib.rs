@@ -16,3 +16,5 @@ pub mod schema;
 pub use accounting::{RequestCounts, RequestKey};
 pub use faults::{Faults, InjectedError, RequestMatch};
 pub use harness::{HarnessError, TestCluster, TestClusterBuilder};
+pub mod prometheus;
+pub mod traffic;

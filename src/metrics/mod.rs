@@ -1,0 +1,12 @@
+//! Metrics providers: query templating ([`template`]) and the Prometheus provider
+//! ([`prometheus`]). Providers return data (a [`Sample`](crate::core::Sample) per query); they
+//! never judge it: the core gives the verdict.
+
+pub mod prometheus;
+pub mod template;
+
+pub use prometheus::{
+    BeginCheckError, CheckKey, CreatePrometheusClientError, Credentials, InFlight, InFlightGuard,
+    MetricProvider, Prometheus, PrometheusAuth, ReadPrometheusSecretError, check,
+};
+pub use template::{Queries, RenderQueryError, Variables, Workload, queries, render};
