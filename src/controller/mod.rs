@@ -1,6 +1,370 @@
-//! The controller: kube-runtime wiring that, per reconcile, observes from caches, asks the core,
-//! executes the decided actions with server-side apply and persists status. It makes no decisions
-//! of its own. (Being built: this module holds its metrics so far.)
+//! The controller: kube-runtime wiring that, per reconcile, observes from reflector caches, asks
+//! the core, executes the decided actions with server-side apply, and persists status. It makes no
+//! decisions of its own (see `core`).
+//!
+//! Start-up: the CRDs must be served and the hold mode is chosen from what the API server serves
+//! ([`startup`]); then one reflector per kind fills the caches, `/readyz` turns ready once they
+//! are synced, and the Canary controller runs with bounded concurrency until shutdown.
 
+pub mod analysis;
+pub mod context;
+pub mod error;
+pub mod execute;
 pub mod metrics;
+pub mod observe;
+pub mod reconcile;
 pub mod startup;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use self::analysis::Analysis;
+use self::context::{Context, ROUTER_KINDS, Stores, canary_resource, router_resource};
+use self::metrics::ControllerMetrics;
+use self::startup::{HoldSetting, StartupError};
+use crate::api::{AnalysisTemplate, CanaryPolicy, ClusterAnalysisTemplate, names};
+use crate::http::Readiness;
+
+/// How `sluice controller` runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    pub hold: HoldSetting,
+    /// Default Prometheus for Canaries that name no provider.
+    pub prometheus_url: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    /// Canaries reconciled at once.
+    pub concurrency: u16,
+}
+
+/// Why the controller stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("failed to serve metrics on {addr}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the controller until `shutdown` resolves. `bound` learns the metrics address actually bound
+/// (useful with port 0).
+pub async fn run(
+    client: Client,
+    config: Config,
+    bound: impl FnOnce(SocketAddr) + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    startup::check_crds(&client).await?;
+    let hold_mode = startup::hold_mode(&client, config.hold).await?;
+    info!(?hold_mode, namespace = ?config.namespace, "starting");
+
+    let mut registry = Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| RunError::Serve {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| RunError::Serve {
+        addr: config.metrics_addr,
+        source,
+    })?;
+    bound(local);
+    let app = crate::http::router(Arc::new(registry), readiness.clone());
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_stopped.await;
+        });
+        if let Err(error) = serve.await {
+            warn!(%error, "metrics server stopped");
+        }
+    });
+
+    let ns = config.namespace.as_deref();
+    let deployments = cache(namespaced::<Deployment>(&client, ns));
+    let services = cache(namespaced::<Service>(&client, ns));
+    let ingresses = cache(namespaced::<Ingress>(&client, ns));
+    let policies = cache(Api::<CanaryPolicy>::all(client.clone()));
+    let templates = cache(namespaced::<AnalysisTemplate>(&client, ns));
+    let cluster_templates = cache(Api::<ClusterAnalysisTemplate>::all(client.clone()));
+    let mut routers = BTreeMap::new();
+    for (api_version, kind, plural) in ROUTER_KINDS {
+        if !served(&client, api_version, plural).await {
+            continue;
+        }
+        let resource = router_resource(api_version, kind, plural);
+        let api = match ns {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
+            None => Api::<DynamicObject>::all_with(client.clone(), &resource),
+        };
+        let writer = reflector::store::Writer::new(resource.clone());
+        let reader = writer.as_reader();
+        tokio::spawn(
+            reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).default_backoff(),
+            )
+            .for_each(|_| async {}),
+        );
+        routers.insert(*kind, (resource, reader));
+    }
+
+    let canary_api = match ns {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &canary_resource()),
+        None => Api::<DynamicObject>::all_with(client.clone(), &canary_resource()),
+    };
+    let controller =
+        Controller::new_with(canary_api, watcher::Config::default(), canary_resource())
+            .with_config(ControllerConfig::default().concurrency(config.concurrency));
+    let canaries = controller.store();
+
+    let stores = Stores {
+        canaries: canaries.clone(),
+        deployments,
+        services,
+        ingresses,
+        policies,
+        templates,
+        cluster_templates,
+        routers,
+    };
+    wait_synced(&stores).await;
+    readiness.set_ready(true);
+    info!("caches synced");
+
+    let reporter = Reporter {
+        controller: "sluice".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        hold_mode,
+        stores,
+        metrics,
+        analysis: Analysis::new(config.prometheus_url.clone()),
+    });
+
+    let mut controller = controller
+        // A Deployment is either a target (by label, or named by a Canary's targetRef) or a canary
+        // Deployment sluice owns: its template and readiness move the rollout.
+        .watches(
+            namespaced::<Deployment>(&client, ns),
+            watcher::Config::default(),
+            {
+                let canaries = canaries.clone();
+                move |deployment| canaries_for_deployment(&canaries, &deployment)
+            },
+        )
+        // The canary Service sluice owns, and the stable Service the service router switches.
+        .watches(
+            namespaced::<Service>(&client, ns),
+            watcher::Config::default(),
+            {
+                let canaries = canaries.clone();
+                move |service| canaries_in_namespace_or_owner(&canaries, &service)
+            },
+        )
+        // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
+        // weight must be put back (I2).
+        .watches(
+            namespaced::<Ingress>(&client, ns),
+            watcher::Config::default(),
+            {
+                let canaries = canaries.clone();
+                move |ingress| canaries_in_namespace_or_owner(&canaries, &ingress)
+            },
+        )
+        // A policy change changes every Canary that inherits from it.
+        .watches(
+            Api::<CanaryPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            {
+                let canaries = canaries.clone();
+                move |policy| {
+                    let name = policy.name_any();
+                    canaries_matching(&canaries, |c| {
+                        c.data["spec"]["policyRef"]["name"].as_str() == Some(name.as_str())
+                    })
+                }
+            },
+        )
+        // A template change changes the queries of the Canaries that use it.
+        .watches(
+            namespaced::<AnalysisTemplate>(&client, ns),
+            watcher::Config::default(),
+            {
+                let canaries = canaries.clone();
+                move |template| {
+                    let namespace = template.namespace();
+                    canaries_matching(&canaries, |c| c.namespace() == namespace)
+                }
+            },
+        )
+        .watches(
+            Api::<ClusterAnalysisTemplate>::all(client.clone()),
+            watcher::Config::default(),
+            {
+                let canaries = canaries.clone();
+                move |_| canaries_matching(&canaries, |_| true)
+            },
+        );
+    for (api_version, kind, plural) in ROUTER_KINDS {
+        if !context.stores.routers.contains_key(kind) {
+            continue;
+        }
+        let resource = router_resource(api_version, kind, plural);
+        let api = match ns {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
+            None => Api::<DynamicObject>::all_with(client.clone(), &resource),
+        };
+        // Router objects: a weight someone else changed is put back (I2).
+        controller = controller.watches_with(api, resource, watcher::Config::default(), {
+            let canaries = canaries.clone();
+            move |object| canaries_in_namespace_or_owner(&canaries, &object)
+        });
+    }
+
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, context)
+        .for_each(|_| async {})
+        .await;
+    info!("stopped");
+    readiness.set_ready(false);
+    let _ = stop_http.send(());
+    let _ = http.await;
+    Ok(())
+}
+
+fn namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A reflector cache for `api`, filled by a background task.
+fn cache<K>(api: Api<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    tokio::spawn(
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .for_each(|_| async {}),
+    );
+    reader
+}
+
+async fn served(client: &Client, api_version: &str, plural: &str) -> bool {
+    client
+        .list_api_group_resources(api_version)
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == plural))
+}
+
+async fn wait_synced(stores: &Stores) {
+    let _ = stores.deployments.wait_until_ready().await;
+    let _ = stores.services.wait_until_ready().await;
+    let _ = stores.ingresses.wait_until_ready().await;
+    let _ = stores.policies.wait_until_ready().await;
+    let _ = stores.templates.wait_until_ready().await;
+    let _ = stores.cluster_templates.wait_until_ready().await;
+    for (_, store) in stores.routers.values() {
+        let _ = store.wait_until_ready().await;
+    }
+}
+
+fn canary_ref(name: &str, namespace: &str) -> ObjectRef<DynamicObject> {
+    ObjectRef::new_with(name, canary_resource()).within(namespace)
+}
+
+fn canaries_matching(
+    canaries: &Store<DynamicObject>,
+    predicate: impl Fn(&DynamicObject) -> bool,
+) -> Vec<ObjectRef<DynamicObject>> {
+    canaries
+        .state()
+        .iter()
+        .filter(|c| predicate(c))
+        .filter_map(|c| Some(canary_ref(&c.name_any(), &c.namespace()?)))
+        .collect()
+}
+
+/// The Canaries that own `object`.
+fn owners<K: Resource>(object: &K) -> Vec<ObjectRef<DynamicObject>> {
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    object
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "Canary" && o.api_version.starts_with(names::GROUP))
+        .map(|o| canary_ref(&o.name, &namespace))
+        .collect()
+}
+
+fn canaries_for_deployment(
+    canaries: &Store<DynamicObject>,
+    deployment: &Deployment,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let mut refs = owners(deployment);
+    let namespace = deployment.namespace();
+    let name = deployment.name_any();
+    if let Some(canary) = deployment.labels().get(names::CANARY_LABEL)
+        && let Some(ns) = &namespace
+    {
+        refs.push(canary_ref(canary, ns));
+    }
+    refs.extend(canaries_matching(canaries, |c| {
+        c.namespace() == namespace
+            && c.data["spec"]["targetRef"]["name"].as_str() == Some(name.as_str())
+    }));
+    refs
+}
+
+fn canaries_in_namespace_or_owner<K: Resource>(
+    canaries: &Store<DynamicObject>,
+    object: &K,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let mut refs = owners(object);
+    let namespace = object.meta().namespace.clone();
+    refs.extend(canaries_matching(canaries, |c| c.namespace() == namespace));
+    refs
+}

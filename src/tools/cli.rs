@@ -73,8 +73,50 @@ pub enum Command {
     )]
     Simulate(SimulateArgs),
 
+    /// Run the controller: watch Canaries and the Deployments they target, canary every new pod
+    /// template, and promote or roll it back on the evidence of Prometheus.
+    ///
+    /// Connects with --kubeconfig, else $KUBECONFIG, ~/.kube/config or the in-cluster service
+    /// account. Refuses to start, naming what is missing, when the CRDs are not installed or the
+    /// chosen hold mode's policy is absent. Serves /metrics, /healthz and /readyz on
+    /// --metrics-addr. Stops cleanly on SIGTERM or Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  sluice controller --prometheus-url http://prometheus.monitoring:9090\n  sluice controller --namespace shop --hold paused --log-format json"
+    )]
+    Controller(ControllerArgs),
+
     /// Print the version of sluice and of the API it serves.
     Version,
+}
+
+/// Arguments of `sluice controller`.
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Kubeconfig file to connect with (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (default: the current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// How new pod templates are held: `auto` uses the admission policy when the API server serves
+    /// MutatingAdmissionPolicy v1 (Kubernetes 1.36+), else keeps Deployments paused at rest.
+    #[arg(long, value_enum, default_value_t = crate::controller::startup::HoldSetting::Auto)]
+    pub hold: crate::controller::startup::HoldSetting,
+    /// Prometheus for Canaries that name no provider, e.g. http://prometheus.monitoring:9090.
+    #[arg(long, env = "SLUICE_PROMETHEUS_URL", value_name = "URL")]
+    pub prometheus_url: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Canaries reconciled at the same time.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Log line format (stderr). The level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 /// Arguments of `sluice lint`.
@@ -111,6 +153,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Crds => crds(out, err),
         Command::Lint(args) => lint_files(&args, out, err),
         Command::Simulate(args) => simulate_file(&args, out, err),
+        Command::Controller(args) => controller(args, err),
         Command::Version => {
             let written = writeln!(
                 out,
@@ -122,6 +165,107 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             exit_of_write(written, err)
         }
     }
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C; 0 on a clean stop, 1 when it cannot start.
+fn controller(args: ControllerArgs, err: &mut dyn Write) -> u8 {
+    crate::telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = writeln!(err, "error: failed to start the async runtime: {error}");
+            return EXIT_FINDING;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let client = client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+        let config = crate::controller::Config {
+            namespace: args.namespace,
+            hold: args.hold,
+            prometheus_url: args.prometheus_url,
+            metrics_addr: args.metrics_addr,
+            concurrency: args.concurrency,
+        };
+        crate::controller::run(
+            client,
+            config,
+            |addr| tracing::info!(%addr, "serving metrics"),
+            shutdown_signal(),
+        )
+        .await
+        .map_err(|error| error_chain(&error))
+    });
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            EXIT_FINDING
+        }
+    }
+}
+
+/// A client from `kubeconfig` (and `context`), or inferred like kubectl does.
+async fn client(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, String> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("failed to read kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| format!("failed to load kubeconfig {}: {e}", path.display()))?
+        }
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| format!("failed to load the kubeconfig: {e}"))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("failed to find a cluster to connect to: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("failed to create a Kubernetes client: {e}"))
+}
+
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn crds(out: &mut dyn Write, err: &mut dyn Write) -> u8 {

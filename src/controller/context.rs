@@ -1,0 +1,110 @@
+//! What every reconcile shares: the client, the hold mode, the reflector caches it observes from
+//! (so a reconcile makes no GETs), the event recorder, the metrics and the analysis provider.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Client;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::analysis::Analysis;
+use super::metrics::ControllerMetrics;
+use crate::api::{AnalysisTemplate, CanaryPolicy, ClusterAnalysisTemplate, HoldMode, names};
+
+/// The Canary resource, watched as dynamic objects so that one malformed Canary becomes an
+/// `InvalidSpec` condition instead of an error that stalls the whole watch.
+pub fn canary_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(names::GROUP, names::VERSION, "Canary"),
+        "canaries",
+    )
+}
+
+/// The router objects held in dynamic caches, by kind: (apiVersion, kind, plural).
+pub const ROUTER_KINDS: &[(&str, &str, &str)] = &[
+    ("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+    (
+        "networking.istio.io/v1",
+        "VirtualService",
+        "virtualservices",
+    ),
+    (
+        "split.smi-spec.io/v1alpha4",
+        "TrafficSplit",
+        "trafficsplits",
+    ),
+    ("traefik.io/v1alpha1", "TraefikService", "traefikservices"),
+];
+
+/// The API resource of a router kind.
+pub fn router_resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// The reflector caches a reconcile observes from.
+#[derive(Clone)]
+pub struct Stores {
+    pub canaries: Store<DynamicObject>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub ingresses: Store<Ingress>,
+    pub policies: Store<CanaryPolicy>,
+    pub templates: Store<AnalysisTemplate>,
+    pub cluster_templates: Store<ClusterAnalysisTemplate>,
+    /// Router CRD kinds the API server serves, by kind.
+    pub routers: BTreeMap<&'static str, (ApiResource, Store<DynamicObject>)>,
+}
+
+impl Stores {
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<Deployment> {
+        self.deployments
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|d| (*d).clone())
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
+        self.services
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|s| (*s).clone())
+    }
+
+    /// A router object (of any kind sluice routes with) as JSON, from its cache.
+    pub fn router_object(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        match kind {
+            "Ingress" => self
+                .ingresses
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|i| serde_json::to_value(&*i).ok()),
+            "Service" => self
+                .services
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|s| serde_json::to_value(&*s).ok()),
+            _ => {
+                let (resource, store) = self.routers.get(kind)?;
+                store
+                    .get(&ObjectRef::new_with(name, resource.clone()).within(namespace))
+                    .and_then(|o| serde_json::to_value(&*o).ok())
+            }
+        }
+    }
+}
+
+/// Everything a reconcile needs besides the Canary.
+pub struct Context {
+    pub client: Client,
+    pub hold_mode: HoldMode,
+    pub stores: Stores,
+    pub recorder: Recorder,
+    pub metrics: ControllerMetrics,
+    pub analysis: Analysis,
+}

@@ -1,0 +1,212 @@
+//! Observe: everything the core needs, from the reflector caches only (no GETs), plus the raw
+//! objects the executor builds from. Queries and hooks are not run here; the reconcile runs the
+//! ones `core::due` asks for and adds their results.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::Value;
+
+use super::context::Stores;
+use crate::api::names::canary_name;
+use crate::api::{
+    Canary, CanaryStatus, HoldMode, MetricSpec, TemplateKind, TemplateRef, TemplateSpec,
+};
+use crate::core::validate::{self, Resolved};
+use crate::core::{Observations, PolicyLookup, RouterState, revision};
+use crate::router::{ReadyReplicas, RouteInputs, Router};
+use crate::workload::{self, CanaryIdentity};
+
+/// What one reconcile observed.
+pub struct Observed {
+    pub canary: Canary,
+    pub status: CanaryStatus,
+    pub identity: CanaryIdentity,
+    pub observations: Observations,
+    /// The spec as the core resolves it; `None` when it is invalid (the core reports why).
+    pub resolved: Option<Resolved>,
+    pub target: Option<Deployment>,
+    pub canary_deployment: Option<Deployment>,
+    pub stable_service: Option<Service>,
+    /// The router and its inputs, when the spec names one.
+    pub router: Option<(Router, RouteInputs)>,
+    /// The live object the router builds from (the user's route, Ingress or Service).
+    pub router_source: Option<Value>,
+}
+
+/// Parses the watched object. `Err` carries the reason, for the `InvalidSpec` condition.
+pub fn parse(object: &DynamicObject) -> Result<Canary, String> {
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    serde_json::from_value::<Canary>(value).map_err(|e| format!("spec does not parse: {e}"))
+}
+
+/// Gathers the observations for `canary` from the caches.
+pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed {
+    let namespace = canary.namespace().unwrap_or_default();
+    let identity = CanaryIdentity {
+        name: canary.name_any(),
+        namespace: namespace.clone(),
+        uid: canary.uid().unwrap_or_default(),
+    };
+    let status = canary.status.clone().unwrap_or_default();
+
+    let policy = match &canary.spec.policy_ref {
+        None => PolicyLookup::NotReferenced,
+        Some(reference) => match stores.policies.get(&ObjectRef::new(&reference.name)) {
+            Some(policy) => PolicyLookup::Found(Box::new(policy.spec.rollout.clone())),
+            None => PolicyLookup::Missing {
+                name: reference.name.clone(),
+            },
+        },
+    };
+    let templates = templates_for(&canary, &policy, &namespace, stores);
+
+    let target = stores.deployment(&namespace, &canary.spec.target_ref.name);
+    let canary_deployment =
+        stores.deployment(&namespace, &canary_name(&canary.spec.target_ref.name));
+    let target_state = target.as_ref().map(|deployment| {
+        let template = deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| serde_json::to_value(&spec.template).ok())
+            .unwrap_or(Value::Null);
+        workload::target_state(
+            deployment,
+            &identity.name,
+            revision::template_hash(&template),
+        )
+    });
+
+    let mut observations = Observations {
+        generation: canary.metadata.generation.unwrap_or_default(),
+        hold_mode,
+        deleting: canary.metadata.deletion_timestamp.is_some(),
+        policy,
+        templates,
+        target: target_state,
+        canary: canary_deployment.as_ref().map(workload::workload_state),
+        router: RouterState::default(),
+        checks: None,
+        hooks: Vec::new(),
+    };
+
+    let resolved = validate::resolve(&canary.spec, &observations).ok();
+    let stable_service = resolved
+        .as_ref()
+        .and_then(|r| stores.service(&namespace, &r.service.name));
+    let router = resolved.as_ref().map(|r| {
+        let inputs = RouteInputs {
+            canary: identity.clone(),
+            service: r.service.name.clone(),
+            port: r.service.port,
+        };
+        (router_of(&r.router), inputs)
+    });
+
+    let mut router_source = None;
+    if let Some((router, inputs)) = &router {
+        router_source = router
+            .source(inputs)
+            .and_then(|key| stores.router_object(key.kind, &key.namespace, &key.name));
+        let applied = router
+            .applied(inputs)
+            .and_then(|key| stores.router_object(key.kind, &key.namespace, &key.name));
+        let ready = ReadyReplicas {
+            stable: observations.target.as_ref().map_or(0, |t| t.ready_replicas),
+            canary: observations.canary.as_ref().map_or(0, |c| c.ready_replicas),
+        };
+        observations.router = RouterState {
+            canary_weight: router.canary_weight(inputs, applied.as_ref(), ready),
+            missing: router.source(inputs).is_some() && router_source.is_none(),
+        };
+    }
+
+    Observed {
+        canary,
+        status,
+        identity,
+        observations,
+        resolved,
+        target,
+        canary_deployment,
+        stable_service,
+        router,
+        router_source,
+    }
+}
+
+/// The router the executor drives, from the core's resolved router.
+pub fn router_of(router: &validate::Router) -> Router {
+    match router {
+        validate::Router::GatewayApi(spec) => Router::GatewayApi {
+            http_route: spec.http_route.clone(),
+        },
+        validate::Router::Nginx(spec) => Router::Nginx {
+            ingress: spec.ingress.clone(),
+        },
+        validate::Router::Istio(spec) => Router::Istio {
+            virtual_service: spec.virtual_service.clone(),
+        },
+        validate::Router::Smi(spec) => Router::Smi {
+            traffic_split: spec.traffic_split.clone(),
+        },
+        validate::Router::Traefik(spec) => Router::Traefik {
+            traefik_service: spec.traefik_service.clone(),
+        },
+        validate::Router::Service => Router::Service,
+        validate::Router::None => Router::ReplicaRatio,
+    }
+}
+
+/// Every template the Canary's (or its policy's) metrics name, by name. A reference without a
+/// kind finds the namespace's AnalysisTemplate first, then the ClusterAnalysisTemplate.
+fn templates_for(
+    canary: &Canary,
+    policy: &PolicyLookup,
+    namespace: &str,
+    stores: &Stores,
+) -> BTreeMap<String, TemplateSpec> {
+    let mut metrics: Vec<&MetricSpec> = Vec::new();
+    let own = canary
+        .spec
+        .rollout
+        .analysis
+        .as_ref()
+        .and_then(|a| a.metrics.as_ref());
+    metrics.extend(own.into_iter().flatten());
+    if let PolicyLookup::Found(rollout) = policy {
+        let inherited = rollout.analysis.as_ref().and_then(|a| a.metrics.as_ref());
+        metrics.extend(inherited.into_iter().flatten());
+    }
+    metrics
+        .into_iter()
+        .filter_map(|metric| metric.template_ref.as_ref())
+        .filter_map(|reference| {
+            template(reference, namespace, stores).map(|spec| (reference.name.clone(), spec))
+        })
+        .collect()
+}
+
+fn template(reference: &TemplateRef, namespace: &str, stores: &Stores) -> Option<TemplateSpec> {
+    let namespaced = || {
+        stores
+            .templates
+            .get(&ObjectRef::new(&reference.name).within(namespace))
+            .map(|t| t.spec.template.clone())
+    };
+    let cluster = || {
+        stores
+            .cluster_templates
+            .get(&ObjectRef::new(&reference.name))
+            .map(|t| t.spec.template.clone())
+    };
+    match reference.kind {
+        Some(TemplateKind::AnalysisTemplate) => namespaced(),
+        Some(TemplateKind::ClusterAnalysisTemplate) => cluster(),
+        None => namespaced().or_else(cluster),
+    }
+}

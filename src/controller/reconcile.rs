@@ -1,0 +1,319 @@
+//! One reconcile, as a short linear pipeline: parse (a malformed Canary becomes a condition) ->
+//! finalizer -> observe (caches only) -> gather what `core::due` asks for (checks) -> `core::step`
+//! -> execute the actions in order -> persist the status once, only if it changed -> events and
+//! metrics. Nothing here decides what the rollout should do; that is the core's job.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::context::{Context, canary_resource};
+use super::error::Error;
+use super::execute::execute;
+use super::metrics::{CanaryLabels, ErrorLabels, VerdictLabels};
+use super::observe::{self, Observed};
+use crate::api::names::{self, FIELD_MANAGER, FINALIZER};
+use crate::api::{CanaryStatus, CheckRecord, Phase};
+use crate::core::conditions::{self, Status, Update};
+use crate::core::{self, Action, Decision};
+
+/// How soon a failed reconcile is retried; a conflict (a newer object exists) is retried at once.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+const RETRY_CONFLICT_AFTER: Duration = Duration::from_millis(200);
+
+/// The reconcile entry point for kube-runtime's `Controller`.
+pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&object, &ctx).await;
+    ctx.metrics
+        .reconcile_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// kube-runtime's error policy: count the error by category and retry.
+pub fn error_policy(object: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            category: error.category().to_owned(),
+        })
+        .inc();
+    warn!(canary = %object.name_any(), namespace = ?object.namespace(), error = %error_chain(error), "reconcile failed");
+    Requeue::requeue(if error.is_conflict() {
+        RETRY_CONFLICT_AFTER
+    } else {
+        RETRY_AFTER
+    })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeue, Error> {
+    let namespace = object.namespace().ok_or(Error::Malformed {
+        field: "metadata.namespace",
+    })?;
+    let name = object.name_any();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &canary_resource());
+
+    let canary = match observe::parse(object) {
+        Ok(canary) => canary,
+        Err(reason) => {
+            report_malformed(&api, object, &reason).await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+
+    let deleting = canary.metadata.deletion_timestamp.is_some();
+    let has_finalizer = canary.finalizers().iter().any(|f| f == FINALIZER);
+    if !deleting && !has_finalizer {
+        add_finalizer(&api, object).await?;
+        // The write's watch event brings the next reconcile.
+        return Ok(Requeue::await_change());
+    }
+    if deleting && !has_finalizer {
+        return Ok(Requeue::await_change());
+    }
+
+    let mut observed = observe::observe(canary, &ctx.stores, ctx.hold_mode);
+    let due = core::due(
+        &observed.canary.spec,
+        &observed.status,
+        &observed.observations,
+        Timestamp::now(),
+    );
+    if due.checks {
+        observed.observations.checks = Some(ctx.analysis.run_checks(&ctx.client, &observed).await);
+    }
+    let decision = core::step(
+        &observed.canary.spec,
+        &observed.status,
+        &observed.observations,
+        Timestamp::now(),
+    );
+
+    execute(ctx, &observed, &decision.actions).await?;
+    if deleting {
+        if decision.actions.contains(&Action::RemoveFinalizer) {
+            remove_finalizer(&api, object).await?;
+        } else {
+            return Err(Error::CleanupPending { namespace, name });
+        }
+    }
+    if decision.status != observed.status && !deleting {
+        persist(&api, &name, &decision.status)
+            .await
+            .map_err(|source| Error::Status {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
+            })?;
+    }
+    publish(ctx, object, &observed, &decision).await;
+    record_metrics(ctx, &observed, &decision);
+
+    Ok(match decision.requeue_after {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+/// Writes the status under sluice's field manager. `command` belongs to the plugin's field manager
+/// and is never part of sluice's apply.
+async fn persist(
+    api: &Api<DynamicObject>,
+    name: &str,
+    status: &CanaryStatus,
+) -> Result<(), kube::Error> {
+    let mut status = status.clone();
+    status.command = None;
+    let body = json!({
+        "apiVersion": format!("{}/{}", names::GROUP, names::VERSION),
+        "kind": "Canary",
+        "metadata": { "name": name },
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A Canary that does not parse (a schema that was not installed as generated lets anything in):
+/// record why in the `InvalidSpec` condition, touch nothing else, and wait for a change.
+async fn report_malformed(
+    api: &Api<DynamicObject>,
+    object: &DynamicObject,
+    reason: &str,
+) -> Result<(), Error> {
+    let name = object.name_any();
+    let mut status: CanaryStatus = object
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    let generation = object.metadata.generation.unwrap_or_default();
+    let now = Timestamp::now();
+    let before = status.clone();
+    status.phase = Some(Phase::Invalid);
+    status.observed_generation = Some(generation);
+    status.message = Some(format!("the Canary cannot be read: {reason}"));
+    let revision = status.revision.clone();
+    conditions::merge(
+        &mut status.conditions,
+        Update {
+            type_: names::condition::INVALID_SPEC,
+            status: Status::True,
+            reason: "Malformed",
+            message: reason,
+            revision: revision.as_deref(),
+        },
+        generation,
+        now,
+    );
+    if status == before {
+        return Ok(());
+    }
+    persist(api, &name, &status)
+        .await
+        .map_err(|source| Error::Status {
+            namespace: object.namespace().unwrap_or_default(),
+            name,
+            source,
+        })
+}
+
+/// Adds sluice's finalizer with a JSON patch that tests the list it saw, so a concurrent change
+/// to the finalizers fails instead of being overwritten.
+async fn add_finalizer(api: &Api<DynamicObject>, object: &DynamicObject) -> Result<(), Error> {
+    let patch = match &object.metadata.finalizers {
+        Some(finalizers) => json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": finalizers },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+        ]),
+        None => json!([{ "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] }]),
+    };
+    finalizer_patch(api, object, patch, "add the finalizer to").await
+}
+
+async fn remove_finalizer(api: &Api<DynamicObject>, object: &DynamicObject) -> Result<(), Error> {
+    let finalizers = object.metadata.finalizers.clone().unwrap_or_default();
+    let Some(index) = finalizers.iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let patch = json!([
+        { "op": "test", "path": "/metadata/finalizers", "value": finalizers },
+        { "op": "remove", "path": format!("/metadata/finalizers/{index}") },
+    ]);
+    finalizer_patch(api, object, patch, "remove the finalizer from").await
+}
+
+async fn finalizer_patch(
+    api: &Api<DynamicObject>,
+    object: &DynamicObject,
+    patch: serde_json::Value,
+    action: &'static str,
+) -> Result<(), Error> {
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|source| Error::Serialise {
+            what: "the finalizer patch",
+            source,
+        })?;
+    api.patch(
+        &object.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Write {
+        action,
+        kind: "Canary".to_owned(),
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+        source,
+    })
+}
+
+/// Emits the decision's events, after the status they describe is persisted. An event that
+/// cannot be published is logged, never retried into a second decision.
+async fn publish(ctx: &Context, object: &DynamicObject, observed: &Observed, decision: &Decision) {
+    if decision.events.is_empty() {
+        return;
+    }
+    let reference = object.object_ref(&canary_resource());
+    for event in &decision.events {
+        info!(
+            canary = %observed.identity.name,
+            namespace = %observed.identity.namespace,
+            reason = %event.reason,
+            "{}",
+            event.message
+        );
+        let kube_event = KubeEvent {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.clone(),
+            note: Some(event.message.clone()),
+            action: event.reason.clone(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&kube_event, &reference).await {
+            warn!(reason = %event.reason, error = %error, "failed to publish an event");
+        }
+    }
+}
+
+fn record_metrics(ctx: &Context, observed: &Observed, decision: &Decision) {
+    let labels = CanaryLabels {
+        namespace: observed.identity.namespace.clone(),
+        name: observed.identity.name.clone(),
+    };
+    ctx.metrics
+        .canary_weight
+        .get_or_create(&labels)
+        .set(i64::from(decision.status.canary_weight));
+    let new_checks = decision
+        .status
+        .analysis
+        .iter()
+        .filter(|record| !observed.status.analysis.contains(record));
+    for CheckRecord {
+        metric, verdict, ..
+    } in new_checks
+    {
+        ctx.metrics
+            .checks
+            .get_or_create(&VerdictLabels {
+                namespace: observed.identity.namespace.clone(),
+                name: observed.identity.name.clone(),
+                metric: metric.clone(),
+                verdict: format!("{verdict:?}"),
+            })
+            .inc();
+    }
+}
