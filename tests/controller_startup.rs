@@ -1,6 +1,7 @@
 //! `sluice controller`'s start-up checks against the test cluster: the CRDs must be served, the
 //! hold mode follows what the API server serves, and the admission-policy mode refuses to start
 //! without the shipped policy, naming what is missing.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use sluice::api::HoldMode;
 use sluice::controller::startup::{HoldSetting, StartupError, check_crds, hold_mode};

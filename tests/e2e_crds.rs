@@ -2,6 +2,7 @@
 //! --server-side -f -`) into the test cluster, which validates custom resources against their
 //! schema and CEL rules as kube-apiserver does: valid Canaries are admitted, and each kind of bad
 //! input is refused by the API server with a message naming the field.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::process::{Command, Stdio};

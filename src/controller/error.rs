@@ -15,14 +15,14 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("failed to persist the status of Canary {namespace}/{name}")]
     Status {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("failed to build the route for Canary {namespace}/{name}")]
     Route {
@@ -70,7 +70,7 @@ impl Error {
     /// A bounded name for metrics and logs.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Write { source, .. } | Error::Status { source, .. } => match source {
+            Error::Write { source, .. } | Error::Status { source, .. } => match source.as_ref() {
                 kube::Error::Api(status) if status.code == 409 => "conflict",
                 kube::Error::Api(status) if status.code == 429 => "throttled",
                 kube::Error::Api(status) if status.code == 404 => "not_found",

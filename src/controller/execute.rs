@@ -98,7 +98,7 @@ async fn apply(
             kind: kind.to_owned(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -121,7 +121,7 @@ async fn delete(
             kind: kind.to_owned(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            source,
+            source: Box::new(source),
         }),
     }
 }

@@ -124,7 +124,7 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
             .map_err(|source| Error::Status {
                 namespace: namespace.clone(),
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
     }
     publish(ctx, object, &observed, &decision).await;
@@ -200,7 +200,7 @@ async fn report_malformed(
         .map_err(|source| Error::Status {
             namespace: object.namespace().unwrap_or_default(),
             name,
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -252,7 +252,7 @@ async fn finalizer_patch(
         kind: "Canary".to_owned(),
         namespace: object.namespace().unwrap_or_default(),
         name: object.name_any(),
-        source,
+        source: Box::new(source),
     })
 }
 
