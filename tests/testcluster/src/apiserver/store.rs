@@ -962,7 +962,9 @@ impl Store {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            if rns != ns {
+            // A cluster-scoped subject (no namespace) may have its events in "default".
+            let cluster_scoped_ok = rns.is_empty() && (ns.is_empty() || ns == "default");
+            if rns != ns && !cluster_scoped_ok {
                 causes.push((
                     "FieldValueInvalid".into(),
                     "involvedObject.namespace".into(),
