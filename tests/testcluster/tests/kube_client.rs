@@ -253,3 +253,32 @@ async fn kube_runtimes_finalizer_helper_adds_cleans_up_and_releases() {
     }
     tc.stop().await;
 }
+
+#[tokio::test]
+async fn the_scale_subresource_reads_and_writes_replicas() {
+    let tc = TestCluster::builder()
+        .without_default_crds()
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Deployment> = Api::namespaced(tc.client(), "default");
+    api.create(&PostParams::default(), &deployment())
+        .await
+        .unwrap();
+    let s = api.get_scale("web").await.unwrap();
+    assert_eq!(s.spec.unwrap().replicas, Some(2));
+    assert_eq!(s.status.unwrap().selector.as_deref(), Some("app=web"));
+    let s = api
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.spec.unwrap().replicas, Some(5));
+    let d = api.get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(5));
+    assert_eq!(d.metadata.generation, Some(2));
+    tc.stop().await;
+}
