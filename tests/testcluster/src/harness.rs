@@ -87,7 +87,7 @@ impl TestClusterBuilder {
         if let Ok(path) = std::env::var(E2E_KUBECONFIG_ENV)
             && !path.is_empty()
         {
-            return TestCluster::connect_real(PathBuf::from(path), &self).await;
+            return TestCluster::connect_with(PathBuf::from(path), &self).await;
         }
         let server = ApiServer::start(self.opts.clone())
             .await
@@ -211,7 +211,13 @@ impl TestCluster {
         TestClusterBuilder::default()
     }
 
-    async fn connect_real(
+    /// Connects to an existing cluster through `kubeconfig` (what `start()` does when
+    /// `SLUICE_E2E_KUBECONFIG` is set), installing the default CRDs there.
+    pub async fn connect(kubeconfig: impl Into<PathBuf>) -> Result<TestCluster, HarnessError> {
+        Self::connect_with(kubeconfig.into(), &TestClusterBuilder::default()).await
+    }
+
+    async fn connect_with(
         path: PathBuf,
         b: &TestClusterBuilder,
     ) -> Result<TestCluster, HarnessError> {

@@ -184,3 +184,48 @@ async fn an_event_written_through_events_v1_is_read_through_core_v1() {
     );
     tc.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_through_a_kubeconfig_works_like_a_real_cluster_and_reports_test_hooks_unsupported()
+ {
+    // The local server stands in for "a real cluster" reached through SLUICE_E2E_KUBECONFIG.
+    let local = TestCluster::builder()
+        .without_default_crds()
+        .start()
+        .await
+        .unwrap();
+    let remote = TestCluster::connect(local.kubeconfig_path()).await.unwrap();
+    assert!(!remote.is_local());
+    assert!(matches!(
+        remote.faults(),
+        Err(sluice_testcluster::HarnessError::Unsupported(_))
+    ));
+    assert!(matches!(
+        remote.compact(),
+        Err(sluice_testcluster::HarnessError::Unsupported(_))
+    ));
+    assert!(matches!(
+        remote.requests(),
+        Err(sluice_testcluster::HarnessError::Unsupported(_))
+    ));
+    // The CRDs were applied through the API.
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    kube::discovery::pinned_kind(&remote.client(), &gvk)
+        .await
+        .unwrap();
+    let applied = remote
+        .apply_yaml("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: default}\ndata: {a: '1'}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n")
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied[0]["data"]["a"], "1");
+    assert!(
+        local
+            .requests()
+            .unwrap()
+            .count("patch", "customresourcedefinitions")
+            > 0
+    );
+    remote.stop().await;
+    local.stop().await;
+}

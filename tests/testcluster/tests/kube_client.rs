@@ -198,3 +198,87 @@ async fn a_replace_with_a_stale_resource_version_is_refused_with_409() {
     }
     tc.stop().await;
 }
+
+#[tokio::test]
+async fn kube_runtimes_finalizer_helper_adds_cleans_up_and_releases() {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event, finalizer};
+    use std::sync::Arc;
+    let tc = TestCluster::builder()
+        .without_default_crds()
+        .start()
+        .await
+        .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(tc.client(), "default");
+    api.create(&PostParams::default(), &cm("f", "1"))
+        .await
+        .unwrap();
+    let run = |event_seen: Arc<std::sync::Mutex<Vec<&'static str>>>| {
+        let api = api.clone();
+        async move {
+            let obj = Arc::new(api.get("f").await.unwrap());
+            finalizer(&api, "sluice.dev/test", obj, |ev| async move {
+                event_seen.lock().unwrap().push(match ev {
+                    Event::Apply(_) => "apply",
+                    Event::Cleanup(_) => "cleanup",
+                });
+                Ok::<_, std::convert::Infallible>(Action::await_change())
+            })
+            .await
+            .unwrap();
+        }
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    run(seen.clone()).await; // adds the finalizer (JSON patch with a test of a missing path)
+    let held = api.get("f").await.unwrap();
+    assert_eq!(
+        held.metadata.finalizers,
+        Some(vec!["sluice.dev/test".to_string()])
+    );
+    run(seen.clone()).await; // reconciles
+    api.delete("f", &DeleteParams::default()).await.unwrap();
+    assert!(
+        api.get("f")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    run(seen.clone()).await; // cleans up and removes the finalizer
+    assert_eq!(*seen.lock().unwrap(), vec!["apply", "cleanup"]);
+    match api.get("f").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 404),
+        other => panic!("expected the object to be gone, got {other:?}"),
+    }
+    tc.stop().await;
+}
+
+#[tokio::test]
+async fn the_scale_subresource_reads_and_writes_replicas() {
+    let tc = TestCluster::builder()
+        .without_default_crds()
+        .start()
+        .await
+        .unwrap();
+    let api: Api<Deployment> = Api::namespaced(tc.client(), "default");
+    api.create(&PostParams::default(), &deployment())
+        .await
+        .unwrap();
+    let s = api.get_scale("web").await.unwrap();
+    assert_eq!(s.spec.unwrap().replicas, Some(2));
+    assert_eq!(s.status.unwrap().selector.as_deref(), Some("app=web"));
+    let s = api
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.spec.unwrap().replicas, Some(5));
+    let d = api.get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(5));
+    assert_eq!(d.metadata.generation, Some(2));
+    tc.stop().await;
+}

@@ -111,6 +111,21 @@ async fn kubectl_gets_applies_patches_status_waits_and_deletes() {
     assert!(ok);
     assert_eq!(out, "registry.example/web:2.0");
 
+    let (ok, out, err) = kubectl(&tc, &["scale", "deployment", "web", "--replicas=4"]).await;
+    assert!(ok, "scale failed: {out}{err}");
+    let (_, out, _) = kubectl(
+        &tc,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+    )
+    .await;
+    assert_eq!(out, "4");
+
     // A server-side dry run persists nothing.
     std::fs::write(&file, DEPLOYMENT.replace("web:1.0", "web:9.9")).unwrap();
     let (ok, out, err) = kubectl(

@@ -109,6 +109,10 @@ pub fn resource_list(table: &ResourceTable, group: &str, version: &str) -> Optio
             doc["categories"] = json!(r.categories);
         }
         out.push(doc);
+        if r.group == "apps" && (r.plural == "deployments" || r.plural == "replicasets") {
+            out.push(json!({"name": format!("{}/scale", r.plural), "singularName": "", "namespaced": true,
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
         if r.has_status {
             out.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": ["get", "patch", "update"]}));

@@ -565,3 +565,36 @@ mod tests {
         assert_eq!(obj, json!({"spec": {"containers": [{"name": "b"}]}}));
     }
 }
+
+#[cfg(test)]
+mod schema_shape_tests {
+    use super::*;
+
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "routes": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "properties": {"name": {"type": "string"}, "weight": {"type": "integer"}}}},
+            "hosts": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "backends": {"type": "array", "items": {"type": "object"}},
+            "labels": {"type": "object", "x-kubernetes-map-type": "atomic", "additionalProperties": {"type": "string"}}}}}})
+    }
+
+    #[test]
+    fn crd_list_map_items_are_owned_and_merged_by_their_keys() {
+        let s = schema();
+        let shape = Shape { schema: Some(&s) };
+        let live =
+            json!({"spec": {"routes": [{"name": "a", "weight": 1}, {"name": "b", "weight": 2}]}});
+        let cfg = json!({"spec": {"routes": [{"name": "b", "weight": 5}], "hosts": ["x"], "backends": [{"n": 1}], "labels": {"k": "v"}}});
+        let merged = merge_apply(shape, &live, &cfg);
+        assert_eq!(
+            merged["spec"]["routes"],
+            json!([{"name": "a", "weight": 1}, {"name": "b", "weight": 5}])
+        );
+        assert_eq!(
+            apply_set(shape, &cfg).to_json(),
+            json!({"f:spec": {"f:backends": {}, "f:hosts": {"v:\"x\"": {}}, "f:labels": {},
+                "f:routes": {"k:{\"name\":\"b\"}": {".": {}, "f:name": {}, "f:weight": {}}}}})
+        );
+    }
+}

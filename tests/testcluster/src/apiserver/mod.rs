@@ -425,6 +425,9 @@ async fn handle(
         );
     }
     let resp = match verb {
+        _ if target.subresource == "scale" => {
+            scale(&shared, &target, verb, &query, &headers, &body)
+        }
         "get" | "list" => read(&shared, &target, &query, &headers),
         _ => write(&shared, &target, verb, &query, &headers, &body),
     };
@@ -472,6 +475,7 @@ fn parse_target(shared: &Shared, segs: &[&str]) -> Option<Target> {
         [_] => (None, String::new()),
         [_, n] => (Some(n.to_string()), String::new()),
         [_, n, s] if *s == "status" && ri.has_status => (Some(n.to_string()), "status".to_string()),
+        [_, n, s] if *s == "scale" && has_scale(&ri) => (Some(n.to_string()), "scale".to_string()),
         _ => return None,
     };
     Some(Target {
@@ -480,6 +484,92 @@ fn parse_target(shared: &Shared, segs: &[&str]) -> Option<Target> {
         name,
         subresource,
     })
+}
+
+fn has_scale(ri: &ResourceInfo) -> bool {
+    ri.group == "apps" && (ri.plural == "deployments" || ri.plural == "replicasets")
+}
+
+/// The `autoscaling/v1 Scale` view of a Deployment or ReplicaSet.
+fn scale_view(obj: &Value) -> Value {
+    let md = &obj["metadata"];
+    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    json!({"kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": md["name"], "namespace": md["namespace"], "uid": md["uid"],
+            "resourceVersion": md["resourceVersion"], "creationTimestamp": md["creationTimestamp"]},
+        "spec": {"replicas": obj["spec"]["replicas"]},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")}})
+}
+
+/// The scale subresource: reads and writes `spec.replicas` through a `Scale` object.
+fn scale(
+    shared: &Shared,
+    t: &Target,
+    verb: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let ns = t.namespace.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let current = shared.lock().get(&t.ri, &ns, &name)?;
+    let view = scale_view(&current);
+    let desired = match verb {
+        "get" => return Ok(json_response(200, &view)),
+        "update" => serde_json::from_slice::<Value>(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding Scale: {e}")))?,
+        "patch" => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or_default();
+            let p: Value = if ct.starts_with("application/apply-patch") {
+                serde_saphyr::from_str(&String::from_utf8_lossy(body))
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?
+            } else {
+                serde_json::from_slice(body).map_err(|e| ApiError::bad_request(e.to_string()))?
+            };
+            match ct.split(';').next().unwrap_or_default().trim() {
+                "application/json-patch+json" => patch::json_patch(&view, &p).map_err(|_| {
+                    ApiError::invalid_plain(
+                        "the server rejected our request due to an error in our request",
+                    )
+                })?,
+                "application/merge-patch+json"
+                | "application/strategic-merge-patch+json"
+                | "application/apply-patch+yaml" => patch::merge_patch(&view, &p),
+                _ => return Err(ApiError::unsupported_media_type()),
+            }
+        }
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    let mut change = json!({"spec": {"replicas": desired["spec"]["replicas"]}});
+    if let Some(rv) = desired["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|rv| !rv.is_empty())
+    {
+        change["metadata"] = json!({"resourceVersion": rv});
+    }
+    let ctx = WriteCtx {
+        ri: t.ri.clone(),
+        namespace: ns.clone(),
+        manager: query
+            .get("fieldManager")
+            .cloned()
+            .unwrap_or_else(|| manager_from_user_agent(headers)),
+        subresource: "scale".into(),
+        field_validation: FieldValidation::Warn,
+        dry_run: query.get("dryRun").is_some_and(|d| d == "All"),
+    };
+    let mut st = shared.lock();
+    let w = st.patch(&ctx, &name, PatchType::Merge, change, false);
+    shared.after_write(&st);
+    Ok(json_response(200, &scale_view(&w?.object)))
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {

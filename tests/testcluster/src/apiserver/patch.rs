@@ -146,7 +146,9 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, JsonPatchError> 
                 remove(&mut doc, path)?;
             }
             "test" => {
-                if doc.pointer(path) != Some(&value()?) {
+                // As the real server's json-patch library: a missing path tests equal to null
+                // (kube-rs's finalizer helper relies on it).
+                if doc.pointer(path).unwrap_or(&Value::Null) != &value()? {
                     return Err(JsonPatchError::TestFailed(path.into()));
                 }
             }
@@ -293,6 +295,17 @@ mod tests {
             json_patch(&live, &ops),
             Err(JsonPatchError::TestFailed(_))
         ));
+    }
+
+    #[test]
+    fn json_patch_test_of_a_missing_path_against_null_passes() {
+        let live = json!({"metadata": {"name": "x"}});
+        let ops = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]);
+        assert_eq!(
+            json_patch(&live, &ops).unwrap()["metadata"]["finalizers"],
+            json!(["f"])
+        );
     }
 
     #[test]

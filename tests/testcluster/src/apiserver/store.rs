@@ -297,10 +297,12 @@ impl Store {
         if from < self.compacted_rv {
             return Err(ApiError::expired(from, self.compacted_rv));
         }
+        // The history is in resourceVersion order: skip to `from` instead of scanning it all.
+        let first = self.history.partition_point(|e| e.rv <= from);
         Ok(self
             .history
-            .iter()
-            .filter(|e| e.rv > from && &e.key == key)
+            .range(first..)
+            .filter(|e| &e.key == key)
             .cloned()
             .collect())
     }
@@ -470,10 +472,16 @@ impl Store {
             ),
             None => None,
         };
+        // Keys are (namespace, name): a namespace and a continue token are ranges, not scans.
+        use std::ops::Bound;
+        let lower = match (&start, ns) {
+            (Some(s), _) => Bound::Excluded(s.clone()),
+            (None, Some(n)) => Bound::Included((n.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
         let iter = all
-            .iter()
-            .filter(|((ons, _), _)| ns.is_none_or(|n| n == ons));
-        let iter = iter.filter(|(k, _)| start.as_ref().is_none_or(|s| *k > s));
+            .range((lower, Bound::Unbounded))
+            .take_while(|((ons, _), _)| ns.is_none_or(|n| n == ons));
         let mut items = Vec::new();
         let mut last = None;
         let mut remaining = 0usize;
@@ -954,7 +962,9 @@ impl Store {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            if rns != ns {
+            // A cluster-scoped subject (no namespace) may have its events in "default".
+            let cluster_scoped_ok = rns.is_empty() && (ns.is_empty() || ns == "default");
+            if rns != ns && !cluster_scoped_ok {
                 causes.push((
                     "FieldValueInvalid".into(),
                     "involvedObject.namespace".into(),
