@@ -31,7 +31,9 @@ fn kubectl_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Installs the CRDs with kubectl when there is one, else through the harness.
+/// Installs the CRDs with kubectl when there is one, else through the harness. kubectl is waited
+/// for on a blocking call, so the tests run on a multi-threaded runtime: the in-process API server
+/// must keep answering meanwhile.
 async fn install_crds(cluster: &TestCluster) {
     let yaml = sluice_crds();
     if kubectl_available() {
@@ -105,7 +107,7 @@ async fn create(cluster: &TestCluster, object: &serde_json::Value) -> Result<(),
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_admits_valid_canaries_and_names_the_field_of_each_bad_one() {
     let cluster = TestCluster::builder()
         .without_default_crds()
@@ -176,7 +178,7 @@ async fn the_api_server_admits_valid_canaries_and_names_the_field_of_each_bad_on
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_lists_canaries_with_the_printer_columns_and_short_name() {
     if !kubectl_available() {
         eprintln!("skipped: kubectl not found");
