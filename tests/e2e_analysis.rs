@@ -58,15 +58,27 @@ impl Sample {
     }
 }
 
+/// Reads the Canary first, then the route, the canary's readiness and the route again. The
+/// controller writes the route before the status that describes it, so a status read first is
+/// never ahead of the route read after it (I2 at rest compares them). I1 is judged on both route
+/// reads around the readiness read: a weight seen before and after a read of zero ready pods was
+/// on an unready canary, whichever way a concurrent write went.
 async fn sample(env: &Env) -> Option<Sample> {
-    let route_weight = route_canary_weight(&env.http_route("web").await, "web");
+    let canary = env.canary("web").await?;
+    let route_before = route_canary_weight(&env.http_route("web").await, "web");
     let canary_ready = env
         .deployment("web-canary")
         .await
         .and_then(|d| d.status)
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let canary = env.canary("web").await?;
+    let route_weight = route_canary_weight(&env.http_route("web").await, "web");
+    if route_before > 0 && route_weight > 0 {
+        assert!(
+            canary_ready > 0,
+            "I1: weight {route_weight} on a canary with no ready pods"
+        );
+    }
     let target_paused = env
         .deployment("web")
         .await
@@ -87,17 +99,10 @@ async fn sample(env: &Env) -> Option<Sample> {
     })
 }
 
-/// The invariants that hold at every instant of a rollout that is never promoted: I1 (no weight
-/// on a canary without ready pods) and I6 (the stable Deployment's pods keep the stable image, and
+/// The invariants that hold at every instant of a rollout that is never promoted (I1 is checked
+/// by every [`sample`]): I6 (the stable Deployment's pods keep the stable image, and
 /// the target stays held while the revision is analysed or after it failed).
 fn check_unpromoted(sample: &Sample) {
-    if sample.route_weight > 0 {
-        assert!(
-            sample.canary_ready > 0,
-            "I1: weight {} on a canary with no ready pods",
-            sample.route_weight
-        );
-    }
     if !sample.stable_images.is_empty() {
         assert_eq!(
             sample.stable_images,
@@ -119,6 +124,21 @@ fn condition<'a>(canary: &'a Value, type_: &str) -> &'a Value {
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == type_))
         .unwrap_or_else(|| panic!("condition {type_} in {canary}"))
+}
+
+/// The time of the newest check in `status.analysis`: the check whose verdict decided the
+/// outcome (its time is the decision's `now`, in whole seconds like every status time, as is the
+/// `unknownSince` the controller measures its deadline from).
+fn deciding_check_time(sample: &Sample) -> jiff::Timestamp {
+    let log = sample.status()["analysis"]
+        .as_array()
+        .expect("analysis log");
+    let last = log.last().expect("a check was recorded");
+    assert_eq!(
+        last["verdict"], "Unknown",
+        "decided on an Unknown check: {last}"
+    );
+    time_of(&last["time"])
 }
 
 fn time_of(value: &Value) -> jiff::Timestamp {
@@ -534,12 +554,13 @@ async fn hold_while_unknown(env: &Env, timeout: Duration) -> (Sample, Option<jif
 async fn prometheus_down_rolls_back_at_the_unknown_deadline(hold: Hold) {
     let (env, prometheus) = a_rollout_with_prometheus_down(hold, "    unknownDeadline: 4s").await;
     let (failed, since) = hold_while_unknown(&env, Duration::from_secs(25)).await;
-    let failed_at = jiff::Timestamp::now();
     assert_eq!(failed.phase(), "Failed", "{}", failed.status());
     let since = since.expect("unknownSince was set while the step held");
+    let decided = deciding_check_time(&failed);
     assert!(
-        failed_at >= since + jiff::SignedDuration::from_secs(4),
-        "rolled back at {failed_at}, before unknownSince {since} + 4s"
+        decided >= since + jiff::SignedDuration::from_secs(4)
+            && decided <= since + jiff::SignedDuration::from_secs(7),
+        "rolled back by the check at {decided}, not at unknownSince {since} + 4s"
     );
     let failed_condition = condition(&failed.canary, "Failed");
     assert_eq!(failed_condition["reason"], "UnknownDeadlineExceeded");
@@ -584,10 +605,14 @@ async fn prometheus_down_pauses_at_the_unknown_deadline_when_told_to() {
     )
     .await;
     let (paused, since) = hold_while_unknown(&env, Duration::from_secs(25)).await;
-    let paused_at = jiff::Timestamp::now();
     assert_eq!(paused.phase(), "Paused", "{}", paused.status());
     let since = since.expect("unknownSince was set while the step held");
-    assert!(paused_at >= since + jiff::SignedDuration::from_secs(3));
+    let decided = deciding_check_time(&paused);
+    assert!(
+        decided >= since + jiff::SignedDuration::from_secs(3)
+            && decided <= since + jiff::SignedDuration::from_secs(6),
+        "paused by the check at {decided}, not at unknownSince {since} + 3s"
+    );
     // Paused is neither a rollback nor an advance: the first step's traffic stays as it was.
     assert_eq!(paused.route_weight, 20);
     assert_eq!(
@@ -603,10 +628,10 @@ async fn prometheus_down_pauses_at_the_unknown_deadline_when_told_to() {
     drop(prometheus);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_continues_and_is_promoted_when_prometheus_comes_back_before_the_deadline() {
+async fn a_rollout_continues_when_prometheus_comes_back(hold: Hold) {
+    let paused_at_rest = matches!(hold, Hold::PausedAtRest);
     let (env, mut prometheus) =
-        a_rollout_with_prometheus_down(Hold::AdmissionPolicy, "    unknownDeadline: 1m").await;
+        a_rollout_with_prometheus_down(hold, "    unknownDeadline: 1m").await;
     let held = env
         .eventually(
             "unknownSince to be set",
@@ -630,14 +655,18 @@ async fn a_rollout_continues_and_is_promoted_when_prometheus_comes_back_before_t
             Duration::from_secs(30),
             || async {
                 let sample = sample(&env).await?;
-                if sample.route_weight > 0 {
-                    assert!(sample.canary_ready > 0, "I1");
-                }
                 let mut seen = weights.lock().expect("weights");
                 if seen.last() != Some(&sample.route_weight) {
                     seen.push(sample.route_weight);
                 }
                 assert_ne!(sample.phase(), "Failed", "{}", sample.status());
+                if sample.phase() == "Progressing" && sample.step_index() == 1 {
+                    assert!(
+                        sample.status()["unknownSince"].is_null(),
+                        "a passing check ends the Unknown hold: {}",
+                        sample.status()
+                    );
+                }
                 if sample.phase() == "Promoting" {
                     // I3: released only after a passing check of every step of this revision.
                     let revision = &sample.status()["revision"];
@@ -690,6 +719,22 @@ async fn a_rollout_continues_and_is_promoted_when_prometheus_comes_back_before_t
         served.is_some(),
         "the stable Deployment serves the new revision"
     );
+    let target = env.deployment("web").await.expect("target");
+    assert_eq!(
+        target.spec.and_then(|s| s.paused).unwrap_or(false),
+        paused_at_rest,
+        "held per mode at rest"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_promoted_when_prometheus_comes_back_with_the_admission_policy_hold() {
+    a_rollout_continues_when_prometheus_comes_back(Hold::AdmissionPolicy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_promoted_when_prometheus_comes_back_with_the_paused_at_rest_hold() {
+    a_rollout_continues_when_prometheus_comes_back(Hold::PausedAtRest).await;
 }
 
 // ---- 3. Pods that never become ready ----------------------------------------------------------
