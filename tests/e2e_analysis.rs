@@ -495,8 +495,8 @@ spec:
     )
 }
 
-/// A rollout whose first step carries traffic while Prometheus is down: returns the env, the
-/// (down) Prometheus and the instant the canary first got weight.
+/// A new revision rolling out while Prometheus is down (connections refused): returns once the
+/// Canary is Progressing with it, with the env and the (down) Prometheus.
 async fn a_rollout_with_prometheus_down(hold: Hold, analysis_extra: &str) -> (Env, FakePrometheus) {
     let mut env = Env::start(hold).await;
     let mut prometheus = FakePrometheus::start().await.expect("fake prometheus");
@@ -580,8 +580,11 @@ async fn prometheus_down_rolls_back_at_the_unknown_deadline(hold: Hold) {
     assert!(
         failed.status()["analysis"]
             .as_array()
-            .is_some_and(|log| log.iter().all(|r| r["verdict"] == "Unknown")),
-        "only Unknown checks were recorded: {}",
+            .is_some_and(|log| log.iter().all(|r| r["verdict"] == "Unknown"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("cannot connect")))),
+        "only Unknown checks, for an unreachable Prometheus, were recorded: {}",
         failed.status()
     );
     drop(prometheus);
