@@ -457,6 +457,10 @@ async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold) {
         report.answered_by("canary") > 0 && report.server_errors() > 0,
         "the canary really took traffic and failed some of it: {report:?}"
     );
+    assert!(
+        stack.stable.served() > 0 && stack.stable.errors() == 0,
+        "stable stayed healthy"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
