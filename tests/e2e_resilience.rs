@@ -58,6 +58,14 @@ struct Scene {
     paused_at_rest: bool,
 }
 
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("SLUICE_E2E_HISTORY").is_some() {
+            eprintln!("history:\n{}", self.history.dump());
+        }
+    }
+}
+
 impl Scene {
     async fn start(hold: Hold) -> Scene {
         let paused_at_rest = matches!(hold, Hold::PausedAtRest);
@@ -101,30 +109,23 @@ impl Scene {
             .await
     }
 
-    /// The revision (template hash) the controller gives the target's template with `image`:
-    /// read from the Canary's status once it reports a revision while the target has `image`.
+    /// The revision (template hash) the controller gave the target's template with `want`: the
+    /// revision label of the canary Deployment that ran it.
     async fn revision_of(&self, want: &str) -> String {
         self.env
             .eventually(
-                &format!("a Canary revision for {want}"),
+                &format!("a canary of {want}"),
                 Duration::from_secs(30),
                 || async {
-                    for v in self.history.of("Canary", "web").iter().rev() {
-                        let Some(revision) = v.object["status"]["revision"].as_str() else {
-                            continue;
-                        };
-                        // The target version the decision was made on precedes the status write.
-                        let target = self
-                            .history
-                            .of("Deployment", "web")
-                            .into_iter()
-                            .rev()
-                            .find(|t| t.rv < v.rv)?;
-                        if image(&target.object) == Some(want) {
-                            return Some(revision.to_owned());
-                        }
-                    }
-                    None
+                    self.history
+                        .of("Deployment", "web-canary")
+                        .iter()
+                        .find(|v| image(&v.object) == Some(want))
+                        .and_then(|v| {
+                            v.object["metadata"]["labels"]["sluice.dev/revision"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
                 },
             )
             .await
@@ -204,8 +205,7 @@ async fn a_newer_revision_during_analysis_goes_back_to_stable_and_starts_over(ho
         if v.kind == "HTTPRoute" && v.name == "web" {
             weight = route_canary_weight(&v.object, "web");
         }
-        if v.kind == "Deployment" && v.name == "web-canary" && image(&v.object) == Some(IMAGE_3)
-        {
+        if v.kind == "Deployment" && v.name == "web-canary" && image(&v.object) == Some(IMAGE_3) {
             if !seen_three {
                 assert_eq!(weight, 0, "canary switched to image 3 while it had traffic");
             }
@@ -216,10 +216,12 @@ async fn a_newer_revision_during_analysis_goes_back_to_stable_and_starts_over(ho
         }
     }
     assert!(seen_three && back_on_stable);
-    assert_eq!(
-        scene.weights(),
-        vec![0, 20, 0, 20, 50, 0],
-        "revision 2 at its first step, back to stable, revision 3 from step 0 to promotion"
+    // Revision 2 got one or both of its steps (the controller may have moved on before it saw
+    // image 3), then traffic went back to stable and revision 3 ran every step.
+    let weights = scene.weights();
+    assert!(
+        weights == [0, 20, 0, 20, 50, 0] || weights == [0, 20, 50, 0, 20, 50, 0],
+        "revision 2's steps, back to stable, revision 3 from step 0 to promotion: {weights:?}"
     );
     let images = scene.history.stable_images("web");
     assert!(
@@ -234,7 +236,8 @@ async fn a_newer_revision_during_analysis_goes_back_to_stable_and_starts_over(ho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_revision_during_analysis_goes_back_to_stable_and_starts_over_with_the_admission_policy()
  {
-    a_newer_revision_during_analysis_goes_back_to_stable_and_starts_over(Hold::AdmissionPolicy).await;
+    a_newer_revision_during_analysis_goes_back_to_stable_and_starts_over(Hold::AdmissionPolicy)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +343,11 @@ async fn a_controller_killed_mid_step_resumes_the_same_step_after_a_restart() {
         .iter()
         .filter(|v| v.object["status"]["stepIndex"].as_i64() == resumed_index)
         .filter(|v| v.object["status"]["phase"] == "Progressing")
-        .filter_map(|v| v.object["status"]["stepStartedAt"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v.object["status"]["stepStartedAt"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -349,7 +356,11 @@ async fn a_controller_killed_mid_step_resumes_the_same_step_after_a_restart() {
         vec![resumed_start.expect("start").to_owned()],
         "the step kept its start time across the restart"
     );
-    assert_eq!(scene.weights(), vec![0, 20, 50, 0], "no skipped, no repeated step");
+    assert_eq!(
+        scene.weights(),
+        vec![0, 20, 50, 0],
+        "no skipped, no repeated step"
+    );
     scene.assert_invariants();
 }
 
@@ -373,7 +384,11 @@ async fn refused_connections_neither_lose_nor_double_a_step(refusal: Duration) {
         )
         .await;
     scene.wait_phase("Succeeded", Some(IMAGE_2)).await;
-    assert_eq!(scene.weights(), vec![0, 20, 50, 0], "the spec's steps exactly");
+    assert_eq!(
+        scene.weights(),
+        vec![0, 20, 50, 0],
+        "the spec's steps exactly"
+    );
     scene.assert_invariants();
 }
 
@@ -410,7 +425,11 @@ async fn conflicts_and_server_errors_on_writes_neither_lose_nor_double_a_step() 
     faults.fail_next(1, patches("canaries"), InjectedError::Conflict);
     faults.fail_next(1, patches("httproutes"), InjectedError::Internal);
     scene.wait_phase("Succeeded", Some(IMAGE_2)).await;
-    assert_eq!(scene.weights(), vec![0, 20, 50, 0], "the spec's steps exactly");
+    assert_eq!(
+        scene.weights(),
+        vec![0, 20, 50, 0],
+        "the spec's steps exactly"
+    );
     let requests = scene.env.cluster.requests().expect("local cluster");
     assert!(
         requests.count("patch", "httproutes") >= 4,
@@ -514,8 +533,7 @@ async fn a_template_landing_before_the_promotion_write_is_not_released(hold: Hol
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_template_landing_before_the_promotion_write_is_not_released_with_the_admission_policy()
-{
+async fn a_template_landing_before_the_promotion_write_is_not_released_with_the_admission_policy() {
     a_template_landing_before_the_promotion_write_is_not_released(Hold::AdmissionPolicy).await;
 }
 
@@ -627,8 +645,7 @@ async fn a_template_landing_before_the_opt_out_write_is_decided_again(hold: Hold
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_template_landing_before_the_opt_out_write_is_decided_again_with_the_admission_policy()
-{
+async fn a_template_landing_before_the_opt_out_write_is_decided_again_with_the_admission_policy() {
     a_template_landing_before_the_opt_out_write_is_decided_again(Hold::AdmissionPolicy).await;
 }
 
@@ -652,9 +669,11 @@ async fn an_invalid_canary_touches_no_traffic_and_recovers_when_fixed() {
     .await;
     env.start_controller(&[]);
     let invalid = env
-        .eventually("the Canary to be Invalid", Duration::from_secs(20), || async {
-            env.canary("web").await.filter(|c| phase(c) == "Invalid")
-        })
+        .eventually(
+            "the Canary to be Invalid",
+            Duration::from_secs(20),
+            || async { env.canary("web").await.filter(|c| phase(c) == "Invalid") },
+        )
         .await;
     let condition = invalid["status"]["conditions"]
         .as_array()
@@ -730,7 +749,10 @@ async fn deleting_a_canary_mid_rollout_puts_everything_back(hold: Hold) {
             scene.env.canary("web").await.is_none().then_some(())
         })
         .await;
-    assert_eq!(route_canary_weight(&scene.env.http_route("web").await, "web"), 0);
+    assert_eq!(
+        route_canary_weight(&scene.env.http_route("web").await, "web"),
+        0
+    );
     let route = scene.env.http_route("web").await;
     let backends: Vec<&str> = route["spec"]["rules"][0]["backendRefs"]
         .as_array()
@@ -738,7 +760,11 @@ async fn deleting_a_canary_mid_rollout_puts_everything_back(hold: Hold) {
         .flatten()
         .filter_map(|b| b["name"].as_str())
         .collect();
-    assert_eq!(backends, vec!["web"], "the route is back to the stable Service only");
+    assert_eq!(
+        backends,
+        vec!["web"],
+        "the route is back to the stable Service only"
+    );
     scene
         .env
         .eventually(

@@ -54,8 +54,7 @@ impl History {
         let tasks = resources
             .into_iter()
             .map(|ar| {
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(client.clone(), NAMESPACE, &ar);
+                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &ar);
                 let log = log.clone();
                 let kind = ar.kind.clone();
                 tokio::spawn(async move {
@@ -96,6 +95,37 @@ impl History {
         versions
     }
 
+    /// One line per version, for reading a failed scenario (`SLUICE_E2E_HISTORY=1`).
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for v in self.versions() {
+            let o = &v.object;
+            let detail = match v.kind.as_str() {
+                "Canary" => format!(
+                    "phase={} rev={} stable={} step={} started={} weight={} msg={}",
+                    o["status"]["phase"],
+                    o["status"]["revision"],
+                    o["status"]["stableRevision"],
+                    o["status"]["stepIndex"],
+                    o["status"]["stepStartedAt"],
+                    o["status"]["canaryWeight"],
+                    o["status"]["message"]
+                ),
+                "HTTPRoute" => format!("weight={}", route_canary_weight(o, &v.name)),
+                _ => format!(
+                    "image={:?} paused={} replicas={} ready={} labels={}",
+                    image(o),
+                    o["spec"]["paused"],
+                    o["spec"]["replicas"],
+                    o["status"]["readyReplicas"],
+                    o["metadata"]["labels"]
+                ),
+            };
+            out.push_str(&format!("{} {} {} {detail}\n", v.rv, v.kind, v.name));
+        }
+        out
+    }
+
     /// The versions of one object.
     pub fn of(&self, kind: &str, name: &str) -> Vec<Version> {
         self.versions()
@@ -129,20 +159,32 @@ impl History {
         images
     }
 
-    /// I1 on the whole history: every route version giving the canary weight comes after a
-    /// version of `<name>-canary` with ready pods (and none with zero ready pods in between).
+    /// I1 on the whole history: every route version giving the canary weight comes while a
+    /// ReplicaSet of `<name>-canary` running the canary Deployment's current image has ready
+    /// pods (ready pods of an older canary revision do not count).
     pub fn assert_i1(&self, name: &str) {
         let canary = format!("{name}-canary");
-        let mut ready = 0;
+        let mut current_image: Option<String> = None;
+        let mut ready_by_rs: std::collections::BTreeMap<String, (Option<String>, i64)> =
+            Default::default();
         for v in self.versions() {
             if v.kind == "Deployment" && v.name == canary {
-                ready = v.object["status"]["readyReplicas"].as_i64().unwrap_or(0);
+                current_image = image(&v.object).map(str::to_owned);
+            }
+            if v.kind == "ReplicaSet" && owned_by(&v.object, &canary) {
+                let ready = v.object["status"]["readyReplicas"].as_i64().unwrap_or(0);
+                ready_by_rs.insert(v.name.clone(), (image(&v.object).map(str::to_owned), ready));
             }
             if v.kind == "HTTPRoute" && v.name == name {
                 let weight = route_canary_weight(&v.object, name);
+                let ready: i64 = ready_by_rs
+                    .values()
+                    .filter(|(image, _)| *image == current_image)
+                    .map(|(_, ready)| ready)
+                    .sum();
                 assert!(
                     weight == 0 || ready > 0,
-                    "I1: route at rv {} gives weight {weight} to a canary with no ready pods",
+                    "I1: route at rv {} gives weight {weight} to a canary with no ready pods of {current_image:?}",
                     v.rv
                 );
             }

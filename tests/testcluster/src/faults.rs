@@ -274,7 +274,11 @@ impl Faults {
             .lock()
             .expect("fault lock poisoned")
             .clear();
-        self.state.parks.lock().expect("fault lock poisoned").clear();
+        self.state
+            .parks
+            .lock()
+            .expect("fault lock poisoned")
+            .clear();
         self.state.gone_watches.store(0, Ordering::SeqCst);
     }
 }
