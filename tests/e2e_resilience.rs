@@ -271,14 +271,9 @@ async fn a_newer_revision_during_promotion_is_held_and_analysed(hold: Hold) {
 
     // Revision 3 was canaried (steps 20, 50) before any stable ReplicaSet ran it.
     let versions = scene.history.versions();
-    let first_rs_of_3 = versions
-        .iter()
-        .find(|v| {
-            v.kind == "ReplicaSet"
-                && image(&v.object) == Some(IMAGE_3)
-                && v.object["metadata"]["ownerReferences"][0]["name"] == "web"
-        })
-        .map(|v| v.rv)
+    let first_rs_of_3 = scene
+        .history
+        .first_pods_of("web", IMAGE_3)
         .expect("revision 3 reached the stable Deployment in the end");
     let revision_3 = scene.revision_of(IMAGE_3).await;
     let analysed_until = versions
@@ -444,15 +439,30 @@ async fn conflicts_and_server_errors_on_writes_neither_lose_nor_double_a_step() 
 /// a PUT meanwhile, releases the PATCH, and checks that it did not apply: the target is still
 /// held (paused, and labelled) right after it was answered.
 async fn race_the_unpause(scene: &Scene, new_image: &str) {
+    let parked = park_target_write(scene);
+    land_while_parked(scene, parked, new_image).await;
+}
+
+/// Parks the controller's next PATCH of the target (with the count of patches before it).
+fn park_target_write(scene: &Scene) -> (sluice_testcluster::Parked, u64) {
     let faults = scene.env.cluster.faults().expect("local cluster");
     let before = faults_patch_count(scene);
-    let mut parked = faults.park_next(
+    let parked = faults.park_next(
         RequestMatch::any()
             .verb("patch")
             .resource("deployments")
             .namespace(NAMESPACE),
         "web",
     );
+    (parked, before)
+}
+
+/// The second half of [`race_the_unpause`].
+async fn land_while_parked(
+    scene: &Scene,
+    (mut parked, before): (sluice_testcluster::Parked, u64),
+    new_image: &str,
+) {
     assert!(
         parked.arrived(Duration::from_secs(30)).await,
         "the controller wrote the target"
@@ -549,21 +559,11 @@ async fn a_template_landing_before_the_back_to_stable_write_is_not_released() {
     let scene = Scene::start(Hold::AdmissionPolicy).await;
     scene.env.set_image("web", IMAGE_2).await;
     scene.wait_weight(20).await;
-    let faults = scene.env.cluster.faults().expect("local cluster");
-    let mut parked = faults.park_next(
-        RequestMatch::any()
-            .verb("patch")
-            .resource("deployments")
-            .namespace(NAMESPACE),
-        "web",
-    );
+    // The template goes back to stable: the controller withdraws traffic and releases the
+    // target (its write parked), and image 3 lands meanwhile.
+    let parked = park_target_write(&scene);
     scene.replace_image(IMAGE_1).await;
-    assert!(
-        parked.arrived(Duration::from_secs(30)).await,
-        "the controller released the stable template"
-    );
-    scene.replace_image(IMAGE_3).await;
-    parked.release();
+    land_while_parked(&scene, parked, IMAGE_3).await;
     scene.wait_phase("Succeeded", Some(IMAGE_3)).await;
     let images = scene.history.stable_images("web");
     let revision_3 = scene.revision_of(IMAGE_3).await;
@@ -577,10 +577,9 @@ async fn a_template_landing_before_the_back_to_stable_write_is_not_released() {
         })
         .map(|v| v.rv)
         .expect("revision 3 analysed");
-    let rs_3 = versions
-        .iter()
-        .find(|v| v.kind == "ReplicaSet" && image(&v.object) == Some(IMAGE_3))
-        .map(|v| v.rv)
+    let rs_3 = scene
+        .history
+        .first_pods_of("web", IMAGE_3)
         .expect("revision 3 promoted");
     assert!(
         analysed < rs_3,

@@ -126,6 +126,20 @@ impl History {
         out
     }
 
+    /// The resourceVersion at which a ReplicaSet of Deployment `name` running `want` first had
+    /// pods.
+    pub fn first_pods_of(&self, name: &str, want: &str) -> Option<u64> {
+        self.versions()
+            .into_iter()
+            .find(|v| {
+                v.kind == "ReplicaSet"
+                    && owned_by(&v.object, name)
+                    && has_pods(&v.object)
+                    && image(&v.object) == Some(want)
+            })
+            .map(|v| v.rv)
+    }
+
     /// The versions of one object.
     pub fn of(&self, kind: &str, name: &str) -> Vec<Version> {
         self.versions()
@@ -146,12 +160,13 @@ impl History {
         weights
     }
 
-    /// Images of every ReplicaSet the Deployment `name` ever had: what reached its pods.
+    /// Images the pods of Deployment `name` ever ran: those of its ReplicaSets that were ever
+    /// scaled above zero (a paused Deployment may get an empty ReplicaSet for a new template).
     pub fn stable_images(&self, name: &str) -> Vec<String> {
         let mut images: Vec<String> = self
             .versions()
             .into_iter()
-            .filter(|v| v.kind == "ReplicaSet" && owned_by(&v.object, name))
+            .filter(|v| v.kind == "ReplicaSet" && owned_by(&v.object, name) && has_pods(&v.object))
             .filter_map(|v| image(&v.object).map(str::to_owned))
             .collect();
         images.sort();
@@ -230,6 +245,11 @@ impl History {
             );
         }
     }
+}
+
+fn has_pods(replica_set: &Value) -> bool {
+    replica_set["spec"]["replicas"].as_i64().unwrap_or(0) > 0
+        || replica_set["status"]["replicas"].as_i64().unwrap_or(0) > 0
 }
 
 fn owned_by(object: &Value, name: &str) -> bool {
