@@ -140,7 +140,8 @@ pub async fn run(
     };
     let controller =
         Controller::new_with(canary_api, watcher::Config::default(), canary_resource())
-            .with_config(ControllerConfig::default().concurrency(config.concurrency));
+            .with_config(ControllerConfig::default().concurrency(config.concurrency))
+            .trigger_backoff(TriggerBackoff::default());
     let canaries = controller.store();
 
     let stores = Stores {
@@ -269,6 +270,46 @@ where
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+/// The backoff kube-runtime applies to the Controller's merged trigger streams (the Canary watch,
+/// which also fills the Canary cache, and every `watches_with` watch) after each error.
+///
+/// The default (800 ms doubling to 30 s, reset only by a good item) sleeps once per queued error:
+/// after the API server refused connections for a few seconds, the errors of a dozen watches kept
+/// the whole merged stream asleep for minutes, so the Canary cache stayed stale and reconciles
+/// kept deciding from an old status (a step put back, then taken again). Short and capped here:
+/// each watch already reconnects on its own schedule.
+#[derive(Debug, Clone)]
+struct TriggerBackoff {
+    next: std::time::Duration,
+}
+
+impl TriggerBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+}
+
+impl Default for TriggerBackoff {
+    fn default() -> Self {
+        TriggerBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for TriggerBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let current = self.next;
+        self.next = (current * 2).min(Self::MAX);
+        Some(current)
+    }
+}
+
+impl kube::runtime::utils::Backoff for TriggerBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
     }
 }
 

@@ -119,13 +119,18 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         }
     }
     if decision.status != observed.status && !deleting {
-        persist(&api, &name, &decision.status)
-            .await
-            .map_err(|source| Error::Status {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                source: Box::new(source),
-            })?;
+        persist_after_execute(
+            &api,
+            &name,
+            object.metadata.resource_version.as_deref(),
+            &decision.status,
+        )
+        .await
+        .map_err(|source| Error::Status {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
     }
     publish(ctx, object, &observed, &decision).await;
     record_metrics(ctx, &observed, &decision);
@@ -136,19 +141,58 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
     })
 }
 
+/// How often the status write is tried once the decision's actions have been carried out.
+const PERSIST_ATTEMPTS: u32 = 3;
+/// The pause between those tries.
+const PERSIST_RETRY: Duration = Duration::from_millis(200);
+
+/// [`persist`], tried again a few times on failure. The actions already changed the cluster (a
+/// route may carry the next step's weight): a status left behind makes the next reconcile put
+/// the old step's weight back and take the step again, so a passing API error (a 409, a 500)
+/// must not leave it behind. The apply is forced and idempotent, so trying again is safe.
+async fn persist_after_execute(
+    api: &Api<DynamicObject>,
+    name: &str,
+    resource_version: Option<&str>,
+    status: &CanaryStatus,
+) -> Result<(), kube::Error> {
+    let mut attempt = 1;
+    loop {
+        match persist(api, name, resource_version, status).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt >= PERSIST_ATTEMPTS => return Err(error),
+            Err(error) => {
+                warn!(canary = %name, attempt, error = %error, "status write failed; trying again");
+                attempt += 1;
+                tokio::time::sleep(PERSIST_RETRY).await;
+            }
+        }
+    }
+}
+
 /// Writes the status under sluice's field manager. `command` belongs to the plugin's field manager
 /// and is never part of sluice's apply.
+///
+/// The write carries the resourceVersion of the Canary the decision was made on, when given: the
+/// status is the rollout's whole memory, so a decision made on a cached copy older than the
+/// controller's own last status write (the watch has not caught up yet) must fail with 409
+/// rather than restart the step clock or put back an older step (I4).
 async fn persist(
     api: &Api<DynamicObject>,
     name: &str,
+    resource_version: Option<&str>,
     status: &CanaryStatus,
 ) -> Result<(), kube::Error> {
     let mut status = status.clone();
     status.command = None;
+    let mut metadata = json!({ "name": name });
+    if let Some(resource_version) = resource_version {
+        metadata["resourceVersion"] = json!(resource_version);
+    }
     let body = json!({
         "apiVersion": format!("{}/{}", names::GROUP, names::VERSION),
         "kind": "Canary",
-        "metadata": { "name": name },
+        "metadata": metadata,
         "status": status,
     });
     api.patch_status(
@@ -195,13 +239,18 @@ async fn report_malformed(
     if status == before {
         return Ok(());
     }
-    persist(api, &name, &status)
-        .await
-        .map_err(|source| Error::Status {
-            namespace: object.namespace().unwrap_or_default(),
-            name,
-            source: Box::new(source),
-        })
+    persist(
+        api,
+        &name,
+        object.metadata.resource_version.as_deref(),
+        &status,
+    )
+    .await
+    .map_err(|source| Error::Status {
+        namespace: object.namespace().unwrap_or_default(),
+        name,
+        source: Box::new(source),
+    })
 }
 
 /// Adds sluice's finalizer with a JSON patch that tests the list it saw, so a concurrent change

@@ -154,6 +154,12 @@ pub fn target_state(target: &Deployment, canary_name: &str, revision: String) ->
 
 /// The canary Deployment as the core sees it; its revision is read from the label
 /// [`canary_deployment`] put on it.
+///
+/// Ready and available pods count only pods of its current template (the revision in the
+/// label): right after the template changes, `status.readyReplicas` still counts the previous
+/// revision's pods, which must not carry the new revision's weight or analysis (I1). The status
+/// does not split readiness by revision, so this is the lower bound: nothing until the
+/// Deployment controller has seen the latest spec, then ready pods less the pods not updated.
 pub fn workload_state(canary: &Deployment) -> WorkloadState {
     let status = canary.status.as_ref();
     let revision = canary
@@ -162,13 +168,25 @@ pub fn workload_state(canary: &Deployment) -> WorkloadState {
         .as_ref()
         .and_then(|labels| labels.get(REVISION_LABEL))
         .cloned();
+    let observed_latest = status
+        .and_then(|s| s.observed_generation)
+        .unwrap_or_default()
+        >= canary.metadata.generation.unwrap_or_default();
+    let not_updated = status.map_or(0, |s| {
+        s.replicas.unwrap_or_default() - s.updated_replicas.unwrap_or_default()
+    });
+    let of_current = |count: Option<i32>| {
+        if observed_latest {
+            (count.unwrap_or_default() - not_updated).max(0)
+        } else {
+            0
+        }
+    };
     WorkloadState {
         revision,
         replicas: spec_replicas(canary),
-        ready_replicas: status.and_then(|s| s.ready_replicas).unwrap_or_default(),
-        available_replicas: status
-            .and_then(|s| s.available_replicas)
-            .unwrap_or_default(),
+        ready_replicas: of_current(status.and_then(|s| s.ready_replicas)),
+        available_replicas: of_current(status.and_then(|s| s.available_replicas)),
     }
 }
 

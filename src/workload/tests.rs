@@ -396,6 +396,31 @@ fn workload_state_reads_the_revision_label_and_counts() {
 }
 
 #[test]
+fn ready_pods_of_the_canary_previous_revision_do_not_count_as_ready_for_the_new_one() {
+    let mut deployment = canary(PodLabels::Separate);
+    deployment.metadata.generation = Some(2);
+    let status =
+        |observed, replicas, updated, ready| k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(replicas),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(ready),
+            available_replicas: Some(ready),
+            ..Default::default()
+        };
+    // The template just changed: the status still describes the old revision's ready pod.
+    deployment.status = Some(status(1, 1, 1, 1));
+    assert_eq!(workload_state(&deployment).ready_replicas, 0);
+    // Seen, rolling: one old ready pod, one new pod not ready yet.
+    deployment.status = Some(status(2, 2, 1, 1));
+    assert_eq!(workload_state(&deployment).ready_replicas, 0);
+    assert_eq!(workload_state(&deployment).available_replicas, 0);
+    // The new pod is ready, the old one not yet gone.
+    deployment.status = Some(status(2, 2, 1, 2));
+    assert_eq!(workload_state(&deployment).ready_replicas, 1);
+}
+
+#[test]
 fn a_deployment_is_rolled_out_only_when_every_count_matches_and_the_generation_was_seen() {
     assert!(is_rolled_out(&target()));
     type Change = fn(&mut Deployment);

@@ -13,6 +13,8 @@ use sluice_testcluster::TestCluster;
 use sluice_testcluster::kubelet::{self, Handle};
 use tokio::process::{Child, Command};
 
+pub mod history;
+
 pub const NAMESPACE: &str = "shop";
 pub const HOLD_POLICY: &str = include_str!("../../deploy/admission-policy.yaml");
 

@@ -2,7 +2,9 @@
 //! connections are reset, new ones are accepted and reset at once), delay every response, fail
 //! the next N requests matching a verb / resource / namespace with 409, 429 (+ `Retry-After`) or
 //! 500 as proper `Status` bodies, cut every open watch stream, and answer the next watches with
-//! 410 Expired. Only state and decisions here; the server consults it on every request.
+//! 410 Expired, and park the next request to one named object until the test releases it (to
+//! make a race happen deterministically). Only state and decisions here; the server consults it
+//! on every request.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,9 +67,43 @@ struct FailRule {
     remaining: u32,
 }
 
+/// A parked request: the server signals `arrived` and waits for `release`.
+#[derive(Debug)]
+struct ParkRule {
+    matcher: RequestMatch,
+    name: String,
+    arrived: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The test's side of a parked request, from [`Faults::park_next`].
+#[derive(Debug)]
+pub struct Parked {
+    arrived: tokio::sync::oneshot::Receiver<()>,
+    release: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Parked {
+    /// Waits until the matching request has arrived and is being held (false after `timeout`).
+    pub async fn arrived(&mut self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, &mut self.arrived).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Lets the held request go on (dropping the handle does the same).
+    pub fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
+    }
+}
+
 /// The switchable fault state, shared by the server and the test's [`Faults`] handle.
 #[derive(Debug)]
 pub struct FaultState {
+    parks: Mutex<Vec<ParkRule>>,
     refuse_until: Mutex<Option<Instant>>,
     /// Bumped when refusal starts: connections accepted before it are reset.
     pub(crate) conn_epoch: AtomicU64,
@@ -82,6 +118,7 @@ pub struct FaultState {
 impl Default for FaultState {
     fn default() -> Self {
         FaultState {
+            parks: Mutex::new(Vec::new()),
             refuse_until: Mutex::new(None),
             conn_epoch: AtomicU64::new(0),
             delay: Mutex::new(Duration::ZERO),
@@ -135,6 +172,24 @@ impl FaultState {
         Some(e)
     }
 
+    /// Takes the park rule matching the request, if any: the server then holds the request
+    /// until the returned receiver resolves (released or dropped).
+    pub fn take_park(
+        &self,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let mut parks = self.parks.lock().expect("fault lock poisoned");
+        let idx = parks
+            .iter()
+            .position(|p| p.name == name && p.matcher.matches(verb, resource, namespace))?;
+        let rule = parks.remove(idx);
+        let _ = rule.arrived.send(());
+        Some(rule.release)
+    }
+
     pub fn take_gone_watch(&self) -> bool {
         self.gone_watches
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -178,6 +233,28 @@ impl Faults {
             });
     }
 
+    /// Holds the next request that matches and names object `name` before the server reads or
+    /// writes anything, until the returned handle is released or dropped. The request is counted
+    /// once it goes on.
+    pub fn park_next(&self, matcher: RequestMatch, name: &str) -> Parked {
+        let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+        self.state
+            .parks
+            .lock()
+            .expect("fault lock poisoned")
+            .push(ParkRule {
+                matcher,
+                name: name.into(),
+                arrived: arrived_tx,
+                release: release_rx,
+            });
+        Parked {
+            arrived: arrived_rx,
+            release: Some(release_tx),
+        }
+    }
+
     /// Ends every open watch stream (clients see a clean end of stream and re-watch).
     pub fn cut_watches(&self) {
         self.state.cut_watches.send_modify(|n| *n += 1);
@@ -194,6 +271,11 @@ impl Faults {
         self.set_delay(Duration::ZERO);
         self.state
             .rules
+            .lock()
+            .expect("fault lock poisoned")
+            .clear();
+        self.state
+            .parks
             .lock()
             .expect("fault lock poisoned")
             .clear();

@@ -16,5 +16,5 @@ pub mod schema;
 pub mod traffic;
 
 pub use accounting::{RequestCounts, RequestKey};
-pub use faults::{Faults, InjectedError, RequestMatch};
+pub use faults::{Faults, InjectedError, Parked, RequestMatch};
 pub use harness::{HarnessError, TestCluster, TestClusterBuilder};

@@ -406,6 +406,11 @@ async fn handle(
         _ => return ApiError::method_not_allowed().into_response(),
     };
     let ns = target.namespace.clone().unwrap_or_default();
+    if let Some(name) = target.name.as_deref()
+        && let Some(release) = shared.faults.take_park(verb, &target.ri.plural, &ns, name)
+    {
+        let _ = release.await;
+    }
     shared.accounting.record(RequestKey {
         verb: verb.into(),
         group: target.ri.group.clone(),
