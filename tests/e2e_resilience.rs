@@ -417,7 +417,6 @@ async fn an_api_server_refusing_connections_for_30_seconds_neither_loses_nor_dou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "after a short refusal, reconciles triggered before the Canary watch catches up decide on a stale status: the status write is refused (resourceVersion) but the route write before it is not, so the route flaps 50, 20, 50; see the report"]
 async fn an_api_server_refusing_connections_for_3_seconds_neither_loses_nor_doubles_a_step() {
     refused_connections_neither_lose_nor_double_a_step(Duration::from_secs(3)).await;
 }

@@ -99,6 +99,53 @@ impl Stores {
     }
 }
 
+/// The resourceVersions of Canaries the controller has written past: after a status write
+/// conditional on resourceVersion X (accepted, or refused because the object moved on), a cached
+/// Canary still at X is older than the server's, and deciding on it would replay an old step
+/// (a route put back to the previous weight). Bounded by the number of Canaries (I5): an entry
+/// goes as soon as the cache shows a newer version, or when the Canary is deleted.
+#[derive(Debug, Default)]
+pub struct Superseded(std::sync::Mutex<std::collections::HashMap<(String, String), String>>);
+
+impl Superseded {
+    /// Records that `namespace/name` at `resource_version` is no longer current.
+    pub fn record(&self, namespace: &str, name: &str, resource_version: &str) {
+        self.lock().insert(
+            (namespace.to_owned(), name.to_owned()),
+            resource_version.to_owned(),
+        );
+    }
+
+    /// Whether the cached `resource_version` is one the controller knows to be superseded;
+    /// forgets the entry once the cache has moved on.
+    pub fn is_stale(&self, namespace: &str, name: &str, resource_version: &str) -> bool {
+        let mut map = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        match map.get(&key) {
+            Some(superseded) if superseded == resource_version => true,
+            Some(_) => {
+                map.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets `namespace/name` (it is gone).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.lock().remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), String>> {
+        // Single inserts and removes: a poisoned lock still holds a whole map.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Everything a reconcile needs besides the Canary.
 pub struct Context {
     pub client: Client,
@@ -107,4 +154,5 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     pub analysis: Analysis,
+    pub superseded: Superseded,
 }

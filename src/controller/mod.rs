@@ -169,6 +169,7 @@ pub async fn run(
         stores,
         metrics,
         analysis: Analysis::new(config.prometheus_url.clone()),
+        superseded: Default::default(),
     });
 
     let mut controller = controller

@@ -82,6 +82,16 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         }
     };
 
+    // A Canary older than the controller's own last status write would make it decide an old
+    // step again; wait for the watch to deliver the current one.
+    let resource_version = object.metadata.resource_version.clone().unwrap_or_default();
+    if ctx
+        .superseded
+        .is_stale(&namespace, &name, &resource_version)
+    {
+        return Ok(Requeue::requeue(STALE_CACHE_RETRY));
+    }
+
     let deleting = canary.metadata.deletion_timestamp.is_some();
     let has_finalizer = canary.finalizers().iter().any(|f| f == FINALIZER);
     if !deleting && !has_finalizer {
@@ -114,19 +124,27 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
     if deleting {
         if decision.actions.contains(&Action::RemoveFinalizer) {
             remove_finalizer(&api, object).await?;
+            ctx.superseded.forget(&namespace, &name);
         } else {
             return Err(Error::CleanupPending { namespace, name });
         }
     }
     if decision.status != observed.status && !deleting {
-        persist_after_execute(
+        let written = persist_after_execute(
             &api,
             &name,
             object.metadata.resource_version.as_deref(),
             &decision.status,
         )
-        .await
-        .map_err(|source| Error::Status {
+        .await;
+        // Accepted, or refused because the object moved on: either way the version decided on
+        // is no longer the server's.
+        if written.is_ok()
+            || matches!(&written, Err(kube::Error::Api(status)) if status.code == 409)
+        {
+            ctx.superseded.record(&namespace, &name, &resource_version);
+        }
+        written.map_err(|source| Error::Status {
             namespace: namespace.clone(),
             name: name.clone(),
             source: Box::new(source),
@@ -140,6 +158,9 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         None => Requeue::await_change(),
     })
 }
+
+/// How soon to look again when the cached Canary is older than the controller's own last write.
+const STALE_CACHE_RETRY: Duration = Duration::from_millis(100);
 
 /// How often the status write is tried once the decision's actions have been carried out.
 const PERSIST_ATTEMPTS: u32 = 3;
