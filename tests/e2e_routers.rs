@@ -199,10 +199,7 @@ where
                 .is_some_and(|s| s.images.iter().any(|i| i == NEW_IMAGE))
             {
                 assert!(
-                    matches!(
-                        phase.as_str(),
-                        "Promoting" | "Finalising" | "Succeeded"
-                    ),
+                    matches!(phase.as_str(), "Promoting" | "Finalising" | "Succeeded"),
                     "I6: the stable Deployment serves {NEW_IMAGE} in phase {phase}"
                 );
             }
@@ -216,10 +213,14 @@ where
             done(&canary).then_some(canary)
         })
         .await;
-    Rollout {
-        weights: weights.into_inner().expect("lock"),
-        last,
+    // The last sample read the weight before the status that ended the wait, so the write that
+    // came with that status (traffic back to stable) is read once more here.
+    let mut weights = weights.into_inner().expect("lock");
+    let weight = read_weight().await;
+    if weights.last().map(|(w, _)| *w) != Some(weight) {
+        weights.push((weight, phase(&last).to_owned()));
     }
+    Rollout { weights, last }
 }
 
 /// The new revision was promoted and is the stable one.
@@ -318,9 +319,10 @@ async fn blue_green_switches_the_service_selector_at_once(hold: Hold) {
         &env,
         || async {
             let weight = selector_weight(&env).await;
-            let mut first = full_size_first.lock().expect("lock");
-            if weight == 100 && first.is_none() {
-                *first = Some(ready(&env, "web-canary").await);
+            let unseen = full_size_first.lock().expect("lock").is_none();
+            if weight == 100 && unseen {
+                let size = ready(&env, "web-canary").await;
+                *full_size_first.lock().expect("lock") = Some(size);
             }
             weight
         },
@@ -471,7 +473,11 @@ async fn nginx_weight(env: &Env) -> i32 {
         Some("true"),
         "the canary Ingress is marked as one"
     );
-    let owners = ingress.metadata.owner_references.clone().unwrap_or_default();
+    let owners = ingress
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
     assert!(
         owners
             .iter()
@@ -480,7 +486,9 @@ async fn nginx_weight(env: &Env) -> i32 {
     );
     let rules = ingress.spec.and_then(|s| s.rules).unwrap_or_default();
     assert!(
-        rules.iter().all(|r| r.host.as_deref() == Some("web.example.com")),
+        rules
+            .iter()
+            .all(|r| r.host.as_deref() == Some("web.example.com")),
         "the canary Ingress keeps the user's host"
     );
     assert!(
@@ -588,8 +596,15 @@ async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
         },
     )
     .await;
-    let served = env.kubelet.serving(NAMESPACE, "web").expect("stable served");
-    assert_eq!(served.images, [OLD_IMAGE], "stable still serves the old image");
+    let served = env
+        .kubelet
+        .serving(NAMESPACE, "web")
+        .expect("stable served");
+    assert_eq!(
+        served.images,
+        [OLD_IMAGE],
+        "stable still serves the old image"
+    );
     let target = env.deployment("web").await.expect("target");
     assert_eq!(
         target.spec.as_ref().and_then(|s| s.paused),
@@ -610,7 +625,10 @@ async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
 /// everything to it, and the weight of the canary on rules without header matches.
 async fn ab_route(env: &Env) -> (bool, i32) {
     let route = env.http_route("web").await;
-    let rules: Vec<Value> = route["spec"]["rules"].as_array().cloned().unwrap_or_default();
+    let rules: Vec<Value> = route["spec"]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let backends = |rule: &Value| -> Vec<Value> {
         rule["backendRefs"].as_array().cloned().unwrap_or_default()
     };
@@ -625,9 +643,7 @@ async fn ab_route(env: &Env) -> (bool, i32) {
     };
     let header_rule = rules.iter().any(|rule| {
         let refs = backends(rule);
-        has_header(rule)
-            && !refs.is_empty()
-            && refs.iter().all(|b| b["name"] == "web-canary")
+        has_header(rule) && !refs.is_empty() && refs.iter().all(|b| b["name"] == "web-canary")
     });
     let weighted = rules
         .iter()
