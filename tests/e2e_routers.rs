@@ -243,8 +243,8 @@ async fn start(
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(answer);
     env.apply(&app_manifests("web", OLD_IMAGE, 3)).await;
-    // The app runs before it is put under sluice, as it would in a cluster: a Deployment paused
-    // (at rest) before the Deployment controller created its first ReplicaSet gets no pods.
+    // The app serves before it is put under sluice, as it would in a cluster; otherwise the first
+    // samples would see a stable side whose pods are still starting, before sluice did anything.
     env.kubelet
         .wait_serving(NAMESPACE, "web", Duration::from_secs(10), |s| {
             s.ready && s.ready_replicas == 3
@@ -713,4 +713,63 @@ async fn ab_testing_routes_only_matching_requests_to_the_canary_then_removes_the
         route["spec"]
     );
     assert_promoted_end_state(&env, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_ab_canary_loses_its_header_match_before_its_pods() {
+    let (env, _prometheus) = start(
+        Hold::AdmissionPolicy,
+        "{gatewayAPI: {httpRoute: {name: web}}}",
+        r#"{abTesting: {iterations: 3, match: [{headers: [{name: x-canary, value: "1"}]}]}}"#,
+        "",
+        Answer::value(0.5),
+    )
+    .await;
+
+    let header_rule_seen = Mutex::new(false);
+    let rollout = follow(
+        &env,
+        || async {
+            let (header_rule, weighted) = ab_route(&env).await;
+            if header_rule {
+                *header_rule_seen.lock().expect("lock") = true;
+                assert_ne!(
+                    replicas(&env, "web-canary").await,
+                    Some(0),
+                    "the canary was scaled to zero with the header match still on it"
+                );
+            }
+            weighted
+        },
+        |c| phase(c) == "Failed",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    assert!(
+        header_rule_seen.into_inner().expect("lock"),
+        "the route had a header-match rule to the canary before the rollback"
+    );
+    assert!(
+        rollout.weights.iter().all(|(w, _)| *w == 0),
+        "no weighted traffic reached the canary ({:?})",
+        rollout.weights
+    );
+    let (header_rule, _) = ab_route(&env).await;
+    assert!(!header_rule, "the rollback removed the header-match rule");
+    env.eventually(
+        "the canary to be at zero",
+        Duration::from_secs(10),
+        || async { (replicas(&env, "web-canary").await == Some(0)).then_some(()) },
+    )
+    .await;
+    let served = env
+        .kubelet
+        .serving(NAMESPACE, "web")
+        .expect("stable served");
+    assert_eq!(
+        served.images,
+        [OLD_IMAGE],
+        "stable still serves the old image"
+    );
 }
