@@ -25,8 +25,9 @@ const NEW_IMAGE: &str = "registry.local/web:2";
 const I2_LAG: Duration = Duration::from_secs(5);
 
 /// A Canary `web` with `router` and `strategy` (flow-style YAML), analysed every second by one
-/// error-rate query against `prometheus` that fails above 0.05.
-fn canary_manifest(prometheus: &str, router: &str, strategy: &str) -> String {
+/// error-rate query against `prometheus` that fails above 0.05. `manual` waits for a person
+/// after the last step.
+fn canary_manifest(prometheus: &str, router: &str, strategy: &str, manual: bool) -> String {
     format!(
         r#"
 apiVersion: sluice.dev/v1alpha1
@@ -37,6 +38,7 @@ spec:
   service: {{port: 8080}}
   router: {router}
   strategy: {strategy}
+  manualPromotion: {manual}
   analysis:
     interval: 1s
     threshold: 2
@@ -238,6 +240,7 @@ async fn start(
     strategy: &str,
     extra: &str,
     answer: Answer,
+    manual: bool,
 ) -> (Env, FakePrometheus) {
     let mut env = Env::start(hold).await;
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
@@ -254,8 +257,13 @@ async fn start(
     if !extra.is_empty() {
         env.apply(extra).await;
     }
-    env.apply(&canary_manifest(&prometheus.url(), router, strategy))
-        .await;
+    env.apply(&canary_manifest(
+        &prometheus.url(),
+        router,
+        strategy,
+        manual,
+    ))
+    .await;
     env.start_controller(&[]);
     env.eventually("the Canary to be Idle", Duration::from_secs(20), || async {
         env.canary("web").await.filter(|c| phase(c) == "Idle")
@@ -310,6 +318,7 @@ async fn blue_green_switches_the_service_selector_at_once(hold: Hold) {
         "{blueGreen: {iterations: 2}}",
         "",
         Answer::value(0.0),
+        false,
     )
     .await;
 
@@ -395,6 +404,7 @@ async fn with_no_router_the_canary_is_sized_to_the_replica_ratio_of_each_step() 
         "{canary: {stepWeights: [25, 50]}}",
         "",
         Answer::value(0.0),
+        false,
     )
     .await;
 
@@ -512,6 +522,7 @@ async fn an_nginx_canary_ingress_steps_its_weight_and_sends_nothing_after_promot
         "{canary: {stepWeights: [20, 50]}}",
         &user_ingress(),
         Answer::value(0.0),
+        false,
     )
     .await;
 
@@ -554,6 +565,7 @@ async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
         "{canary: {stepWeights: [20, 50]}}",
         &user_ingress(),
         Answer::value(0.5),
+        false,
     )
     .await;
 
@@ -664,6 +676,7 @@ async fn ab_testing_routes_only_matching_requests_to_the_canary_then_removes_the
         r#"{abTesting: {iterations: 2, match: [{headers: [{name: x-canary, value: "1"}]}]}}"#,
         "",
         Answer::value(0.0),
+        false,
     )
     .await;
 
@@ -723,6 +736,7 @@ async fn a_failing_ab_canary_loses_its_header_match_before_its_pods() {
         r#"{abTesting: {iterations: 3, match: [{headers: [{name: x-canary, value: "1"}]}]}}"#,
         "",
         Answer::value(0.5),
+        false,
     )
     .await;
 
@@ -771,5 +785,87 @@ async fn a_failing_ab_canary_loses_its_header_match_before_its_pods() {
         served.images,
         [OLD_IMAGE],
         "stable still serves the old image"
+    );
+}
+
+/// The canary Ingress sluice writes, read the way ingress-nginx reads it: the simulated
+/// ingress-nginx follows its `canary-weight` and splits real requests accordingly, and labels
+/// canary requests with the canary upstream only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_ingress_nginx_splits_by_the_canary_ingress_sluice_writes() {
+    use sluice_testcluster::traffic::app::{AppConfig, TestApp};
+    use sluice_testcluster::traffic::ingress::{IngressConfig, SimulatedIngress};
+    use sluice_testcluster::traffic::load::{self, LoadConfig};
+    use sluice_testcluster::traffic::weights::NginxCanaryWeights;
+
+    let (env, _prometheus) = start(
+        Hold::AdmissionPolicy,
+        "{nginx: {ingress: {name: web}}}",
+        "{canary: {stepWeights: [20, 50]}}",
+        &user_ingress(),
+        Answer::value(0.0),
+        true,
+    )
+    .await;
+    // Every step passes, then the rollout waits for a person at the last weight.
+    let rollout = follow(
+        &env,
+        || nginx_weight(&env),
+        |c| phase(c) == "WaitingPromotion",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        rollout.weights.last().map(|(w, _)| *w),
+        Some(50),
+        "held at the last step ({:?})",
+        rollout.weights
+    );
+
+    let stable = TestApp::start(AppConfig::stable(NAMESPACE, "web"))
+        .await
+        .expect("stable app");
+    let canary = TestApp::start(AppConfig::canary(NAMESPACE, "web"))
+        .await
+        .expect("canary app");
+    let mut config = IngressConfig::new(NAMESPACE, "web");
+    config.host = Some("web.example.com".to_owned());
+    config.port = 8080;
+    let ingress = SimulatedIngress::start(
+        config,
+        &stable,
+        &canary,
+        NginxCanaryWeights {
+            client: env.client(),
+            namespace: NAMESPACE.to_owned(),
+            canary_ingress: "web-canary".to_owned(),
+        },
+    )
+    .await
+    .expect("simulated ingress");
+    let share = ingress.refresh().await.expect("the canary Ingress parses");
+    assert!(
+        (share - 0.5).abs() < 1e-9,
+        "ingress-nginx reads 50%: {share}"
+    );
+
+    let report = load::run(
+        ingress.addr(),
+        LoadConfig::new(400.0, 100)
+            .host("web.example.com")
+            .max_duration(Duration::from_secs(20)),
+    )
+    .await
+    .expect("load runs");
+    assert_eq!(report.failed, 0, "{report:?}");
+    let to_canary = report.answered_by("canary");
+    assert!(
+        (49..=51).contains(&to_canary),
+        "half of 100 requests reach the canary: {report:?}"
+    );
+    let metrics = ingress.metrics_text();
+    assert!(
+        metrics.contains(r#"canary="shop-web-canary-8080""#),
+        "canary requests carry the canary upstream: {metrics}"
     );
 }
