@@ -442,17 +442,21 @@ async fn with_no_router_the_canary_is_sized_to_the_replica_ratio_of_each_step() 
         vec![1, 3, 0],
         "the canary sized for 25% then 50% of 3 stable pods, then scaled to zero"
     );
+    // The phase beside each weight is the one of the sample that first saw it, which on a busy
+    // machine can already be the next phase: the order is what is asserted, not the phase.
+    let seen: Vec<i32> = rollout.weights.iter().map(|(w, _)| *w).collect();
+    let at = |weight: i32| seen.iter().position(|w| *w == weight);
+    assert!(
+        matches!((at(25), at(50)), (Some(a), Some(b)) if a < b),
+        "the ready ratio went through 25% and then 50% ({:?})",
+        rollout.weights
+    );
     let progressing: Vec<i32> = rollout
         .weights
         .iter()
         .filter(|(_, phase)| phase == "Progressing")
         .map(|(w, _)| *w)
         .collect();
-    assert!(
-        progressing.contains(&25) && progressing.contains(&50),
-        "the ready ratio went through 25% and 50% ({:?})",
-        rollout.weights
-    );
     assert!(
         progressing.windows(2).all(|w| w[0] <= w[1]) && progressing.iter().all(|w| *w <= 50),
         "the ratio only grew, up to 50%, while progressing ({:?})",
