@@ -122,8 +122,10 @@ where
     let weights: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
     let mismatch_since: Mutex<Option<Instant>> = Mutex::new(None);
     let step_starts: Mutex<Vec<Time>> = Mutex::new(Vec::new());
-    let last = env
-        .eventually("the rollout to finish", timeout, || async {
+    let sampling = env.eventually(
+        "the rollout to finish",
+        timeout + Duration::from_secs(5),
+        || async {
             let served = env.kubelet.serving(NAMESPACE, "web");
             let canary_ready_before = ready(env, "web-canary").await;
             let stable_ready_before = ready(env, "web").await;
@@ -213,8 +215,16 @@ where
                 }
             }
             done(&canary).then_some(canary)
-        })
-        .await;
+        },
+    );
+    let Ok(last) = tokio::time::timeout(timeout, sampling).await else {
+        let seen = format!("{:?}", weights.lock().expect("lock"));
+        let target = env.deployment("web").await.map(|d| (d.spec, d.status));
+        let status = env.canary("web").await.unwrap_or_default()["status"].clone();
+        panic!(
+            "the rollout did not finish in {timeout:?}; weights {seen}; Canary status {status}; target {target:?}"
+        );
+    };
     // The last sample read the weight before the status that ended the wait, so the write that
     // came with that status (traffic back to stable) is read once more here.
     let mut weights = weights.into_inner().expect("lock");
