@@ -288,6 +288,23 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Sends all traffic back to stable: weight 0 and, for A/B, no header match either (a match
+    /// left in place would keep sending its requests to a canary that is being scaled down).
+    fn route_to_stable(&mut self, resolved: &Resolved) {
+        match &resolved.router {
+            Router::None => {}
+            Router::GatewayApi(_)
+            | Router::Nginx(_)
+            | Router::Istio(_)
+            | Router::Smi(_)
+            | Router::Traefik(_)
+            | Router::Service => self.actions.push(Action::SetRoute {
+                canary_weight: 0,
+                matches: Vec::new(),
+            }),
+        }
+    }
+
     fn scale_down(&mut self) {
         if self
             .observed
@@ -408,7 +425,7 @@ impl<'a> Machine<'a> {
 
     fn converge_at_rest(&mut self, resolved: &Resolved, target: &TargetState, paused: bool) {
         if self.observed.router.canary_weight.is_some_and(|w| w != 0) {
-            self.route(resolved, 0);
+            self.route_to_stable(resolved);
         }
         self.scale_down();
         self.status.canary_weight = 0;
@@ -480,7 +497,7 @@ impl<'a> Machine<'a> {
         let revision = self.revision();
         if !ready {
             if self.status.canary_weight > 0 {
-                self.route(resolved, 0);
+                self.route_to_stable(resolved);
                 self.status.canary_weight = 0;
                 self.event(
                     true,
@@ -1021,7 +1038,7 @@ impl<'a> Machine<'a> {
     /// The stable Deployment runs the new revision: traffic back to it, held again, canary off.
     fn finalise(&mut self, resolved: &Resolved, target: &TargetState) {
         let revision = self.revision();
-        self.route(resolved, 0);
+        self.route_to_stable(resolved);
         self.set_target(target, true, self.hold_paused_at_rest());
         self.actions.push(Action::ScaleCanary { replicas: 0 });
         self.status.canary_weight = 0;
@@ -1045,7 +1062,7 @@ impl<'a> Machine<'a> {
         why: String,
     ) {
         let revision = self.revision();
-        self.route(resolved, 0);
+        self.route_to_stable(resolved);
         self.actions.push(Action::ScaleCanary { replicas: 0 });
         self.set_target(target, true, true);
         self.status.canary_weight = 0;
@@ -1066,7 +1083,7 @@ impl<'a> Machine<'a> {
         let old = self.revision();
         let new = target.revision.clone();
         if self.status.stable_revision.as_deref() == Some(new.as_str()) {
-            self.route(resolved, 0);
+            self.route_to_stable(resolved);
             self.scale_down();
             self.set_target(target, true, self.hold_paused_at_rest());
             self.status.canary_weight = 0;
@@ -1090,7 +1107,7 @@ impl<'a> Machine<'a> {
                 format!("revision {new} landed while {old} was promoting; the target is paused again and {new} is treated as a new revision"),
             );
         }
-        self.route(resolved, 0);
+        self.route_to_stable(resolved);
         self.status.canary_weight = 0;
         if self.status.failed_revision.as_deref() == Some(new.as_str()) {
             self.scale_down();
