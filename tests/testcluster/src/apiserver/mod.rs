@@ -406,13 +406,16 @@ async fn handle(
         _ => return ApiError::method_not_allowed().into_response(),
     };
     let ns = target.namespace.clone().unwrap_or_default();
-    shared.accounting.record(RequestKey {
-        verb: verb.into(),
-        group: target.ri.group.clone(),
-        resource: target.ri.plural.clone(),
-        subresource: target.subresource.clone(),
-        namespace: ns.clone(),
-    });
+    shared.accounting.record_from(
+        &manager_from_user_agent(&headers),
+        RequestKey {
+            verb: verb.into(),
+            group: target.ri.group.clone(),
+            resource: target.ri.plural.clone(),
+            subresource: target.subresource.clone(),
+            namespace: ns.clone(),
+        },
+    );
     if let Some(e) = shared.faults.take_failure(verb, &target.ri.plural, &ns) {
         return injected(e, &target);
     }
