@@ -84,7 +84,7 @@ spec:
   analysis:
     interval: 1s
     threshold: 2
-    progressDeadline: 1m
+    progressDeadline: 5m
     provider: {{prometheus: {{address: "{prometheus}"}}}}
     metrics:
     - name: error-rate
@@ -258,6 +258,9 @@ async fn main() -> BenchResult<()> {
                 readiness_delay: Duration::from_millis(300),
                 never_ready: None,
             },
+            // The stand-in also reacts to watch events; a slower resync keeps its periodic pass
+            // over every Deployment from starving the machine at 1,000 apps.
+            resync: Duration::from_secs(1),
             ..Default::default()
         },
     );
@@ -328,6 +331,11 @@ async fn main() -> BenchResult<()> {
     for (key, count) in &idle.0 {
         eprintln!("bench: idle request {key:?} x{count}");
     }
+    eprintln!(
+        "bench: idle: {} controller requests in {IDLE_INTERVALS} intervals; peak RSS so far {} KiB",
+        idle.total(),
+        peak_rss_kib(pid)?
+    );
 
     // A promotion of app-0000: time to the first action, writes per step, queries per check.
     let promoted = app(0);
