@@ -294,7 +294,14 @@ async fn main() -> BenchResult<()> {
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig_path())
         .args(["--metrics-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            if std::env::var_os("SLUICE_BENCH_LOGS").is_some() {
+                "sluice=info,warn"
+            } else {
+                "warn"
+            },
+        )
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("SLUICE_BENCH_LOGS").is_some() {
             Stdio::inherit()
