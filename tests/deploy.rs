@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::admissionregistration::v1alpha1 as admission;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde_json::Value;
 
@@ -78,6 +79,8 @@ fn every_deploy_manifest_is_a_known_kubernetes_object_with_no_unknown_field() {
             ) {
                 ("v1", "Namespace") => round_trips_as::<Namespace>(&doc),
                 ("v1", "ServiceAccount") => round_trips_as::<ServiceAccount>(&doc),
+                ("v1", "Service") => round_trips_as::<Service>(&doc),
+                ("apps/v1", "Deployment") => round_trips_as::<Deployment>(&doc),
                 ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
                     round_trips_as::<ClusterRole>(&doc)
                 }
@@ -114,7 +117,10 @@ fn every_deploy_manifest_is_a_known_kubernetes_object_with_no_unknown_field() {
             checked += 1;
         }
     }
-    assert!(checked >= 8, "only {checked} manifests found under deploy/");
+    assert!(
+        checked >= 10,
+        "only {checked} manifests found under deploy/"
+    );
 }
 
 #[test]
@@ -162,5 +168,180 @@ fn the_controller_role_grants_no_secret_access_cluster_wide() {
                 doc["metadata"]["name"]
             );
         }
+    }
+}
+
+fn controller_manifests() -> Vec<Value> {
+    documents(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/controller.yaml"))
+}
+
+#[test]
+fn the_controller_runs_non_root_read_only_without_capabilities() {
+    let docs = controller_manifests();
+    let doc = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let deployment: Deployment = serde_json::from_value(doc.clone()).expect("a Deployment");
+    assert_eq!(
+        deployment.metadata.namespace.as_deref(),
+        Some("sluice-system")
+    );
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(1), "no leader election: one replica");
+    assert_eq!(
+        spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("Recreate"),
+        "two controllers never overlap"
+    );
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("sluice"));
+    let pod_security = pod.security_context.expect("pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(pod_security.run_as_user, Some(65532));
+    assert_eq!(
+        pod_security.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(pod.containers.len(), 1);
+    let container = &pod.containers[0];
+    assert_eq!(
+        container
+            .args
+            .as_deref()
+            .and_then(|a| a.first())
+            .map(String::as_str),
+        Some("controller")
+    );
+    assert!(
+        !container.image.as_deref().unwrap_or_default().contains('/'),
+        "a plain image name, no registry host"
+    );
+    let security = container
+        .security_context
+        .clone()
+        .expect("container securityContext");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.privileged, None);
+    assert_eq!(
+        security.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(
+        security.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    let env = container.env.clone().unwrap_or_default();
+    let pod_name = env.iter().find(|e| e.name == "POD_NAME").expect("POD_NAME");
+    assert_eq!(
+        pod_name
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.name")
+    );
+    let resources = container.resources.clone().expect("resources");
+    for (what, list) in [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ] {
+        assert!(
+            list.as_ref().is_some_and(|l| l.contains_key("memory")),
+            "memory {what} set"
+        );
+    }
+}
+
+#[test]
+fn the_probes_and_the_metrics_service_use_the_metrics_port() {
+    let docs = controller_manifests();
+    let deployment: Deployment = serde_json::from_value(
+        docs.iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("a Deployment")
+            .clone(),
+    )
+    .expect("a Deployment");
+    let service: Service = serde_json::from_value(
+        docs.iter()
+            .find(|d| d["kind"] == "Service")
+            .expect("a Service")
+            .clone(),
+    )
+    .expect("a Service");
+    let spec = deployment.spec.expect("spec");
+    let container = &spec.template.spec.expect("pod").containers[0];
+    let port = container
+        .ports
+        .as_ref()
+        .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("metrics")))
+        .expect("a metrics port");
+    assert!(
+        container
+            .args
+            .iter()
+            .flatten()
+            .any(|a| *a == format!("--metrics-addr=0.0.0.0:{}", port.container_port)),
+        "the controller listens on the port the probes use"
+    );
+    for (what, probe, path) in [
+        ("liveness", &container.liveness_probe, "/healthz"),
+        ("readiness", &container.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{what} probe over HTTP"));
+        assert_eq!(get.path.as_deref(), Some(path), "{what} path");
+        assert_eq!(
+            serde_json::to_value(&get.port).expect("port"),
+            serde_json::json!("metrics"),
+            "{what} port"
+        );
+    }
+    let service_spec = service.spec.expect("service spec");
+    assert_eq!(
+        service_spec.selector, spec.selector.match_labels,
+        "the Service selects the controller's pods"
+    );
+    let service_port = &service_spec.ports.expect("ports")[0];
+    assert_eq!(
+        serde_json::to_value(&service_port.target_port).expect("port"),
+        serde_json::json!("metrics")
+    );
+    assert_eq!(
+        spec.template.metadata.and_then(|m| m.labels),
+        service_spec.selector.clone(),
+        "the pods carry the selected labels"
+    );
+}
+
+#[test]
+fn the_image_has_no_shell_and_runs_as_the_non_root_user() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Containerfile"))
+        .expect("Containerfile");
+    let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(
+        stages.last(),
+        Some(&"FROM scratch"),
+        "final stage has no shell"
+    );
+    assert!(text.contains("USER 65532:65532"));
+    assert!(
+        text.contains("ca-certificates.crt"),
+        "CA certificates shipped"
+    );
+    for host in [
+        "gcr.io",
+        "ghcr.io",
+        "docker.io",
+        "quay.io",
+        "registry.k8s.io",
+    ] {
+        assert!(!text.contains(host), "no registry host ({host})");
     }
 }

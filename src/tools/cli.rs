@@ -231,6 +231,12 @@ async fn client(
             .await
             .map_err(|e| format!("failed to find a cluster to connect to: {e}"))?,
     };
+    let mut config = config;
+    // Names sluice in the API server's audit log and request accounting; kube-rs sends none.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("sluice/", env!("CARGO_PKG_VERSION"))),
+    ));
     kube::Client::try_from(config).map_err(|e| format!("failed to create a Kubernetes client: {e}"))
 }
 

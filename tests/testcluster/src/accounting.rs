@@ -1,7 +1,9 @@
 //! Request accounting: how many API calls the server answered, by verb (as RBAC names them:
 //! get, list, watch, create, update, patch, delete, deletecollection), group/resource,
 //! subresource and namespace, so tests and benchmarks can count calls. Readable and resettable
-//! at run time; discovery and other non-resource requests are not counted.
+//! at run time; discovery and other non-resource requests are not counted. Counts are also kept
+//! per client program (the name part of its User-Agent), so a test can tell a controller's calls
+//! from its own and from the Deployment stand-in's.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -23,6 +25,7 @@ pub struct RequestKey {
 #[derive(Debug, Default)]
 pub struct Accounting {
     counts: Mutex<BTreeMap<RequestKey, u64>>,
+    by_client: Mutex<BTreeMap<String, BTreeMap<RequestKey, u64>>>,
 }
 
 /// A snapshot of the counts with helpers for the usual questions.
@@ -66,6 +69,30 @@ impl Accounting {
         *c.entry(key).or_default() += 1;
     }
 
+    /// Records a call made by `client` (the program name of its User-Agent, `unknown` without one).
+    pub fn record_from(&self, client: &str, key: RequestKey) {
+        {
+            let mut c = self.by_client.lock().expect("accounting lock poisoned");
+            *c.entry(client.to_owned())
+                .or_default()
+                .entry(key.clone())
+                .or_default() += 1;
+        }
+        self.record(key);
+    }
+
+    /// The counts of one client program only.
+    pub fn snapshot_of(&self, client: &str) -> RequestCounts {
+        RequestCounts(
+            self.by_client
+                .lock()
+                .expect("accounting lock poisoned")
+                .get(client)
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+
     pub fn snapshot(&self) -> RequestCounts {
         RequestCounts(
             self.counts
@@ -77,6 +104,10 @@ impl Accounting {
 
     pub fn reset(&self) {
         self.counts
+            .lock()
+            .expect("accounting lock poisoned")
+            .clear();
+        self.by_client
             .lock()
             .expect("accounting lock poisoned")
             .clear();

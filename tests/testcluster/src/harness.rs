@@ -353,6 +353,16 @@ impl TestCluster {
             .snapshot())
     }
 
+    /// The request counts of one client program (the name part of its User-Agent: `sluice` for
+    /// `sluice/0.1.0`; `unknown` for clients that send none, such as kube-rs by default).
+    pub fn requests_from(&self, client: &str) -> Result<RequestCounts, HarnessError> {
+        Ok(self
+            .server("request accounting")?
+            .shared
+            .accounting
+            .snapshot_of(client))
+    }
+
     pub fn reset_requests(&self) -> Result<(), HarnessError> {
         self.server("request accounting")?.shared.accounting.reset();
         Ok(())

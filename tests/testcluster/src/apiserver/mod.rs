@@ -411,13 +411,16 @@ async fn handle(
     {
         let _ = release.await;
     }
-    shared.accounting.record(RequestKey {
-        verb: verb.into(),
-        group: target.ri.group.clone(),
-        resource: target.ri.plural.clone(),
-        subresource: target.subresource.clone(),
-        namespace: ns.clone(),
-    });
+    shared.accounting.record_from(
+        &manager_from_user_agent(&headers),
+        RequestKey {
+            verb: verb.into(),
+            group: target.ri.group.clone(),
+            resource: target.ri.plural.clone(),
+            subresource: target.subresource.clone(),
+            namespace: ns.clone(),
+        },
+    );
     if let Some(e) = shared.faults.take_failure(verb, &target.ri.plural, &ns) {
         return injected(e, &target);
     }
