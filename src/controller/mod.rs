@@ -127,7 +127,7 @@ pub async fn run(
         tokio::spawn(
             reflector::reflector(
                 writer,
-                watcher(api, watcher::Config::default()).default_backoff(),
+                watcher(api, watcher::Config::default()).backoff(WatchBackoff::default()),
             )
             .for_each(|_| async {}),
         );
@@ -141,7 +141,7 @@ pub async fn run(
     let controller =
         Controller::new_with(canary_api, watcher::Config::default(), canary_resource())
             .with_config(ControllerConfig::default().concurrency(config.concurrency))
-            .trigger_backoff(TriggerBackoff::default());
+            .trigger_backoff(WatchBackoff::default());
     let canaries = controller.store();
 
     let stores = Stores {
@@ -274,31 +274,33 @@ where
     }
 }
 
-/// The backoff kube-runtime applies to the Controller's merged trigger streams (the Canary watch,
-/// which also fills the Canary cache, and every `watches_with` watch) after each error.
+/// The backoff of every watch the controller runs: the reflector caches it observes from, and the
+/// Controller's merged trigger streams (the Canary watch, which also fills the Canary cache, and
+/// every `watches_with` watch).
 ///
 /// The default (800 ms doubling to 30 s, reset only by a good item) sleeps once per queued error:
 /// after the API server refused connections for a few seconds, the errors of a dozen watches kept
 /// the whole merged stream asleep for minutes, so the Canary cache stayed stale and reconciles
-/// kept deciding from an old status (a step put back, then taken again). Short and capped here:
-/// each watch already reconnects on its own schedule.
+/// kept deciding from an old status (a step put back, then taken again); and a cache whose watch
+/// had backed off to 30 s during a long outage stayed stale for that long after the server came
+/// back. Short and capped here (100 ms doubling to 1 s): a reconnect costs one request per watch.
 #[derive(Debug, Clone)]
-struct TriggerBackoff {
+struct WatchBackoff {
     next: std::time::Duration,
 }
 
-impl TriggerBackoff {
+impl WatchBackoff {
     const FIRST: std::time::Duration = std::time::Duration::from_millis(100);
     const MAX: std::time::Duration = std::time::Duration::from_secs(1);
 }
 
-impl Default for TriggerBackoff {
+impl Default for WatchBackoff {
     fn default() -> Self {
-        TriggerBackoff { next: Self::FIRST }
+        WatchBackoff { next: Self::FIRST }
     }
 }
 
-impl Iterator for TriggerBackoff {
+impl Iterator for WatchBackoff {
     type Item = std::time::Duration;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -308,7 +310,7 @@ impl Iterator for TriggerBackoff {
     }
 }
 
-impl kube::runtime::utils::Backoff for TriggerBackoff {
+impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = Self::FIRST;
     }
@@ -329,7 +331,7 @@ where
     tokio::spawn(
         reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
+            watcher(api, watcher::Config::default()).backoff(WatchBackoff::default()),
         )
         .for_each(|_| async {}),
     );
