@@ -1151,7 +1151,7 @@ impl<'a> Machine<'a> {
             .acknowledged_command
             .as_ref()
             .is_some_and(|ack| {
-                ack.requested_at == command.requested_at
+                same_second(&ack.requested_at, &command.requested_at)
                     && ack.action == command.action
                     && ack.revision == command.revision
             });
@@ -1659,4 +1659,12 @@ fn pending_hooks(resolved: &Resolved, status: &CanaryStatus, kinds: &[HookType])
         })
         .map(|h| h.name.clone())
         .collect()
+}
+
+/// Whether two command times name the same command. A command's `requestedAt` is written by the
+/// plugin (possibly with fractional seconds) and echoed in the acknowledgement as a Kubernetes
+/// `Time`, which keeps whole seconds: compared exactly, an answered command would look pending
+/// forever and be answered again (refused in the next phase) at every reconcile.
+fn same_second(a: &Time, b: &Time) -> bool {
+    a.0.as_second() == b.0.as_second()
 }
