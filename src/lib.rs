@@ -5,6 +5,7 @@
 //! Dependencies point one way: [`api`] <- [`core`] <- everything else.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod http;

@@ -1,0 +1,845 @@
+//! The plugin's I/O: connect like kubectl, fetch the Canary and its target, watch them, write a
+//! command to the status subresource, and run `analyze`'s queries. Each command is a short
+//! pipeline over the pure parts (`view`, `render`, `wait`) and ends in an [`ExitCode`].
+//!
+//! The only write the plugin ever makes is `status.command`, by server-side apply on the
+//! `status` subresource under [`names::PLUGIN_FIELD_MANAGER`]: never a controller-owned field,
+//! never the spec. `analyze` writes nothing at all.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use futures::stream::{BoxStream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::args::{Cli, Command, CommandArgs, Global};
+use super::exit::ExitCode;
+use super::render::{self, Output};
+use super::view::{
+    AnalysisRow, CommandResult, CommandState, ListRow, StatusView, WaitSummary, target_revision,
+};
+use super::wait::{self, Assessment};
+use crate::api::names::{self, canary_name};
+use crate::api::{
+    AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, CommandAction, MetricSpec,
+    PrometheusProvider, TemplateKind, TemplateSpec,
+};
+use crate::core::validate::{self, ResolvedMetric};
+use crate::core::{Observations, PolicyLookup, verdict};
+use crate::metrics::{CheckKey, InFlight, Prometheus, PrometheusAuth, Variables, check, queries};
+
+/// Asking the cluster failed; every variant exits [`ExitCode::CouldNotAsk`].
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("failed to read kubeconfig {path}")]
+    ReadKubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("failed to load the kubeconfig")]
+    LoadKubeconfig(#[source] kube::config::KubeconfigError),
+    #[error("failed to find a cluster to connect to")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("failed to create a Kubernetes client")]
+    Client(#[source] kube::Error),
+    #[error("no Canary {name} in namespace {namespace}")]
+    NotFound { namespace: String, name: String },
+    #[error("failed to {action}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the Canary {name} names no revision yet and its target Deployment does not exist; pass --revision"
+    )]
+    NoRevision { name: String },
+}
+
+/// Runs one parsed command line, printing data on `out` and progress and errors on `err`.
+pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    match dispatch(cli, out, err).await {
+        Ok(code) => code,
+        Err(error) => {
+            let _ = writeln!(err, "error: {}", chain(&error));
+            ExitCode::CouldNotAsk
+        }
+    }
+}
+
+/// An error with its sources, as one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+async fn dispatch(
+    cli: Cli,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<ExitCode, AskError> {
+    let (client, default_namespace) = connect(&cli.global).await?;
+    let namespace = cli.global.namespace.clone().unwrap_or(default_namespace);
+    let session = Session {
+        client,
+        namespace,
+        output: cli.global.output,
+    };
+    let action = |action| action;
+    match cli.command {
+        Command::List => session.list(cli.global.all_namespaces, out, err).await,
+        Command::Status { name, watch } => session.status(&name, watch, out, err).await,
+        Command::Wait {
+            name,
+            revision,
+            timeout,
+        } => session.wait(&name, revision, timeout, out, err).await,
+        Command::Promote {
+            name,
+            full,
+            command,
+        } => {
+            let what = if full {
+                CommandAction::PromoteFull
+            } else {
+                CommandAction::Promote
+            };
+            session
+                .command(&name, action(what), &command, out, err)
+                .await
+        }
+        Command::Abort { name, command } => {
+            session
+                .command(&name, CommandAction::Abort, &command, out, err)
+                .await
+        }
+        Command::Retry { name, command } => {
+            session
+                .command(&name, CommandAction::Retry, &command, out, err)
+                .await
+        }
+        Command::Pause { name, command } => {
+            session
+                .command(&name, CommandAction::Pause, &command, out, err)
+                .await
+        }
+        Command::Resume { name, command } => {
+            session
+                .command(&name, CommandAction::Resume, &command, out, err)
+                .await
+        }
+        Command::Skip { name, command } => {
+            session
+                .command(&name, CommandAction::Skip, &command, out, err)
+                .await
+        }
+        Command::Analyze {
+            name,
+            prometheus_url,
+        } => session.analyze(&name, prometheus_url, out, err).await,
+    }
+}
+
+/// A client and the default namespace, found the way kubectl finds them: `--kubeconfig`, else
+/// `$KUBECONFIG` or `~/.kube/config`, else the in-cluster service account; `--context` picks
+/// the context.
+pub async fn connect(global: &Global) -> Result<(Client, String), AskError> {
+    let options = kube::config::KubeConfigOptions {
+        context: global.context.clone(),
+        ..Default::default()
+    };
+    let mut config = match &global.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                AskError::ReadKubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(AskError::LoadKubeconfig)?
+        }
+        None if global.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(AskError::LoadKubeconfig)?,
+        None => kube::Config::infer().await.map_err(AskError::Infer)?,
+    };
+    // Names the plugin in the API server's audit log, apart from the controller.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("kubectl-sluice/", env!("CARGO_PKG_VERSION"))),
+    ));
+    let namespace = config.default_namespace.clone();
+    let client = Client::try_from(config).map_err(AskError::Client)?;
+    Ok((client, namespace))
+}
+
+/// The latest of the Canary and its target, as the watch delivers them.
+enum Seen {
+    Canary(Option<Box<Canary>>),
+    Target(Option<Box<Deployment>>),
+    Error(String),
+}
+
+/// One named object's changes: `Some` when it is created or changes, `None` when it is deleted
+/// or absent from a (re)list. Reconnects with kube-runtime's default backoff.
+fn watch_one<K>(api: Api<K>, name: &str) -> BoxStream<'static, Result<Option<K>, String>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let fields = format!("metadata.name={name}");
+    watcher(api, watcher::Config::default().fields(&fields))
+        .default_backoff()
+        .scan(false, |seen, event| {
+            let item = match event {
+                Ok(watcher::Event::Init) => {
+                    *seen = false;
+                    None
+                }
+                Ok(watcher::Event::InitApply(object)) => {
+                    *seen = true;
+                    Some(Ok(Some(object)))
+                }
+                Ok(watcher::Event::Apply(object)) => Some(Ok(Some(object))),
+                Ok(watcher::Event::Delete(_)) => Some(Ok(None)),
+                Ok(watcher::Event::InitDone) => (!*seen).then_some(Ok(None)),
+                Err(error) => Some(Err(error.to_string())),
+            };
+            futures::future::ready(Some(item))
+        })
+        .filter_map(futures::future::ready)
+        .boxed()
+}
+
+struct Session {
+    client: Client,
+    namespace: String,
+    output: Output,
+}
+
+impl Session {
+    fn canaries(&self) -> Api<Canary> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn get_canary(&self, name: &str) -> Result<Canary, AskError> {
+        self.canaries()
+            .get_opt(name)
+            .await
+            .map_err(|source| AskError::Api {
+                action: format!("get Canary {}/{name}", self.namespace),
+                source,
+            })?
+            .ok_or_else(|| AskError::NotFound {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+            })
+    }
+
+    async fn get_target(&self, canary: &Canary) -> Result<Option<Deployment>, AskError> {
+        let name = &canary.spec.target_ref.name;
+        self.deployments()
+            .get_opt(name)
+            .await
+            .map_err(|source| AskError::Api {
+                action: format!("get Deployment {}/{name}", self.namespace),
+                source,
+            })
+    }
+
+    /// The Canary's and its target's changes, merged.
+    fn watch(&self, canary: &Canary) -> BoxStream<'static, Seen> {
+        let name = kube::ResourceExt::name_any(canary);
+        let canaries = watch_one(self.canaries(), &name).map(|item| match item {
+            Ok(found) => Seen::Canary(found.map(Box::new)),
+            Err(error) => Seen::Error(error),
+        });
+        let targets =
+            watch_one(self.deployments(), &canary.spec.target_ref.name).map(|item| match item {
+                Ok(found) => Seen::Target(found.map(Box::new)),
+                Err(error) => Seen::Error(error),
+            });
+        futures::stream::select(canaries, targets).boxed()
+    }
+
+    fn print(&self, out: &mut dyn Write, text: Result<String, render::RenderError>) -> ExitCode {
+        match text {
+            Ok(text) => {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+                ExitCode::Promoted
+            }
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "error: {}", chain(&error));
+                ExitCode::CouldNotAsk
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        all_namespaces: bool,
+        out: &mut dyn Write,
+        _err: &mut dyn Write,
+    ) -> Result<ExitCode, AskError> {
+        let api: Api<Canary> = if all_namespaces {
+            Api::all(self.client.clone())
+        } else {
+            self.canaries()
+        };
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| AskError::Api {
+                action: "list Canaries".into(),
+                source,
+            })?;
+        let mut rows: Vec<ListRow> = list.items.iter().map(ListRow::new).collect();
+        rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(self.print(out, render::list(&rows, all_namespaces, self.output)))
+    }
+
+    async fn status(
+        &self,
+        name: &str,
+        watch: bool,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<ExitCode, AskError> {
+        let canary = self.get_canary(name).await?;
+        let target = self.get_target(&canary).await?;
+        let view = StatusView::new(&canary, target.as_ref());
+        if !watch {
+            return Ok(self.print(out, render::status(&view, self.output)));
+        }
+        // One line per change; JSON and YAML print the whole view each time it changes.
+        let line = |view: &StatusView| match self.output {
+            Output::Table => Ok(format!("{}\n", render::status_line(view))),
+            Output::Json => serde_json::to_string(view)
+                .map(|s| format!("{s}\n"))
+                .map_err(render::RenderError::from),
+            Output::Yaml => render::status(view, Output::Yaml).map(|s| format!("---\n{s}")),
+        };
+        let mut last = line(&view);
+        let code = self.print(out, last.as_ref().map(String::clone).map_err(clone_error));
+        if code != ExitCode::Promoted {
+            return Ok(code);
+        }
+        let (mut canary, mut target) = (Some(canary), target);
+        let mut stream = self.watch(canary.as_ref().expect("just fetched"));
+        while let Some(seen) = stream.next().await {
+            match seen {
+                Seen::Canary(found) => canary = found.map(|c| *c),
+                Seen::Target(found) => target = found.map(|t| *t),
+                Seen::Error(error) => {
+                    let _ = writeln!(err, "watch error (retrying): {error}");
+                    continue;
+                }
+            }
+            let Some(current) = &canary else {
+                let _ = writeln!(err, "Canary {}/{name} was deleted", self.namespace);
+                return Ok(ExitCode::CouldNotAsk);
+            };
+            let next = line(&StatusView::new(current, target.as_ref()));
+            if next.as_ref().ok() != last.as_ref().ok() {
+                let code = self.print(out, next.as_ref().map(String::clone).map_err(clone_error));
+                if code != ExitCode::Promoted {
+                    return Ok(code);
+                }
+                last = next;
+            }
+        }
+        Ok(ExitCode::CouldNotAsk)
+    }
+
+    async fn wait(
+        &self,
+        name: &str,
+        revision: Option<String>,
+        timeout: Duration,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<ExitCode, AskError> {
+        let started = Instant::now();
+        let canary = self.get_canary(name).await?;
+        let target = self.get_target(&canary).await?;
+        let bound = match revision
+            .or_else(|| target.as_ref().and_then(target_revision))
+            .or_else(|| canary.status.as_ref().and_then(|s| s.revision.clone()))
+        {
+            Some(bound) => bound,
+            None => {
+                return Err(AskError::NoRevision {
+                    name: name.to_owned(),
+                });
+            }
+        };
+        let _ = writeln!(
+            err,
+            "waiting up to {} for revision {bound} of Canary {}/{name}",
+            humantime::format_duration(timeout),
+            self.namespace
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stream = self.watch(&canary);
+        let (mut canary, mut target) = (Some(canary), target);
+        let mut last_line = String::new();
+        let outcome = loop {
+            match wait::assess(canary.as_ref(), target.as_ref(), &bound) {
+                Assessment::Done(outcome) => break outcome,
+                Assessment::Progress(progress) => {
+                    let line = progress.to_string();
+                    if line != last_line {
+                        let elapsed = started.elapsed().as_secs();
+                        let _ = writeln!(err, "[{elapsed:>4}s] {line}");
+                        last_line = line;
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_elapsed) => {
+                    break wait::Outcome {
+                        code: ExitCode::TimedOut,
+                        message: format!(
+                            "still not done after {}: {last_line}",
+                            humantime::format_duration(timeout)
+                        ),
+                    };
+                }
+                Ok(None) => {
+                    break wait::Outcome {
+                        code: ExitCode::CouldNotAsk,
+                        message: "the watch ended".into(),
+                    };
+                }
+                Ok(Some(Seen::Canary(found))) => canary = found.map(|c| *c),
+                Ok(Some(Seen::Target(found))) => target = found.map(|t| *t),
+                Ok(Some(Seen::Error(error))) => {
+                    let _ = writeln!(err, "watch error (retrying): {error}");
+                }
+            }
+        };
+        let _ = writeln!(
+            err,
+            "{}: {} (exit {})",
+            outcome.code.name(),
+            outcome.message,
+            outcome.code.code()
+        );
+        let summary = WaitSummary {
+            canary: name.to_owned(),
+            namespace: self.namespace.clone(),
+            revision: bound,
+            outcome: outcome.code.name().to_owned(),
+            exit_code: outcome.code.code(),
+            message: outcome.message,
+            elapsed_seconds: started.elapsed().as_secs(),
+        };
+        let printed = self.print(out, render::wait_summary(&summary, self.output));
+        Ok(if printed == ExitCode::Promoted {
+            outcome.code
+        } else {
+            printed
+        })
+    }
+
+    async fn command(
+        &self,
+        name: &str,
+        action: CommandAction,
+        args: &CommandArgs,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<ExitCode, AskError> {
+        let canary = self.get_canary(name).await?;
+        let status = canary.status.clone().unwrap_or_default();
+        let revision = match args.revision.clone().or_else(|| status.revision.clone()) {
+            Some(revision) => revision,
+            None => {
+                let target = self.get_target(&canary).await?;
+                target
+                    .as_ref()
+                    .and_then(target_revision)
+                    .ok_or_else(|| AskError::NoRevision {
+                        name: name.to_owned(),
+                    })?
+            }
+        };
+        // The controller tells commands apart by action, revision and the whole second they
+        // were requested at; a repeat within the second of the last answer would read as
+        // answered already, so it is dated one second later.
+        let mut second = Timestamp::now().as_second();
+        if let Some(ack) = &status.acknowledged_command {
+            second = second.max(ack.requested_at.0.as_second() + 1);
+        }
+        let requested_at = Timestamp::from_second(second).unwrap_or_else(|_| Timestamp::now());
+        let patch = json!({
+            "apiVersion": format!("{}/{}", names::GROUP, names::VERSION),
+            "kind": "Canary",
+            "metadata": {"name": name},
+            "status": {"command": {
+                "action": action,
+                "revision": revision,
+                "requestedAt": Time(requested_at),
+            }},
+        });
+        self.canaries()
+            .patch_status(
+                name,
+                &PatchParams::apply(names::PLUGIN_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| AskError::Api {
+                action: format!(
+                    "write the {action:?} command to Canary {}/{name}'s status",
+                    self.namespace
+                ),
+                source,
+            })?;
+        let _ = writeln!(
+            err,
+            "{action:?} for revision {revision} sent; waiting up to {} for the controller",
+            humantime::format_duration(args.ack_timeout)
+        );
+
+        let answered = |canary: &Canary| {
+            canary
+                .status
+                .as_ref()
+                .and_then(|s| s.acknowledged_command.as_ref())
+                .filter(|ack| {
+                    ack.action == action
+                        && ack.revision == revision
+                        && ack.requested_at.0.as_second() == second
+                })
+                .cloned()
+        };
+        let deadline = tokio::time::Instant::now() + args.ack_timeout;
+        let mut stream = self.watch(&canary);
+        let ack = loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) | Ok(None) => break None,
+                Ok(Some(Seen::Canary(Some(current)))) => {
+                    if let Some(ack) = answered(&current) {
+                        break Some(ack);
+                    }
+                }
+                Ok(Some(Seen::Canary(None))) => {
+                    return Err(AskError::NotFound {
+                        namespace: self.namespace.clone(),
+                        name: name.to_owned(),
+                    });
+                }
+                Ok(Some(Seen::Target(_))) => {}
+                Ok(Some(Seen::Error(error))) => {
+                    let _ = writeln!(err, "watch error (retrying): {error}");
+                }
+            }
+        };
+        let (state, message, code) = match &ack {
+            None => (
+                CommandState::Pending,
+                Some(format!(
+                    "the controller did not answer within {}; the command stays in status and may still be carried out",
+                    humantime::format_duration(args.ack_timeout)
+                )),
+                ExitCode::TimedOut,
+            ),
+            Some(ack) if ack.accepted => (
+                CommandState::Accepted,
+                Some(ack.message.clone()),
+                ExitCode::Promoted,
+            ),
+            Some(ack) => (
+                CommandState::Refused,
+                Some(ack.message.clone()),
+                ExitCode::Refused,
+            ),
+        };
+        if code != ExitCode::Promoted {
+            let _ = writeln!(
+                err,
+                "{action:?} {}: {}",
+                if code == ExitCode::Refused {
+                    "refused"
+                } else {
+                    "not acknowledged"
+                },
+                message.clone().unwrap_or_default()
+            );
+        }
+        let result = CommandResult {
+            canary: name.to_owned(),
+            namespace: self.namespace.clone(),
+            action,
+            revision,
+            requested_at: jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", requested_at)
+                .unwrap_or_default(),
+            state,
+            message,
+        };
+        let printed = self.print(out, render::command(&result, self.output));
+        Ok(if printed == ExitCode::Promoted {
+            code
+        } else {
+            printed
+        })
+    }
+
+    async fn analyze(
+        &self,
+        name: &str,
+        prometheus_url: Option<String>,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<ExitCode, AskError> {
+        let canary = self.get_canary(name).await?;
+        let target = self.get_target(&canary).await?;
+        let policy = match &canary.spec.policy_ref {
+            None => PolicyLookup::NotReferenced,
+            Some(reference) => {
+                let api: Api<CanaryPolicy> = Api::all(self.client.clone());
+                match api
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(|source| AskError::Api {
+                        action: format!("get CanaryPolicy {}", reference.name),
+                        source,
+                    })? {
+                    Some(policy) => PolicyLookup::Found(Box::new(policy.spec.rollout)),
+                    None => PolicyLookup::Missing {
+                        name: reference.name.clone(),
+                    },
+                }
+            }
+        };
+        let templates = self.templates(&canary, &policy).await?;
+        let observations = Observations {
+            policy,
+            templates,
+            ..Default::default()
+        };
+        let resolved = match validate::resolve(&canary.spec, &observations) {
+            Ok(resolved) => resolved,
+            Err(errors) => {
+                for error in errors {
+                    let _ = writeln!(err, "invalid spec: {error}");
+                }
+                return Ok(ExitCode::InvalidSpec);
+            }
+        };
+        let revision = canary
+            .status
+            .as_ref()
+            .and_then(|s| s.revision.clone())
+            .or_else(|| target.as_ref().and_then(target_revision))
+            .unwrap_or_default();
+        let vars = Variables {
+            namespace: self.namespace.clone(),
+            target: resolved.target.clone(),
+            canary: canary_name(&resolved.target),
+            stable: resolved.target.clone(),
+            service: resolved.service.name.clone(),
+            interval: resolved.interval,
+            revision,
+        };
+        let in_flight = InFlight::default();
+        let mut rows = Vec::new();
+        for metric in &resolved.metrics {
+            let provider = metric
+                .provider
+                .as_ref()
+                .or(resolved.provider.as_ref())
+                .map(|p| p.prometheus.clone());
+            rows.push(
+                self.analyze_one(
+                    name,
+                    metric,
+                    provider,
+                    prometheus_url.as_deref(),
+                    &vars,
+                    &in_flight,
+                )
+                .await,
+            );
+        }
+        if rows.is_empty() {
+            let _ = writeln!(err, "Canary {}/{name} has no metrics", self.namespace);
+        }
+        Ok(self.print(out, render::analysis(&rows, self.output)))
+    }
+
+    async fn analyze_one(
+        &self,
+        name: &str,
+        metric: &ResolvedMetric,
+        provider: Option<PrometheusProvider>,
+        override_url: Option<&str>,
+        vars: &Variables,
+        in_flight: &InFlight,
+    ) -> AnalysisRow {
+        let unknown = |query: String, reason: String| AnalysisRow {
+            metric: metric.name.clone(),
+            query,
+            value: None,
+            stable_value: None,
+            limit: None,
+            verdict: crate::api::Verdict::Unknown,
+            reason,
+        };
+        let spec = MetricSpec {
+            name: metric.name.clone(),
+            template_ref: None,
+            query: Some(metric.query.clone()),
+            total_query: metric.total_query.clone(),
+            args: metric.args.clone(),
+            min: metric.min,
+            max: metric.max,
+            interval: Some(metric.interval.into()),
+            on_no_data: Some(metric.on_no_data),
+            compare: metric.compare.clone(),
+        };
+        let queries = match queries(&spec, None, vars) {
+            Ok(queries) => queries,
+            Err(error) => return unknown(metric.query.clone(), error.to_string()),
+        };
+        let (provider, auth) = match (override_url, provider) {
+            (Some(address), provider) => (
+                PrometheusProvider {
+                    address: address.to_owned(),
+                    timeout: provider.and_then(|p| p.timeout),
+                    secret_ref: None,
+                },
+                PrometheusAuth::default(),
+            ),
+            (None, Some(provider)) => {
+                let auth = match &provider.secret_ref {
+                    None => PrometheusAuth::default(),
+                    Some(secret) => {
+                        let api: Api<Secret> =
+                            Api::namespaced(self.client.clone(), &self.namespace);
+                        let data = match api.get(&secret.name).await {
+                            Ok(found) => found.data.unwrap_or_default(),
+                            Err(error) => {
+                                return unknown(
+                                    queries.canary,
+                                    format!("cannot read Secret {}: {error}", secret.name),
+                                );
+                            }
+                        };
+                        match PrometheusAuth::from_secret_data(&data) {
+                            Ok(auth) => auth,
+                            Err(error) => return unknown(queries.canary, error.to_string()),
+                        }
+                    }
+                };
+                (provider, auth)
+            }
+            (None, None) => {
+                return unknown(
+                    queries.canary,
+                    "the Canary names no Prometheus (the controller's --prometheus-url applies); pass --prometheus-url".into(),
+                );
+            }
+        };
+        let prometheus = match Prometheus::new(&provider, &auth) {
+            Ok(prometheus) => prometheus,
+            Err(error) => return unknown(queries.canary, error.to_string()),
+        };
+        let key = CheckKey {
+            namespace: self.namespace.clone(),
+            canary: name.to_owned(),
+            metric: metric.name.clone(),
+        };
+        let result = check(&prometheus, in_flight, key, &queries).await;
+        let judgement = verdict::judge(metric, &result);
+        AnalysisRow {
+            metric: metric.name.clone(),
+            query: result.query.clone(),
+            value: judgement.value,
+            stable_value: judgement.stable_value,
+            limit: judgement.limit,
+            verdict: judgement.verdict,
+            reason: judgement.reason,
+        }
+    }
+
+    /// Every template the Canary's (and its policy's) metrics name, looked up as the controller
+    /// does: a reference without a kind finds the namespace's AnalysisTemplate first.
+    async fn templates(
+        &self,
+        canary: &Canary,
+        policy: &PolicyLookup,
+    ) -> Result<BTreeMap<String, TemplateSpec>, AskError> {
+        let mut metrics: Vec<&MetricSpec> = Vec::new();
+        let own = canary
+            .spec
+            .rollout
+            .analysis
+            .as_ref()
+            .and_then(|a| a.metrics.as_ref());
+        metrics.extend(own.into_iter().flatten());
+        if let PolicyLookup::Found(rollout) = policy {
+            let inherited = rollout.analysis.as_ref().and_then(|a| a.metrics.as_ref());
+            metrics.extend(inherited.into_iter().flatten());
+        }
+        let namespaced: Api<AnalysisTemplate> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let cluster: Api<ClusterAnalysisTemplate> = Api::all(self.client.clone());
+        let mut found = BTreeMap::new();
+        for reference in metrics.iter().filter_map(|m| m.template_ref.as_ref()) {
+            let api_error = |source| AskError::Api {
+                action: format!("get analysis template {}", reference.name),
+                source,
+            };
+            let local = match reference.kind {
+                Some(TemplateKind::ClusterAnalysisTemplate) => None,
+                Some(TemplateKind::AnalysisTemplate) | None => namespaced
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(api_error)?
+                    .map(|t| t.spec.template),
+            };
+            let spec = match (local, reference.kind) {
+                (Some(spec), _) => Some(spec),
+                (None, Some(TemplateKind::AnalysisTemplate)) => None,
+                (None, Some(TemplateKind::ClusterAnalysisTemplate) | None) => cluster
+                    .get_opt(&reference.name)
+                    .await
+                    .map_err(api_error)?
+                    .map(|t| t.spec.template),
+            };
+            if let Some(spec) = spec {
+                found.insert(reference.name.clone(), spec);
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn clone_error(error: &render::RenderError) -> render::RenderError {
+    render::RenderError::Json(serde_json::Error::io(std::io::Error::other(
+        error.to_string(),
+    )))
+}
