@@ -123,7 +123,7 @@ pub fn status(view: &StatusView, output: Output) -> Result<String, RenderError> 
         return Ok(text);
     }
     let mut out = String::new();
-    let mut field = |name: &str, value: String| out.push_str(&format!("{name:<14}{value}\n"));
+    let mut field = |name: &str, value: String| out.push_str(&format!("{name:<16}{value}\n"));
     field(
         "Canary:",
         format!(
@@ -302,4 +302,145 @@ pub fn command(result: &CommandResult, output: Output) -> Result<String, RenderE
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::api::Canary;
+    use crate::cli::view::{CommandState, StepView};
+
+    fn progressing() -> Canary {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "shop", "generation": 1},
+            "spec": {"targetRef": {"name": "web"}, "router": {"none": {}}},
+            "status": {
+                "phase": "Progressing", "observedGeneration": 1,
+                "revision": "bbbbbbbbbb", "stableRevision": "aaaaaaaaaa",
+                "canaryWeight": 20, "stepIndex": 0, "stepCount": 2, "failedChecks": 1,
+                "message": "revision bbbbbbbbbb at 20%",
+                "analysis": [
+                    {"metric": "error-rate", "revision": "bbbbbbbbbb", "step": 0, "value": 0.2,
+                     "limit": "<= 0.05", "verdict": "Fail", "time": "2026-01-01T00:00:01Z"},
+                    {"metric": "latency", "revision": "bbbbbbbbbb", "step": 0,
+                     "verdict": "Unknown", "reason": "no data", "time": "2026-01-01T00:00:01Z"},
+                    {"metric": "error-rate", "revision": "bbbbbbbbbb", "step": 0, "value": 0.01,
+                     "limit": "<= 0.05", "verdict": "Pass", "time": "2026-01-01T00:00:02Z"}
+                ],
+                "hooks": [{"name": "load", "revision": "bbbbbbbbbb", "step": 0, "passed": true,
+                           "message": "HTTP 200", "time": "2026-01-01T00:00:02Z"}],
+                "command": {"action": "Pause", "revision": "bbbbbbbbbb",
+                            "requestedAt": "2026-01-01T00:00:03Z"},
+                "acknowledgedCommand": {"action": "Pause", "revision": "bbbbbbbbbb",
+                            "requestedAt": "2026-01-01T00:00:03Z", "accepted": false,
+                            "message": "Pause does not apply in phase Idle"}
+            }
+        }))
+        .expect("fixture parses")
+    }
+
+    #[test]
+    fn status_shows_the_last_check_of_each_metric_with_value_limit_and_verdict() {
+        let view = StatusView::new(&progressing(), None);
+        assert_eq!(view.step, Some(StepView { index: 1, count: 2 }));
+        assert_eq!(
+            status(&view, Output::Table).expect("renders"),
+            "\
+Canary:         shop/web (Deployment web)
+Phase:          Progressing
+Revision:       bbbbbbbbbb (stable aaaaaaaaaa, target template -)
+Weight:         20%
+Step:           1 of 2
+Failed checks:  1
+Message:        revision bbbbbbbbbb at 20%
+Command:        Pause for bbbbbbbbbb at 2026-01-01T00:00:03Z: Refused (Pause does not apply in phase Idle)
+
+Checks:
+  METRIC      REVISION    VALUE  LIMIT    VERDICT  TIME
+  error-rate  bbbbbbbbbb  0.01   <= 0.05  Pass     2026-01-01T00:00:02Z
+  latency     bbbbbbbbbb  -      -        Unknown  2026-01-01T00:00:01Z
+
+Hooks:
+  HOOK  REVISION    RESULT  MESSAGE
+  load  bbbbbbbbbb  passed  HTTP 200
+"
+        );
+    }
+
+    #[test]
+    fn json_and_yaml_carry_the_same_fields_as_the_table() {
+        let view = StatusView::new(&progressing(), None);
+        let json: Value =
+            serde_json::from_str(&status(&view, Output::Json).expect("renders")).expect("json");
+        assert_eq!(json["phase"], "Progressing");
+        assert_eq!(json["weight"], 20);
+        assert_eq!(json["step"], json!({"index": 1, "count": 2}));
+        assert_eq!(json["checks"][0]["value"], 0.01);
+        assert_eq!(json["checks"][0]["verdict"], "Pass");
+        assert_eq!(json["command"]["state"], "Refused");
+        let yaml: Value =
+            serde_saphyr::from_str(&status(&view, Output::Yaml).expect("renders")).expect("yaml");
+        assert_eq!(yaml, json);
+    }
+
+    #[test]
+    fn a_command_is_pending_until_the_acknowledgement_names_the_same_second() {
+        let mut canary = progressing();
+        let status = canary.status.as_mut().expect("status");
+        status.command.as_mut().expect("command").requested_at.0 =
+            jiff::Timestamp::from_second(1_767_225_604).expect("time");
+        let view = StatusView::new(&canary, None);
+        assert_eq!(view.command.map(|c| c.state), Some(CommandState::Pending));
+    }
+
+    #[test]
+    fn list_shows_the_namespace_column_only_for_all_namespaces() {
+        let rows = vec![ListRow::new(&progressing())];
+        assert_eq!(
+            list(&rows, false, Output::Table).expect("renders"),
+            "\
+NAME  PHASE        WEIGHT  STEP  REVISION    STABLE      MESSAGE
+web   Progressing  20%     1/2   bbbbbbbbbb  aaaaaaaaaa  revision bbbbbbbbbb at 20%
+"
+        );
+        assert!(
+            list(&rows, true, Output::Table)
+                .expect("renders")
+                .starts_with("NAMESPACE  NAME")
+        );
+    }
+
+    #[test]
+    fn the_watch_line_names_phase_weight_step_and_last_check() {
+        let view = StatusView::new(&progressing(), None);
+        assert_eq!(
+            status_line(&view),
+            "web Progressing revision bbbbbbbbbb weight 20% step 1/2 last check latency=- - Unknown: revision bbbbbbbbbb at 20%"
+        );
+    }
+
+    #[test]
+    fn the_wait_summary_in_json_names_the_outcome_and_its_exit_code() {
+        let summary = WaitSummary {
+            canary: "web".into(),
+            namespace: "shop".into(),
+            revision: "bbbbbbbbbb".into(),
+            outcome: "Superseded".into(),
+            exit_code: 4,
+            message: "moved on".into(),
+            elapsed_seconds: 3,
+        };
+        let json: Value =
+            serde_json::from_str(&wait_summary(&summary, Output::Json).expect("json"))
+                .expect("parses");
+        assert_eq!(
+            json,
+            json!({"canary": "web", "namespace": "shop", "revision": "bbbbbbbbbb",
+                   "outcome": "Superseded", "exitCode": 4, "message": "moved on",
+                   "elapsedSeconds": 3})
+        );
+    }
 }

@@ -1,0 +1,257 @@
+//! The CI gate end to end: the real `kubectl-sluice wait` and `sluice controller` binaries
+//! against the test cluster and a scripted Prometheus. Each outcome is made to happen and must
+//! return its own documented exit code; a `wait` started right after an image change must not
+//! return the previous release's success.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use sluice::cli::ExitCode;
+use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
+use support::plugin::{self, canary_manifest, template_revision};
+use support::{Env, Hold, NAMESPACE, app_manifests, phase};
+
+const STABLE_IMAGE: &str = "registry.local/web:1";
+
+async fn env_with(prometheus: &FakePrometheus, extra_analysis: &str, extra_spec: &str) -> Env {
+    let mut env = Env::start(Hold::AdmissionPolicy).await;
+    env.apply(&app_manifests("web", STABLE_IMAGE, 2)).await;
+    env.apply(&canary_manifest(
+        &prometheus.url(),
+        "1s",
+        extra_analysis,
+        extra_spec,
+    ))
+    .await;
+    env.start_controller(&[]);
+    env.eventually("the Canary to be Idle", Duration::from_secs(20), || async {
+        env.canary("web").await.filter(|c| phase(c) == "Idle")
+    })
+    .await;
+    env
+}
+
+fn code(outcome: ExitCode) -> i32 {
+    i32::from(outcome.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_binds_to_the_new_template_and_exits_0_only_once_that_revision_is_promoted() {
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let mut env = env_with(&prometheus, "", "").await;
+
+    // At rest the current template is the stable one: there is nothing left to wait for.
+    let at_rest = plugin::run(&env, &["wait", "web", "-o", "json"]).await;
+    assert_eq!(at_rest.code, code(ExitCode::Promoted), "{at_rest:?}");
+    assert_eq!(at_rest.json()["outcome"], "Promoted");
+
+    // With the controller stopped, the Canary keeps saying Succeeded/Promoted for the previous
+    // revision after the image changes; the gate must not take that success.
+    env.kill_controller().await;
+    env.set_image("web", "registry.local/web:2").await;
+    let new = template_revision(&env, "web").await;
+    let early = plugin::run(&env, &["wait", "web", "--timeout", "2s", "-o", "json"]).await;
+    assert_eq!(early.code, code(ExitCode::TimedOut), "{early:?}");
+    assert_eq!(early.json()["revision"], new.as_str());
+    assert!(
+        early.stderr.contains(&format!(
+            "waiting for the controller to pick up revision {new}"
+        )),
+        "{early:?}"
+    );
+
+    let waiting = plugin::spawn(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]);
+    env.start_controller(&[]);
+    let done = plugin::finish(waiting, Duration::from_secs(90)).await;
+    assert_eq!(done.code, code(ExitCode::Promoted), "{done:?}");
+    let summary = done.json();
+    assert_eq!(summary["outcome"], "Promoted");
+    assert_eq!(summary["exitCode"], 0);
+    assert_eq!(summary["revision"], new.as_str());
+    let canary = env.canary("web").await.expect("canary");
+    assert_eq!(canary["status"]["stableRevision"], new.as_str());
+    assert!(
+        done.stderr.contains("Progressing"),
+        "progress lines on stderr: {done:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_failing_its_checks_exits_1_and_retry_reruns_it_to_promotion() {
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let env = env_with(&prometheus, "", "").await;
+
+    prometheus.set_default(Answer::value(0.5));
+    env.set_image("web", "registry.local/web:2").await;
+    let failing = template_revision(&env, "web").await;
+    let failed = plugin::run(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]).await;
+    assert_eq!(failed.code, code(ExitCode::FailedAnalysis), "{failed:?}");
+    assert_eq!(failed.json()["outcome"], "FailedAnalysis");
+
+    // Retry the same revision once the metric is healthy, without touching the template.
+    prometheus.set_default(Answer::value(0.0));
+    let retry = plugin::run(&env, &["retry", "web", "-o", "json"]).await;
+    assert_eq!(retry.code, code(ExitCode::Promoted), "{retry:?}");
+    assert_eq!(retry.json()["state"], "Accepted");
+    assert_eq!(retry.json()["revision"], failing.as_str());
+    let promoted = plugin::run(&env, &["wait", "web", "--timeout", "60s"]).await;
+    assert_eq!(promoted.code, code(ExitCode::Promoted), "{promoted:?}");
+    assert_eq!(
+        template_revision(&env, "web").await,
+        failing,
+        "template untouched"
+    );
+    let canary = env.canary("web").await.expect("canary");
+    assert_eq!(canary["status"]["stableRevision"], failing.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_never_ready_within_the_progress_deadline_exits_2() {
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let env = env_with(&prometheus, "    progressDeadline: 3s", "").await;
+    env.set_image("web", "registry.local/web:2-crashloop").await;
+    let run = plugin::run(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]).await;
+    assert_eq!(run.code, code(ExitCode::FailedProgressDeadline), "{run:?}");
+    assert_eq!(run.json()["outcome"], "FailedProgressDeadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_revision_times_out_is_superseded_and_an_abort_of_its_successor_exits_3() {
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let env = env_with(&prometheus, "", "  manualPromotion: true").await;
+
+    env.set_image("web", "registry.local/web:2").await;
+    let first = template_revision(&env, "web").await;
+    env.eventually(
+        "revision 2 to wait for promotion",
+        Duration::from_secs(30),
+        || async {
+            env.canary("web")
+                .await
+                .filter(|c| phase(c) == "WaitingPromotion")
+        },
+    )
+    .await;
+    let timed_out = plugin::run(&env, &["wait", "web", "--timeout", "2s", "-o", "json"]).await;
+    assert_eq!(timed_out.code, code(ExitCode::TimedOut), "{timed_out:?}");
+    assert_eq!(timed_out.json()["outcome"], "TimedOut");
+
+    // A gate bound to revision 2 ends when revision 3 replaces it.
+    let bound_to_first = plugin::spawn(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]);
+    // Only once the gate has reported its progress is it known to be bound to revision 2.
+    let mut bound_to_first = bound_to_first;
+    let stderr = bound_to_first.stderr.take().expect("stderr piped");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let first_line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("wait prints its binding")
+        .expect("stderr readable")
+        .expect("a line");
+    assert!(first_line.contains(&first), "{first_line}");
+    env.set_image("web", "registry.local/web:3").await;
+    let second = template_revision(&env, "web").await;
+    let superseded = plugin::finish(bound_to_first, Duration::from_secs(30)).await;
+    assert_eq!(
+        superseded.code,
+        code(ExitCode::Superseded),
+        "{superseded:?}"
+    );
+    assert_eq!(superseded.json()["revision"], first.as_str());
+
+    // Approving revision 2 now must not promote revision 3.
+    env.eventually(
+        "the controller to roll out revision 3",
+        Duration::from_secs(20),
+        || async {
+            env.canary("web")
+                .await
+                .filter(|c| c["status"]["revision"] == second.as_str())
+        },
+    )
+    .await;
+    let stale = plugin::run(&env, &["promote", "web", "--revision", &first]).await;
+    assert_eq!(stale.code, code(ExitCode::Refused), "{stale:?}");
+    assert!(stale.stderr.contains("refused"), "{stale:?}");
+    let canary = env.canary("web").await.expect("canary");
+    assert_ne!(canary["status"]["stableRevision"], second.as_str());
+    assert!(
+        ["Progressing", "WaitingPromotion"].contains(&phase(&canary)),
+        "revision 3 still rolling out: {canary}"
+    );
+
+    // Abort revision 3 while a gate waits for it.
+    let bound_to_second = plugin::spawn(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]);
+    let abort = plugin::run(&env, &["abort", "web"]).await;
+    assert_eq!(abort.code, code(ExitCode::Promoted), "{abort:?}");
+    let aborted = plugin::finish(bound_to_second, Duration::from_secs(30)).await;
+    assert_eq!(aborted.code, code(ExitCode::Aborted), "{aborted:?}");
+    assert_eq!(aborted.json()["revision"], second.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_missing_canaries_unreachable_clusters_and_bad_flags_each_have_their_code() {
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let env = env_with(&prometheus, "", "").await;
+
+    env.apply(&app_manifests("api", STABLE_IMAGE, 1)).await;
+    env.apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: Canary\nmetadata: {{name: api, namespace: {NAMESPACE}}}\nspec:\n  targetRef: {{name: api}}\n  policyRef: {{name: no-such-policy}}\n"
+    ))
+    .await;
+    let invalid = plugin::run(&env, &["wait", "api", "--timeout", "30s", "-o", "json"]).await;
+    assert_eq!(invalid.code, code(ExitCode::InvalidSpec), "{invalid:?}");
+    assert!(
+        invalid.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-policy"),
+        "{invalid:?}"
+    );
+
+    let missing = plugin::run(&env, &["wait", "nothing-here", "--timeout", "5s"]).await;
+    assert_eq!(missing.code, code(ExitCode::CouldNotAsk), "{missing:?}");
+    assert!(
+        missing.stderr.contains("no Canary nothing-here"),
+        "{missing:?}"
+    );
+
+    // A kubeconfig naming a port nothing listens on.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        sluice_testcluster::kubeconfig::render(&format!("http://127.0.0.1:{port}"), NAMESPACE),
+    )
+    .expect("kubeconfig written");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .args(["wait", "web", "--timeout", "5s", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(
+        output.status.code(),
+        Some(code(ExitCode::CouldNotAsk)),
+        "{output:?}"
+    );
+
+    for args in [
+        &["wait"][..],
+        &["wait", "web", "--timeout", "soon"],
+        &["frobnicate"],
+    ] {
+        let usage = plugin::run(&env, args).await;
+        assert_eq!(usage.code, code(ExitCode::Usage), "{args:?}: {usage:?}");
+        assert!(usage.stdout.is_empty(), "errors go to stderr: {usage:?}");
+    }
+}
