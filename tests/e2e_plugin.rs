@@ -18,6 +18,35 @@ use support::{Env, Hold, app_manifests, phase, route_canary_weight};
 use tokio::io::AsyncBufReadExt;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
+const PLUGIN_RBAC: &str = include_str!("../deploy/examples/plugin-rbac.yaml");
+
+/// Whether the example ClusterRole `role` grants every call in `made`.
+fn assert_granted(role: &str, made: &sluice_testcluster::RequestCounts) {
+    let docs = sluice_testcluster::harness::parse_yaml_documents(PLUGIN_RBAC).expect("parses");
+    let rules = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == role)
+        .map(|d| d["rules"].clone())
+        .expect("the role exists");
+    let listed =
+        |list: &Value, value: &str| list.as_array().into_iter().flatten().any(|v| v == value);
+    for key in made.0.keys() {
+        let resource = if key.subresource.is_empty() {
+            key.resource.clone()
+        } else {
+            format!("{}/{}", key.resource, key.subresource)
+        };
+        let granted = rules.as_array().into_iter().flatten().any(|rule| {
+            listed(&rule["apiGroups"], &key.group)
+                && listed(&rule["resources"], &resource)
+                && listed(&rule["verbs"], &key.verb)
+        });
+        assert!(
+            granted,
+            "{role} in deploy/examples/plugin-rbac.yaml does not grant {key:?}"
+        );
+    }
+}
 
 async fn env_with(prometheus: &FakePrometheus, interval: &str, extra_spec: &str) -> Env {
     let mut env = Env::start(Hold::AdmissionPolicy).await;
@@ -160,6 +189,7 @@ async fn abort_in_every_phase_returns_traffic_to_stable_and_promote_passes_the_m
             .all(|k| k.verb == "patch" && k.resource == "canaries" && k.subresource == "status"),
         "{written:?}"
     );
+    assert_granted("sluice-plugin-operator", &writes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,6 +222,7 @@ async fn analyze_runs_every_query_now_and_writes_nothing() {
 
     let made = env.cluster.requests_from("kubectl-sluice").expect("local");
     assert_eq!(made.writes(), 0, "analyze wrote: {made:?}");
+    assert_granted("sluice-plugin-viewer", &made);
     assert_eq!(phase(&env.canary("web").await.unwrap()), "Idle");
 }
 
