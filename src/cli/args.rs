@@ -22,7 +22,7 @@ Examples:
 
 static WAIT_HELP: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{}\nExamples:\n  kubectl set image deployment/web app=registry.example/web:2 -n shop\n  kubectl sluice wait web -n shop --timeout 15m -o json",
+        "{}\nExamples:\n  kubectl set image deployment/web app=example/web:2 -n shop\n  kubectl sluice wait web -n shop --timeout 15m -o json",
         ExitCode::table()
     )
 });
@@ -192,4 +192,54 @@ pub struct CommandArgs {
     /// How long to wait for the controller to acknowledge the command (exit 6 when it does not).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kubectl_s_flags_are_accepted_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "kubectl-sluice",
+            "wait",
+            "web",
+            "-n",
+            "shop",
+            "--context",
+            "prod",
+            "--kubeconfig",
+            "/tmp/kc",
+            "-o",
+            "json",
+            "--timeout",
+            "90s",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.namespace.as_deref(), Some("shop"));
+        assert_eq!(cli.global.context.as_deref(), Some("prod"));
+        assert_eq!(cli.global.output, Output::Json);
+        let Command::Wait { timeout, .. } = cli.command else {
+            panic!("not wait");
+        };
+        assert_eq!(timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn wait_help_shows_the_exit_code_table() {
+        let mut command = Cli::command();
+        let help = command
+            .find_subcommand_mut("wait")
+            .expect("wait exists")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains(&ExitCode::table()), "{help}");
+    }
 }
