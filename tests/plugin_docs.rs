@@ -36,10 +36,14 @@ fn the_readme_and_the_help_name_every_subcommand() {
             continue;
         }
         assert!(
-            section.contains(&format!("`kubectl sluice {name} ")) || section.contains(&format!(" `{name} NAME`")),
+            section.contains(&format!("`kubectl sluice {name} "))
+                || section.contains(&format!(" `{name} NAME`")),
             "README does not document `{name}`"
         );
-        assert!(help.contains(&format!("  {name} ")), "--help does not list {name}");
+        assert!(
+            help.contains(&format!("  {name} ")),
+            "--help does not list {name}"
+        );
     }
 }
 
@@ -49,7 +53,10 @@ fn a_usage_error_exits_64_with_the_message_on_stderr() {
         .args(["status"])
         .output()
         .expect("runs");
-    assert_eq!(output.status.code(), Some(i32::from(ExitCode::Usage.code())));
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(ExitCode::Usage.code()))
+    );
     assert!(output.stdout.is_empty());
     assert!(String::from_utf8_lossy(&output.stderr).contains("NAME"));
 }

@@ -100,7 +100,6 @@ async fn dispatch(
         namespace,
         output: cli.global.output,
     };
-    let action = |action| action;
     match cli.command {
         Command::List => session.list(cli.global.all_namespaces, out, err).await,
         Command::Status { name, watch } => session.status(&name, watch, out, err).await,
@@ -119,9 +118,7 @@ async fn dispatch(
             } else {
                 CommandAction::Promote
             };
-            session
-                .command(&name, action(what), &command, out, err)
-                .await
+            session.command(&name, what, &command, out, err).await
         }
         Command::Abort { name, command } => {
             session
@@ -282,7 +279,12 @@ impl Session {
         futures::stream::select(canaries, targets).boxed()
     }
 
-    fn print(&self, out: &mut dyn Write, text: Result<String, render::RenderError>) -> ExitCode {
+    fn print(
+        &self,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+        text: Result<String, render::RenderError>,
+    ) -> ExitCode {
         match text {
             Ok(text) => {
                 let _ = out.write_all(text.as_bytes());
@@ -290,7 +292,7 @@ impl Session {
                 ExitCode::Promoted
             }
             Err(error) => {
-                let _ = writeln!(std::io::stderr(), "error: {}", chain(&error));
+                let _ = writeln!(err, "error: {}", chain(&error));
                 ExitCode::CouldNotAsk
             }
         }
@@ -300,7 +302,7 @@ impl Session {
         &self,
         all_namespaces: bool,
         out: &mut dyn Write,
-        _err: &mut dyn Write,
+        err: &mut dyn Write,
     ) -> Result<ExitCode, AskError> {
         let api: Api<Canary> = if all_namespaces {
             Api::all(self.client.clone())
@@ -316,7 +318,7 @@ impl Session {
             })?;
         let mut rows: Vec<ListRow> = list.items.iter().map(ListRow::new).collect();
         rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Ok(self.print(out, render::list(&rows, all_namespaces, self.output)))
+        Ok(self.print(out, err, render::list(&rows, all_namespaces, self.output)))
     }
 
     async fn status(
@@ -330,7 +332,7 @@ impl Session {
         let target = self.get_target(&canary).await?;
         let view = StatusView::new(&canary, target.as_ref());
         if !watch {
-            return Ok(self.print(out, render::status(&view, self.output)));
+            return Ok(self.print(out, err, render::status(&view, self.output)));
         }
         // One line per change; JSON and YAML print the whole view each time it changes.
         let line = |view: &StatusView| match self.output {
@@ -340,36 +342,35 @@ impl Session {
                 .map_err(render::RenderError::from),
             Output::Yaml => render::status(view, Output::Yaml).map(|s| format!("---\n{s}")),
         };
-        let mut last = line(&view);
-        let code = self.print(out, last.as_ref().map(String::clone).map_err(clone_error));
-        if code != ExitCode::Promoted {
-            return Ok(code);
-        }
+        let mut last = String::new();
         let (mut canary, mut target) = (Some(canary), target);
         let mut stream = self.watch(canary.as_ref().expect("just fetched"));
-        while let Some(seen) = stream.next().await {
-            match seen {
-                Seen::Canary(found) => canary = found.map(|c| *c),
-                Seen::Target(found) => target = found.map(|t| *t),
-                Seen::Error(error) => {
-                    let _ = writeln!(err, "watch error (retrying): {error}");
-                    continue;
-                }
-            }
+        loop {
             let Some(current) = &canary else {
                 let _ = writeln!(err, "Canary {}/{name} was deleted", self.namespace);
                 return Ok(ExitCode::CouldNotAsk);
             };
-            let next = line(&StatusView::new(current, target.as_ref()));
-            if next.as_ref().ok() != last.as_ref().ok() {
-                let code = self.print(out, next.as_ref().map(String::clone).map_err(clone_error));
-                if code != ExitCode::Promoted {
-                    return Ok(code);
+            let next = match line(&StatusView::new(current, target.as_ref())) {
+                Ok(next) => next,
+                Err(error) => {
+                    let _ = writeln!(err, "error: {}", chain(&error));
+                    return Ok(ExitCode::CouldNotAsk);
                 }
+            };
+            if next != last {
+                let _ = out.write_all(next.as_bytes());
+                let _ = out.flush();
                 last = next;
             }
+            match stream.next().await {
+                None => return Ok(ExitCode::CouldNotAsk),
+                Some(Seen::Canary(found)) => canary = found.map(|c| *c),
+                Some(Seen::Target(found)) => target = found.map(|t| *t),
+                Some(Seen::Error(error)) => {
+                    let _ = writeln!(err, "watch error (retrying): {error}");
+                }
+            }
         }
-        Ok(ExitCode::CouldNotAsk)
     }
 
     async fn wait(
@@ -455,7 +456,7 @@ impl Session {
             message: outcome.message,
             elapsed_seconds: started.elapsed().as_secs(),
         };
-        let printed = self.print(out, render::wait_summary(&summary, self.output));
+        let printed = self.print(out, err, render::wait_summary(&summary, self.output));
         Ok(if printed == ExitCode::Promoted {
             outcome.code
         } else {
@@ -599,7 +600,7 @@ impl Session {
             state,
             message,
         };
-        let printed = self.print(out, render::command(&result, self.output));
+        let printed = self.print(out, err, render::command(&result, self.output));
         Ok(if printed == ExitCode::Promoted {
             code
         } else {
@@ -687,7 +688,7 @@ impl Session {
         if rows.is_empty() {
             let _ = writeln!(err, "Canary {}/{name} has no metrics", self.namespace);
         }
-        Ok(self.print(out, render::analysis(&rows, self.output)))
+        Ok(self.print(out, err, render::analysis(&rows, self.output)))
     }
 
     async fn analyze_one(
@@ -836,10 +837,4 @@ impl Session {
         }
         Ok(found)
     }
-}
-
-fn clone_error(error: &render::RenderError) -> render::RenderError {
-    render::RenderError::Json(serde_json::Error::io(std::io::Error::other(
-        error.to_string(),
-    )))
 }
