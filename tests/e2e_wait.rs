@@ -198,7 +198,7 @@ async fn a_held_revision_times_out_is_superseded_and_an_abort_of_its_successor_e
 async fn invalid_specs_missing_canaries_unreachable_clusters_and_bad_flags_each_have_their_code() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "", "").await;
+    let mut env = env_with(&prometheus, "", "").await;
 
     env.apply(&app_manifests("api", STABLE_IMAGE, 1)).await;
     env.apply(&format!(
@@ -254,4 +254,31 @@ async fn invalid_specs_missing_canaries_unreachable_clusters_and_bad_flags_each_
         assert_eq!(usage.code, code(ExitCode::Usage), "{args:?}: {usage:?}");
         assert!(usage.stdout.is_empty(), "errors go to stderr: {usage:?}");
     }
+
+    // Losing the cluster in the middle of a wait is "could not ask", not "still progressing":
+    // with the controller stopped the gate waits for it to pick up revision 2, then the API
+    // server refuses every connection until the gate's timeout has passed.
+    env.kill_controller().await;
+    env.set_image("web", "registry.local/web:2").await;
+    let mut cut_off = plugin::spawn(&env, &["wait", "web", "--timeout", "4s", "-o", "json"]);
+    let stderr = cut_off.stderr.take().expect("stderr piped");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let bound = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("wait prints its binding")
+        .expect("stderr readable")
+        .expect("a line");
+    assert!(bound.contains("waiting up to"), "{bound}");
+    let faults = env.cluster.faults().expect("a local cluster");
+    faults.refuse_connections_for(Duration::from_secs(60));
+    let lost = plugin::finish(cut_off, Duration::from_secs(30)).await;
+    faults.accept_connections();
+    assert_eq!(lost.code, code(ExitCode::CouldNotAsk), "{lost:?}");
+    assert!(
+        lost.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("lost contact"),
+        "{lost:?}"
+    );
 }

@@ -26,7 +26,8 @@ pub enum ExitCode {
     /// The timeout ran out while the revision was still rolling out (or paused); for commands:
     /// the controller did not acknowledge the command in time.
     TimedOut,
-    /// Could not ask: the cluster was unreachable, the kubeconfig unusable, or no such Canary.
+    /// Could not ask: the cluster was unreachable (at the start, or still when the timeout ran
+    /// out), the kubeconfig unusable, or no such Canary.
     CouldNotAsk,
     /// The controller refused the command (wrong revision or phase); its message says why.
     Refused,

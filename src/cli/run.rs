@@ -405,6 +405,9 @@ impl Session {
         let mut stream = self.watch(&canary);
         let (mut canary, mut target) = (Some(canary), target);
         let mut last_line = String::new();
+        // The watch's last error, cleared by the next object it delivers: a timeout while the
+        // cluster cannot be reached is "could not ask", not "still progressing".
+        let mut trouble: Option<String> = None;
         let outcome = loop {
             match wait::assess(canary.as_ref(), target.as_ref(), &bound) {
                 Assessment::Done(outcome) => break outcome,
@@ -419,12 +422,20 @@ impl Session {
             }
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_elapsed) => {
-                    break wait::Outcome {
-                        code: ExitCode::TimedOut,
-                        message: format!(
-                            "still not done after {}: {last_line}",
-                            humantime::format_duration(timeout)
-                        ),
+                    break match trouble {
+                        Some(error) => wait::Outcome {
+                            code: ExitCode::CouldNotAsk,
+                            message: format!(
+                                "lost contact with the cluster before the rollout ended: {error}"
+                            ),
+                        },
+                        None => wait::Outcome {
+                            code: ExitCode::TimedOut,
+                            message: format!(
+                                "still not done after {}: {last_line}",
+                                humantime::format_duration(timeout)
+                            ),
+                        },
                     };
                 }
                 Ok(None) => {
@@ -433,10 +444,19 @@ impl Session {
                         message: "the watch ended".into(),
                     };
                 }
-                Ok(Some(Seen::Canary(found))) => canary = found.map(|c| *c),
-                Ok(Some(Seen::Target(found))) => target = found.map(|t| *t),
+                Ok(Some(Seen::Canary(found))) => {
+                    canary = found.map(|c| *c);
+                    trouble = None;
+                }
+                Ok(Some(Seen::Target(found))) => {
+                    target = found.map(|t| *t);
+                    trouble = None;
+                }
                 Ok(Some(Seen::Error(error))) => {
-                    let _ = writeln!(err, "watch error (retrying): {error}");
+                    if trouble.as_ref() != Some(&error) {
+                        let _ = writeln!(err, "watch error (retrying): {error}");
+                    }
+                    trouble = Some(error);
                 }
             }
         };
