@@ -317,3 +317,50 @@ async fn kubectl_finds_the_plugin_and_kubectl_wait_is_not_fooled_by_the_previous
     let canary = env.canary("web").await.unwrap();
     assert_eq!(canary["status"]["stableRevision"], revision.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_during_promotion_returns_traffic_to_stable() {
+    // The stable Deployment's pods of this image never become ready (the canary's, labelled with
+    // their revision, do), so the promotion stays in Promoting until it is aborted.
+    let never_ready: sluice_testcluster::kubelet::NeverReady = std::sync::Arc::new(|template| {
+        let stuck_image = template.spec.as_ref().is_some_and(|spec| {
+            spec.containers.iter().any(|c| {
+                c.image
+                    .as_deref()
+                    .is_some_and(|i| i.ends_with(":stuck-promotion"))
+            })
+        });
+        let canary_pod = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .is_some_and(|labels| labels.contains_key(sluice::api::names::REVISION_LABEL));
+        stuck_image && !canary_pod
+    });
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let mut env = Env::start_with_never_ready(never_ready).await;
+    env.apply(&app_manifests("web", "registry.local/web:1", 2))
+        .await;
+    env.apply(&canary_manifest(
+        &prometheus.url(),
+        "1s",
+        "",
+        "  manualPromotion: true",
+    ))
+    .await;
+    env.start_controller(&[]);
+    until_phase(&env, "Idle", false).await;
+
+    env.set_image("web", "registry.local/web:stuck-promotion")
+        .await;
+    until_phase(&env, "WaitingPromotion", false).await;
+    let promote = plugin::run(&env, &["promote", "web"]).await;
+    assert_eq!(promote.code, 0, "{promote:?}");
+    let promoting = until_phase(&env, "Promoting", false).await;
+    assert!(
+        promoting["status"]["canaryWeight"].as_i64().unwrap() > 0,
+        "the canary still carries traffic while the stable Deployment rolls: {promoting}"
+    );
+    abort_returns_traffic_to_stable(&env, "Promoting").await;
+}

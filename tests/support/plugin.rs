@@ -101,3 +101,40 @@ spec:
 "#
     )
 }
+
+impl Env {
+    /// Like [`Env::start`] with the admission-policy hold, but pods of templates for which
+    /// `never_ready` says so never become ready (to hold a rollout in one phase).
+    pub async fn start_with_never_ready(
+        never_ready: sluice_testcluster::kubelet::NeverReady,
+    ) -> Env {
+        use sluice_testcluster::TestCluster;
+        use sluice_testcluster::kubelet;
+        let cluster = TestCluster::start().await.expect("test cluster starts");
+        cluster
+            .apply_yaml(super::HOLD_POLICY)
+            .await
+            .expect("hold policy applies");
+        let kubelet = kubelet::spawn(
+            cluster.client(),
+            kubelet::Options {
+                config: kubelet::Config {
+                    readiness_delay: Duration::from_millis(300),
+                    never_ready: Some(never_ready),
+                },
+                ..Default::default()
+            },
+        );
+        cluster
+            .apply_yaml(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n"
+            ))
+            .await
+            .expect("namespace");
+        Env {
+            cluster,
+            kubelet,
+            controller: None,
+        }
+    }
+}
