@@ -168,6 +168,13 @@ async fn abort_in_every_phase_returns_traffic_to_stable_and_promote_passes_the_m
     assert_eq!(view["command"]["state"], "Refused");
     let promote = plugin::run(&env, &["promote", "web"]).await;
     assert_eq!(promote.code, 0, "{promote:?}");
+    let command = &env.canary("web").await.unwrap()["status"]["command"];
+    assert_eq!(command["action"], "Promote");
+    assert_eq!(command["revision"], fifth.as_str());
+    assert_eq!(
+        command["requestedBy"], "testcluster",
+        "the kubeconfig context's user"
+    );
     let gate = plugin::run(&env, &["wait", "web", "--timeout", "60s"]).await;
     assert_eq!(gate.code, 0, "{gate:?}");
     assert_eq!(

@@ -93,11 +93,11 @@ async fn dispatch(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<ExitCode, AskError> {
-    let (client, default_namespace) = connect(&cli.global).await?;
-    let namespace = cli.global.namespace.clone().unwrap_or(default_namespace);
+    let connection = connect(&cli.global).await?;
     let session = Session {
-        client,
-        namespace,
+        client: connection.client,
+        namespace: cli.global.namespace.clone().unwrap_or(connection.namespace),
+        user: connection.user,
         output: cli.global.output,
     };
     match cli.command {
@@ -152,14 +152,40 @@ async fn dispatch(
     }
 }
 
+/// What [`connect`] found.
+pub struct Connection {
+    pub client: Client,
+    /// The context's namespace (`default` when it names none).
+    pub namespace: String,
+    /// The kubeconfig user entry of the context, written as a command's `requestedBy`. A label
+    /// for people reading status, not an authenticated identity (the audit log has that).
+    pub user: Option<String>,
+}
+
+/// The user entry the context (`context`, else the current one) names.
+fn kubeconfig_user(file: &kube::config::Kubeconfig, context: Option<&str>) -> Option<String> {
+    let name = context
+        .map(str::to_owned)
+        .or_else(|| file.current_context.clone())?;
+    file.contexts
+        .iter()
+        .find(|c| c.name == name)?
+        .context
+        .as_ref()?
+        .user
+        .clone()
+}
+
 /// A client and the default namespace, found the way kubectl finds them: `--kubeconfig`, else
 /// `$KUBECONFIG` or `~/.kube/config`, else the in-cluster service account; `--context` picks
 /// the context.
-pub async fn connect(global: &Global) -> Result<(Client, String), AskError> {
+pub async fn connect(global: &Global) -> Result<Connection, AskError> {
+    let context = global.context.as_deref();
     let options = kube::config::KubeConfigOptions {
         context: global.context.clone(),
         ..Default::default()
     };
+    let user;
     let mut config = match &global.kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -168,14 +194,23 @@ pub async fn connect(global: &Global) -> Result<(Client, String), AskError> {
                     source,
                 }
             })?;
+            user = kubeconfig_user(&file, context);
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(AskError::LoadKubeconfig)?
         }
-        None if global.context.is_some() => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(AskError::LoadKubeconfig)?,
-        None => kube::Config::infer().await.map_err(AskError::Infer)?,
+        None => {
+            user = kube::config::Kubeconfig::read()
+                .ok()
+                .and_then(|file| kubeconfig_user(&file, context));
+            if context.is_some() {
+                kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(AskError::LoadKubeconfig)?
+            } else {
+                kube::Config::infer().await.map_err(AskError::Infer)?
+            }
+        }
     };
     // Names the plugin in the API server's audit log, apart from the controller.
     config.headers.push((
@@ -184,7 +219,11 @@ pub async fn connect(global: &Global) -> Result<(Client, String), AskError> {
     ));
     let namespace = config.default_namespace.clone();
     let client = Client::try_from(config).map_err(AskError::Client)?;
-    Ok((client, namespace))
+    Ok(Connection {
+        client,
+        namespace,
+        user,
+    })
 }
 
 /// The latest of the Canary and its target, as the watch delivers them.
@@ -227,6 +266,7 @@ where
 struct Session {
     client: Client,
     namespace: String,
+    user: Option<String>,
     output: Output,
 }
 
@@ -514,15 +554,17 @@ impl Session {
             second = second.max(ack.requested_at.0.as_second() + 1);
         }
         let requested_at = Timestamp::from_second(second).unwrap_or_else(|_| Timestamp::now());
+        let command = crate::api::Command {
+            action,
+            revision: revision.clone(),
+            requested_at: Time(requested_at),
+            requested_by: self.user.clone(),
+        };
         let patch = json!({
             "apiVersion": format!("{}/{}", names::GROUP, names::VERSION),
             "kind": "Canary",
             "metadata": {"name": name},
-            "status": {"command": {
-                "action": action,
-                "revision": revision,
-                "requestedAt": Time(requested_at),
-            }},
+            "status": {"command": command},
         });
         self.canaries()
             .patch_status(
