@@ -383,8 +383,8 @@ impl Session {
             Output::Yaml => render::status(view, Output::Yaml).map(|s| format!("---\n{s}")),
         };
         let mut last = String::new();
+        let mut stream = self.watch(&canary);
         let (mut canary, mut target) = (Some(canary), target);
-        let mut stream = self.watch(canary.as_ref().expect("just fetched"));
         loop {
             let Some(current) = &canary else {
                 let _ = writeln!(err, "Canary {}/{name} was deleted", self.namespace);
