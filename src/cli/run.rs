@@ -900,3 +900,66 @@ impl Session {
         Ok(found)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::render::Output;
+
+    const KUBECONFIG: &str = "\
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: 'http://127.0.0.1:1'}
+contexts:
+- name: staging
+  context: {cluster: local, user: alice, namespace: shop}
+- name: prod
+  context: {cluster: local, user: bob, namespace: payments}
+current-context: staging
+users:
+- name: alice
+  user: {}
+- name: bob
+  user: {}
+";
+
+    fn global(kubeconfig: &std::path::Path, context: Option<&str>) -> Global {
+        Global {
+            namespace: None,
+            all_namespaces: false,
+            context: context.map(str::to_owned),
+            kubeconfig: Some(kubeconfig.to_owned()),
+            output: Output::Table,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_context_picks_the_default_namespace_and_the_user_as_kubectl_does() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config");
+        std::fs::write(&path, KUBECONFIG).expect("written");
+
+        let current = connect(&global(&path, None)).await.expect("connects");
+        assert_eq!(current.namespace, "shop");
+        assert_eq!(current.user.as_deref(), Some("alice"));
+
+        let prod = connect(&global(&path, Some("prod")))
+            .await
+            .expect("connects");
+        assert_eq!(prod.namespace, "payments");
+        assert_eq!(prod.user.as_deref(), Some("bob"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_context_is_an_error_naming_the_kubeconfig() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config");
+        std::fs::write(&path, KUBECONFIG).expect("written");
+        let Err(error) = connect(&global(&path, Some("nope"))).await else {
+            panic!("connected with a context that does not exist");
+        };
+        assert!(chain(&error).contains("nope"), "{}", chain(&error));
+    }
+}
