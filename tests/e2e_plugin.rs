@@ -1,5 +1,5 @@
 //! `kubectl sluice` end to end: the real plugin and controller binaries against the test cluster.
-//! `abort` in each phase returns traffic to stable; pause, resume and promote are acknowledged;
+//! `abort` in each phase returns traffic to stable; pause, resume, skip and promote are answered;
 //! `status --watch` prints a line per change; `analyze` runs the queries without writing; every
 //! write the plugin makes is to `canaries/status`; kubectl finds the plugin on PATH, and
 //! `kubectl wait --for=condition=Promoted` is not fooled by the previous release.
@@ -151,6 +151,15 @@ async fn abort_in_every_phase_returns_traffic_to_stable_and_promote_passes_the_m
     // Resume refused outside a pause; then promote passes the gate of revision 5.
     env.set_image("web", "registry.local/web:5").await;
     let fifth = template_revision(&env, "web").await;
+    until_phase(&env, "Progressing", true).await;
+    let skip = plugin::run(&env, &["skip", "web", "-o", "json"]).await;
+    assert_eq!(skip.code, 0, "{skip:?}");
+    assert_eq!(skip.json()["action"], "Skip");
+    let skipped = env.canary("web").await.unwrap();
+    assert!(
+        skipped["status"]["stepIndex"] == 1 || phase(&skipped) == "WaitingPromotion",
+        "skip moved to the next step: {skipped}"
+    );
     until_phase(&env, "WaitingPromotion", false).await;
     let resume = plugin::run(&env, &["resume", "web"]).await;
     assert_eq!(
