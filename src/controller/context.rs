@@ -155,4 +155,6 @@ pub struct Context {
     pub metrics: ControllerMetrics,
     pub analysis: Analysis,
     pub superseded: Superseded,
+    /// The opt-in loop's last warning per Deployment.
+    pub told: super::optin::Told,
 }

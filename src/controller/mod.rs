@@ -12,6 +12,7 @@ pub mod error;
 pub mod execute;
 pub mod metrics;
 pub mod observe;
+pub mod optin;
 pub mod reconcile;
 pub mod startup;
 
@@ -106,7 +107,25 @@ pub async fn run(
     });
 
     let ns = config.namespace.as_deref();
-    let deployments = cache(namespaced::<Deployment>(&client, ns));
+    // The Deployment cache is also the opt-in loop's store, and its watch the loop's trigger (a
+    // subscription to the cache's reflector), so one watch serves both. The reflector runs on its
+    // own task: a controller only reads a subscription once its store is ready.
+    let (deployments, deployment_writer) = reflector::store_shared(SHARED_BUFFER);
+    let deployment_events = deployment_writer
+        .subscribe()
+        .expect("a shared store can be subscribed to");
+    tokio::spawn(
+        reflector::reflector(
+            deployment_writer,
+            watcher(
+                namespaced::<Deployment>(&client, ns),
+                watcher::Config::default(),
+            )
+            .backoff(WatchBackoff::default())
+            .modify(trim),
+        )
+        .for_each(|_| async {}),
+    );
     let services = cache(namespaced::<Service>(&client, ns));
     let ingresses = cache(namespaced::<Ingress>(&client, ns));
     let policies = cache(Api::<CanaryPolicy>::all(client.clone()));
@@ -156,10 +175,6 @@ pub async fn run(
         cluster_templates,
         routers,
     };
-    wait_synced(&stores).await;
-    readiness.set_ready(true);
-    info!("caches synced");
-
     let reporter = Reporter {
         controller: "sluice".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -172,7 +187,36 @@ pub async fn run(
         metrics,
         analysis: Analysis::new(config.prometheus_url.clone()),
         superseded: Default::default(),
+        told: Default::default(),
     });
+
+    let optin =
+        Controller::for_shared_stream(deployment_events, context.stores.deployments.clone())
+            .with_config(ControllerConfig::default().concurrency(config.concurrency))
+            // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one
+            // that wins over the annotation) decides what the annotation's Canary should be.
+            .watches_with(
+                all_or_namespaced(&client, ns, &canary_resource()),
+                canary_resource(),
+                watcher::Config::default(),
+                |canary| deployments_of_canary(&canary),
+            )
+            // A policy change changes the spec of every annotation Canary naming it.
+            .watches(
+                Api::<CanaryPolicy>::all(client.clone()),
+                watcher::Config::default(),
+                {
+                    let deployments = context.stores.deployments.clone();
+                    move |policy| annotated_with(&deployments, &policy.name_any())
+                },
+            )
+            .run(optin::reconcile, optin::error_policy, context.clone())
+            .for_each(|_| async {});
+    let optin = tokio::spawn(optin);
+
+    wait_synced(&context.stores).await;
+    readiness.set_ready(true);
+    info!("caches synced");
 
     let mut controller = controller
         // A Deployment is either a target (by label, or named by a Canary's targetRef) or a canary
@@ -259,6 +303,7 @@ pub async fn run(
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|_| async {})
         .await;
+    optin.abort();
     info!("stopped");
     readiness.set_ready(false);
     let _ = stop_http.send(());
@@ -275,6 +320,9 @@ where
         None => Api::all(client.clone()),
     }
 }
+
+/// Deployment events buffered for the opt-in loop before the cache's reflector waits for it (I5).
+const SHARED_BUFFER: usize = 1024;
 
 /// The backoff of every watch the controller runs: the reflector caches it observes from, and the
 /// Controller's merged trigger streams (the Canary watch, which also fills the Canary cache, and
@@ -417,6 +465,44 @@ fn canaries_for_deployment(
             && c.data["spec"]["targetRef"]["name"].as_str() == Some(name.as_str())
     }));
     refs
+}
+
+fn all_or_namespaced(
+    client: &Client,
+    namespace: Option<&str>,
+    resource: &kube::api::ApiResource,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+/// The Deployments a Canary concerns: its target, and the Deployment that owns it.
+fn deployments_of_canary(canary: &DynamicObject) -> Vec<ObjectRef<Deployment>> {
+    let Some(namespace) = canary.namespace() else {
+        return Vec::new();
+    };
+    let mut refs: Vec<ObjectRef<Deployment>> = canary
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "Deployment")
+        .map(|o| ObjectRef::new(&o.name).within(&namespace))
+        .collect();
+    if let Some(target) = canary.data["spec"]["targetRef"]["name"].as_str() {
+        refs.push(ObjectRef::new(target).within(&namespace));
+    }
+    refs
+}
+
+/// The Deployments whose `sluice.dev/policy` annotation names `policy`.
+fn annotated_with(deployments: &Store<Deployment>, policy: &str) -> Vec<ObjectRef<Deployment>> {
+    deployments
+        .state()
+        .iter()
+        .filter(|d| crate::core::annotations::policy_of(d.annotations()) == Some(policy))
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
 }
 
 fn canaries_in_namespace_or_owner<K: Resource>(

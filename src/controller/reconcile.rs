@@ -12,7 +12,7 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::context::{Context, canary_resource};
 use super::error::Error;
@@ -103,6 +103,11 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         return Ok(Requeue::await_change());
     }
 
+    if !deleting && let Some(other) = yields_to(&canary, &ctx.stores) {
+        debug!(canary = %name, %namespace, other = %other, "another Canary holds the target; waiting for it to let go");
+        return Ok(Requeue::requeue(YIELD_RETRY));
+    }
+
     let mut observed = observe::observe(canary, &ctx.stores, ctx.hold_mode);
     let due = core::due(
         &observed.canary.spec,
@@ -157,6 +162,28 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
     })
+}
+
+/// How soon a Canary waiting for another to release its target looks again.
+const YIELD_RETRY: Duration = Duration::from_secs(1);
+
+/// The Canary this one must wait for, if any: a hand-written Canary wins over the one sluice wrote
+/// for the target's annotations, and waits until that one (and its opt-out) is gone, so the two
+/// never act on the same Deployment at once.
+fn yields_to(canary: &crate::api::Canary, stores: &super::context::Stores) -> Option<String> {
+    let namespace = canary.namespace();
+    let from_annotations = observe::is_from_annotations(canary);
+    let target = canary.spec.target_ref.name.as_str();
+    stores
+        .canaries
+        .state()
+        .iter()
+        .filter(|other| other.namespace() == namespace && other.name_any() != canary.name_any())
+        .filter(|other| other.data["spec"]["targetRef"]["name"].as_str() == Some(target))
+        // The annotation's Canary yields to a hand-written one; a hand-written one waits for the
+        // annotation's Canary to finish leaving.
+        .find(|other| observe::is_from_annotations(other.as_ref()) != from_annotations)
+        .map(|other| other.name_any())
 }
 
 /// How soon to look again when the cached Canary is older than the controller's own last write.

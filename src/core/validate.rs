@@ -36,7 +36,7 @@ pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 pub const DEFAULT_MIN_SAMPLES: i64 = 50;
 
 /// One reason a spec cannot be acted on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// JSON path of the field, e.g. `spec.strategy.canary.stepWeights[2]`.
     pub field: String,
@@ -45,7 +45,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
@@ -140,6 +140,11 @@ pub struct ResolvedMetric {
 
 /// Merges the policy into the Canary's spec, applies defaults and checks every bound.
 pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, Vec<FieldError>> {
+    // A Canary that stands for annotations is only as valid as they are: its spec was written
+    // from the last good ones, so a bad value now must stop it rather than go unnoticed.
+    if !observed.annotation_errors.is_empty() {
+        return Err(observed.annotation_errors.clone());
+    }
     let mut errors = Vec::new();
     if spec.target_ref.name.is_empty() {
         errors.push(FieldError::new(

@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use super::documents::{Document, documents};
 use super::schema::{self, Violation};
 use crate::api::{
-    self, AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, Duration, LABEL_PATTERN,
-    NAME_PATTERN, RolloutSpec, TemplateKind, TemplateSpec, names,
+    self, AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, RolloutSpec,
+    TemplateKind, TemplateSpec, names,
 };
-use crate::core::{FieldError, Observations, PolicyLookup, validate};
+use crate::core::{FieldError, Observations, PolicyLookup, annotations, validate};
 
 /// One file to check: the name to report it by and its text.
 #[derive(Clone, Debug)]
@@ -500,16 +500,6 @@ fn label_of(kind: &str, object: &Map<String, Value>) -> String {
     }
 }
 
-const ROUTERS: &[&str] = &[
-    "gatewayAPI",
-    "nginx",
-    "istio",
-    "smi",
-    "traefik",
-    "service",
-    "none",
-];
-
 fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
     let annotations: BTreeMap<&str, &Value> = doc
         .object
@@ -539,93 +529,36 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
             &reason,
         ));
     };
-    let mut weights = (None, None);
+    // Values are checked by the same code the controller runs on a live Deployment.
+    let mut strings = BTreeMap::new();
     for (name, value) in &annotations {
-        let Some(value) = value.as_str() else {
-            fail(name, "must be a string (quote it)".into());
-            continue;
-        };
-        match *name {
-            names::POLICY_ANNOTATION => {
-                if !matches_name(value, NAME_PATTERN, 253) {
-                    fail(
-                        name,
-                        format!(
-                            "{value:?} is not a valid CanaryPolicy name (lower-case letters, digits, '-' and '.')"
-                        ),
-                    );
-                }
+        match value.as_str() {
+            Some(value) => {
+                strings.insert((*name).to_owned(), value.to_owned());
             }
-            names::STEP_WEIGHT_ANNOTATION | names::MAX_WEIGHT_ANNOTATION => {
-                match value.parse::<i32>() {
-                    Ok(w) if (1..=100).contains(&w) => {
-                        if *name == names::STEP_WEIGHT_ANNOTATION {
-                            weights.0 = Some(w);
-                        } else {
-                            weights.1 = Some(w);
-                        }
-                    }
-                    Ok(_) | Err(_) => {
-                        fail(name, format!("{value:?} must be an integer from 1 to 100"));
-                    }
-                }
-            }
-            names::INTERVAL_ANNOTATION => match Duration::parse(value) {
-                Ok(d) if d.is_zero() => fail(name, "must not be zero".into()),
-                Ok(_) => {}
-                Err(e) => fail(name, e.to_string()),
-            },
-            names::THRESHOLD_ANNOTATION => match value.parse::<i32>() {
-                Ok(t) if (1..=100).contains(&t) => {}
-                Ok(_) | Err(_) => fail(
-                    name,
-                    format!(
-                        "{value:?} must be an integer from 1 to 100 (failed checks before rollback)"
-                    ),
-                ),
-            },
-            names::ROUTER_ANNOTATION => {
-                if !ROUTERS.contains(&value) {
-                    fail(
-                        name,
-                        format!(
-                            "{value:?} is not a router: use one of {}",
-                            ROUTERS.join(", ")
-                        ),
-                    );
-                }
-            }
-            names::SERVICE_ANNOTATION => {
-                if !matches_name(value, LABEL_PATTERN, 63) {
-                    fail(
-                        name,
-                        format!(
-                            "{value:?} is not a valid Service name (a DNS label: lower-case letters, digits and '-', at most 63)"
-                        ),
-                    );
-                }
-            }
-            unknown => {
-                let hint = schema::closest(unknown, names::DEPLOYMENT_ANNOTATIONS.iter().copied())
-                    .map(|known| format!(" (did you mean {known}?)"))
-                    .unwrap_or_default();
-                fail(
-                    unknown,
-                    format!(
-                        "unknown sluice annotation{hint}; known ones are {}",
-                        names::DEPLOYMENT_ANNOTATIONS.join(", ")
-                    ),
-                );
-            }
+            None => fail(name, "must be a string (quote it)".into()),
         }
     }
-    if let (Some(step), Some(max)) = weights
-        && max < step
-    {
-        fail(
-            names::MAX_WEIGHT_ANNOTATION,
-            format!("max-weight {max} must be at least step-weight {step}"),
-        );
+    let parsed = annotations::parse(&strings);
+    for error in &parsed.errors {
+        let name = error
+            .field
+            .trim_start_matches("metadata.annotations[")
+            .trim_end_matches(']');
+        if names::DEPLOYMENT_ANNOTATIONS.contains(&name) {
+            fail(name, error.reason.clone());
+        } else {
+            let hint = schema::closest(name, names::DEPLOYMENT_ANNOTATIONS.iter().copied())
+                .map(|known| format!(" (did you mean {known}?)"))
+                .unwrap_or_default();
+            fail(
+                name,
+                format!(
+                    "unknown sluice annotation{hint}; known ones are {}",
+                    names::DEPLOYMENT_ANNOTATIONS.join(", ")
+                ),
+            );
+        }
     }
     let policy = annotations
         .get(names::POLICY_ANNOTATION)
@@ -652,13 +585,28 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
                 "CanaryPolicy {policy:?} is not among the files given, so the overrides cannot be checked against it offline"
             ),
         )),
-        Some(_) => {}
+        Some(policy) => {
+            let deployment = doc
+                .object
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let spec = annotations::canary_spec(deployment, &parsed, index.policies.get(policy));
+            for error in spec.err().into_iter().flatten() {
+                if !parsed.errors.contains(&error) {
+                    findings.push(self::error(
+                        &doc.file,
+                        doc.index,
+                        Some(label),
+                        Some(&error.field),
+                        &error.reason,
+                    ));
+                }
+            }
+        }
     }
     findings
-}
-
-fn matches_name(value: &str, pattern: &str, max: usize) -> bool {
-    value.len() <= max && regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value))
 }
 
 #[cfg(test)]
