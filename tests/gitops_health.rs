@@ -570,9 +570,11 @@ async fn the_readme_argocd_install_command_adds_both_checks_to_argocd_cm() {
         eprintln!("skipping: no /usr/bin/kubectl");
         return;
     }
-    let readme = std::fs::read_to_string(repo_path("deploy/gitops/README.md")).expect("README");
     let command = "kubectl -n argocd patch configmap argocd-cm --patch-file deploy/gitops/argocd-cm-patch.yaml";
-    assert!(readme.contains(command), "the README shows: {command}");
+    for readme in ["README.md", "deploy/gitops/README.md"] {
+        let text = std::fs::read_to_string(repo_path(readme)).expect("README");
+        assert!(text.contains(command), "{readme} shows: {command}");
+    }
     let cluster = sluice_testcluster::TestCluster::start()
         .await
         .expect("test cluster");
