@@ -1,21 +1,18 @@
 -- Argo CD health check for sluice.dev/v1alpha1 Canary
 -- (argocd-cm key resource.customizations.health.sluice.dev_Canary).
 --
---   Healthy      the Canary is Idle, or its current revision is promoted (phase Succeeded with
---                the Promoted condition True for status.revision)
+--   Healthy      the Canary is Idle, or its current revision is promoted (phase Succeeded, the
+--                Promoted condition True and status.stableRevision equal to status.revision)
 --   Progressing  a rollout runs (Initializing, Progressing, WaitingPromotion, Promoting,
 --                Finalising), or the controller has not yet seen this generation
 --   Suspended    a person paused the rollout (kubectl sluice pause); nothing moves until resume
 --   Degraded     the current revision failed (rolled back), or the spec is invalid
 --
--- Written for Lua 5.1 (Argo CD's interpreter) and tested with Lua 5.4.
+-- Argo CD runs health scripts in Lua 5.1 with only the base and table libraries (no string or
+-- math): hence plain concatenation and no string functions. Tested with Lua 5.4, same libraries.
 local hs = {}
 local status = obj.status or {}
 local metadata = obj.metadata or {}
-
-local function int(n)
-  return string.format("%d", n or 0)
-end
 
 local function condition(kind)
   for _, c in ipairs(status.conditions or {}) do
@@ -42,7 +39,7 @@ end
 -- The same rule as kstatus (Flux): a status computed from an older spec says nothing yet.
 if metadata.generation ~= nil and (status.observedGeneration or 0) < metadata.generation then
   hs.status = "Progressing"
-  hs.message = "Waiting for the sluice controller to observe generation " .. int(metadata.generation)
+  hs.message = "Waiting for the sluice controller to observe generation " .. tostring(metadata.generation)
   return hs
 end
 
@@ -69,9 +66,7 @@ end
 
 if status.phase == "Succeeded" then
   local promoted = condition("Promoted")
-  local prefix = "revision " .. revision .. ":"
-  if promoted ~= nil and promoted.status == "True"
-      and string.sub(promoted.message or "", 1, string.len(prefix)) == prefix then
+  if promoted ~= nil and promoted.status == "True" and status.stableRevision == status.revision then
     hs.status = "Healthy"
     hs.message = "Revision " .. revision .. " promoted"
     return hs
@@ -83,14 +78,14 @@ end
 
 if status.phase == "Paused" then
   hs.status = "Suspended"
-  hs.message = "Paused by a person at weight " .. int(status.canaryWeight) .. "%: " .. says("run kubectl sluice resume")
+  hs.message = "Paused by a person at weight " .. tostring(status.canaryWeight or 0) .. "%: " .. says("run kubectl sluice resume")
   return hs
 end
 
 if status.phase == "Initializing" or status.phase == "Progressing" or status.phase == "WaitingPromotion"
     or status.phase == "Promoting" or status.phase == "Finalising" then
   hs.status = "Progressing"
-  hs.message = status.phase .. " at weight " .. int(status.canaryWeight) .. "%: " .. says("rollout running")
+  hs.message = status.phase .. " at weight " .. tostring(status.canaryWeight or 0) .. "%: " .. says("rollout running")
   return hs
 end
 

@@ -11,7 +11,8 @@
 --
 -- Every other Deployment gets Argo CD's built-in logic and messages, line for line (a paused one that
 -- sluice does not manage is Suspended, as before).
--- Written for Lua 5.1 (Argo CD's interpreter) and tested with Lua 5.4.
+-- Argo CD runs health scripts in Lua 5.1 with only the base and table libraries (no string or
+-- math): hence plain concatenation and no string functions. Tested with Lua 5.4, same libraries.
 local hs = {}
 local metadata = obj.metadata or {}
 local spec = obj.spec or {}
@@ -19,10 +20,6 @@ local status = obj.status or {}
 local labels = metadata.labels or {}
 local canary = labels["sluice.dev/canary"]
 local held = spec.paused == true and canary ~= nil
-
-local function int(n)
-  return string.format("%d", n or 0)
-end
 
 if spec.paused == true and not held then
   hs.status = "Suspended"
@@ -51,10 +48,10 @@ local available = status.availableReplicas or 0
 if spec.replicas ~= nil and updated < spec.replicas then
   hs.status = "Progressing"
   if held then
-    hs.message = "sluice holds a new pod template for Canary " .. canary .. " (" .. int(updated) .. " of "
-      .. int(spec.replicas) .. " pods run it); the Canary's health says whether it is analysed, waiting or failed"
+    hs.message = "sluice holds a new pod template for Canary " .. canary .. " (" .. tostring(updated) .. " of "
+      .. tostring(spec.replicas) .. " pods run it); the Canary's health says whether it is analysed, waiting or failed"
   else
-    hs.message = "Waiting for rollout to finish: " .. int(updated) .. " out of " .. int(spec.replicas)
+    hs.message = "Waiting for rollout to finish: " .. tostring(updated) .. " out of " .. tostring(spec.replicas)
       .. " new replicas have been updated..."
   end
   return hs
@@ -62,20 +59,20 @@ end
 
 if total > updated then
   hs.status = "Progressing"
-  hs.message = "Waiting for rollout to finish: " .. int(total - updated) .. " old replicas are pending termination..."
+  hs.message = "Waiting for rollout to finish: " .. tostring(total - updated) .. " old replicas are pending termination..."
   return hs
 end
 
 if available < updated then
   hs.status = "Progressing"
-  hs.message = "Waiting for rollout to finish: " .. int(available) .. " of " .. int(updated)
+  hs.message = "Waiting for rollout to finish: " .. tostring(available) .. " of " .. tostring(updated)
     .. " updated replicas are available..."
   return hs
 end
 
 hs.status = "Healthy"
 if held then
-  hs.message = "Held at rest by sluice for Canary " .. canary .. ": all " .. int(updated)
+  hs.message = "Held at rest by sluice for Canary " .. canary .. ": all " .. tostring(updated)
     .. " pods run the current template and are available"
 end
 return hs
