@@ -400,3 +400,38 @@ async fn a_missing_policy_is_reported_on_the_annotation() {
     assert!(!is_paused(&target), "nothing live changed");
     assert!(env.deployment("web-canary").await.is_none());
 }
+
+/// The README's example: `examples/canary-policy.yaml` and `examples/deployment-annotated.yaml`,
+/// applied as they ship, give a Canary named after the Deployment with the overrides merged into
+/// the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_annotation_example_becomes_a_canary_with_its_overrides() {
+    let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for file in ["canary-policy.yaml", "deployment-annotated.yaml"] {
+        env.apply(&std::fs::read_to_string(root.join(file)).unwrap())
+            .await;
+    }
+    env.start_controller(&[]);
+    let canary = env
+        .eventually("the example's Canary", WAIT, || async {
+            env.canary("web")
+                .await
+                .filter(|c| c["status"]["phase"].is_string())
+        })
+        .await;
+    let spec = &canary["spec"];
+    assert_eq!(spec["targetRef"]["name"], "web");
+    assert_eq!(spec["policyRef"]["name"], "web-standard");
+    assert_eq!(
+        spec["strategy"]["canary"],
+        json!({"stepWeight": 20, "maxWeight": 60})
+    );
+    assert_eq!(spec["analysis"]["interval"], "1m");
+    assert_eq!(spec["analysis"]["threshold"], 2);
+    assert_eq!(
+        spec["service"],
+        json!({"name": "web", "port": 80}),
+        "the Service name from the annotation, the port from the policy"
+    );
+}
