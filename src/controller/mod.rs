@@ -235,7 +235,10 @@ pub async fn run(
             watcher::Config::default(),
             {
                 let canaries = canaries.clone();
-                move |service| canaries_in_namespace_or_owner(&canaries, &service)
+                let policies = context.stores.policies.clone();
+                move |service| {
+                    canaries_routing_through(&canaries, &policies, &service, Through::Service)
+                }
             },
         )
         // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
@@ -245,7 +248,10 @@ pub async fn run(
             watcher::Config::default(),
             {
                 let canaries = canaries.clone();
-                move |ingress| canaries_in_namespace_or_owner(&canaries, &ingress)
+                let policies = context.stores.policies.clone();
+                move |ingress| {
+                    canaries_routing_through(&canaries, &policies, &ingress, Through::RouterObject)
+                }
             },
         )
         // A policy change changes every Canary that inherits from it.
@@ -294,7 +300,10 @@ pub async fn run(
         // Router objects: a weight someone else changed is put back (I2).
         controller = controller.watches_with(api, resource, watcher::Config::default(), {
             let canaries = canaries.clone();
-            move |object| canaries_in_namespace_or_owner(&canaries, &object)
+            let policies = context.stores.policies.clone();
+            move |object| {
+                canaries_routing_through(&canaries, &policies, &object, Through::RouterObject)
+            }
         });
     }
 
@@ -505,12 +514,79 @@ fn annotated_with(deployments: &Store<Deployment>, policy: &str) -> Vec<ObjectRe
         .collect()
 }
 
-fn canaries_in_namespace_or_owner<K: Resource>(
+/// How an object carries a Canary's traffic.
+#[derive(Clone, Copy)]
+enum Through {
+    /// The stable Service (the service router switches its selector).
+    Service,
+    /// The user's HTTPRoute, Ingress or VirtualService the router writes weights on.
+    RouterObject,
+}
+
+/// The Canaries `object` concerns: those that own it, and those whose stable Service or router
+/// object it is. Only those: mapping an event to every Canary of the namespace made each
+/// canary Service a Canary creates wake every other Canary there (quadratic work at adoption).
+fn canaries_routing_through<K: Resource>(
     canaries: &Store<DynamicObject>,
+    policies: &Store<CanaryPolicy>,
     object: &K,
+    through: Through,
 ) -> Vec<ObjectRef<DynamicObject>> {
     let mut refs = owners(object);
     let namespace = object.meta().namespace.clone();
-    refs.extend(canaries_matching(canaries, |c| c.namespace() == namespace));
+    let name = object.meta().name.clone().unwrap_or_default();
+    refs.extend(canaries_matching(canaries, |c| {
+        c.namespace() == namespace
+            && match through {
+                Through::Service => stable_service(c, policies) == name,
+                Through::RouterObject => router_object(c, policies).as_deref() == Some(&name),
+            }
+    }));
     refs
+}
+
+/// The policy a Canary names, from the cache.
+fn policy_of(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> Option<Arc<CanaryPolicy>> {
+    let name = canary.data["spec"]["policyRef"]["name"].as_str()?;
+    policies.get(&ObjectRef::new(name))
+}
+
+/// The name of a Canary's stable Service, as `core::validate` resolves it: the Canary's own
+/// `service` (whole, when set), else its policy's, named after the target by default.
+fn stable_service(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> String {
+    let spec = &canary.data["spec"];
+    let target = spec["targetRef"]["name"].as_str().unwrap_or_default();
+    let named = if spec["service"].is_object() {
+        spec["service"]["name"].as_str().map(str::to_owned)
+    } else {
+        policy_of(canary, policies)
+            .and_then(|p| p.spec.rollout.service.as_ref().and_then(|s| s.name.clone()))
+    };
+    named.unwrap_or_else(|| target.to_owned())
+}
+
+/// The name of the user's object a Canary's router writes weights on (HTTPRoute, Ingress or
+/// VirtualService), from the Canary's own `router` or else its policy's.
+fn router_object(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> Option<String> {
+    let router = &canary.data["spec"]["router"];
+    if router.is_object() {
+        let name = router["gatewayAPI"]["httpRoute"]["name"]
+            .as_str()
+            .or_else(|| router["nginx"]["ingress"]["name"].as_str())
+            .or_else(|| router["istio"]["virtualService"]["name"].as_str());
+        return name.map(str::to_owned);
+    }
+    let policy = policy_of(canary, policies)?;
+    let router = policy.spec.rollout.router.as_ref()?;
+    router
+        .gateway_api
+        .as_ref()
+        .map(|r| r.http_route.name.clone())
+        .or_else(|| router.nginx.as_ref().map(|r| r.ingress.name.clone()))
+        .or_else(|| {
+            router
+                .istio
+                .as_ref()
+                .map(|r| r.virtual_service.name.clone())
+        })
 }
