@@ -114,6 +114,15 @@ pub struct ControllerArgs {
     /// Canaries reconciled at the same time.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Hook and notification calls in flight at once, across all Canaries. A gate or check that
+    /// cannot get a slot quickly is not called this time (it holds); an event or notification is
+    /// dropped and counted in sluice_hook_calls_dropped.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_hooks: u16,
+    /// Let hooks reach addresses in this CIDR although they are loopback, link-local, unspecified
+    /// or cloud metadata addresses (refused by default). Repeatable, e.g. 127.0.0.1/32.
+    #[arg(long = "hook-allow-cidr", value_name = "CIDR")]
+    pub hook_allow_cidr: Vec<ipnet::IpNet>,
     /// Log line format (stderr). The level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
@@ -188,6 +197,10 @@ fn controller(args: ControllerArgs, err: &mut dyn Write) -> u8 {
             prometheus_url: args.prometheus_url,
             metrics_addr: args.metrics_addr,
             concurrency: args.concurrency,
+            hooks: crate::hooks::HookSettings {
+                max_concurrent: usize::from(args.max_concurrent_hooks),
+                allow: crate::hooks::AllowList::new(args.hook_allow_cidr),
+            },
         };
         crate::controller::run(
             client,
