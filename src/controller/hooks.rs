@@ -234,6 +234,7 @@ fn send(
     let metrics = ctx.metrics.clone();
     let namespace = observed.identity.namespace.clone();
     let name = observed.identity.name.clone();
+    let from_secret = matches!(target, Target::Secret { .. });
     tokio::spawn(async move {
         let outcome = match url_of(&client, &namespace, target).await {
             Ok(url) => {
@@ -242,14 +243,23 @@ fn send(
                     retries,
                     budget,
                 };
-                caller.call_with(permit, call, &body).await
+                let outcome = caller.call_with(permit, call, &body).await;
+                if !outcome.passed() {
+                    // A URL read from a Secret may be a credential, and an error names its host.
+                    let message = if from_secret {
+                        "(not shown: the URL comes from a Secret)".to_owned()
+                    } else {
+                        outcome.message()
+                    };
+                    warn!(canary = %name, %namespace, hook_type, result = outcome.label(), %message, "a background hook call did not pass");
+                }
+                outcome
             }
-            Err(words) => Outcome::Failed { error: words },
+            Err(words) => {
+                warn!(canary = %name, %namespace, hook_type, "{words}");
+                Outcome::Failed { error: words }
+            }
         };
-        if !outcome.passed() {
-            // The message never carries a URL read from a Secret: it may be a credential.
-            warn!(canary = %name, %namespace, hook_type, result = outcome.label(), "a background hook call did not pass");
-        }
         metrics
             .hook_calls
             .get_or_create(&HookLabels {

@@ -66,9 +66,9 @@ impl AllowList {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefusedTarget {
     #[error(
-        "refused before connecting: {host} resolves to {ip}, {} (start the controller with \
-         --hook-allow-cidr {} to permit it)",
-        why.words(), single(*ip)
+        "refused before connecting: {}, {} (start the controller with --hook-allow-cidr {} to \
+         permit it)",
+        naming(host, *ip), why.words(), single(*ip)
     )]
     Address {
         host: String,
@@ -84,6 +84,15 @@ pub enum RefusedTarget {
     Unresolved { host: String, reason: String },
     #[error("refused: {url} is not an http(s) URL with a host")]
     NotHttp { url: String },
+}
+
+/// `10.0.0.1`, or `hooks.example resolves to 10.0.0.1`.
+fn naming(host: &str, ip: IpAddr) -> String {
+    if host.trim_start_matches('[').trim_end_matches(']') == ip.to_string() {
+        ip.to_string()
+    } else {
+        format!("{host} resolves to {ip}")
+    }
 }
 
 fn single(ip: IpAddr) -> String {
@@ -266,13 +275,22 @@ mod tests {
     fn a_refusal_names_the_address_the_rule_and_the_flag_that_would_permit_it() {
         let refused = vet_ip("169.254.169.254", ip("169.254.169.254"), &allow(&[])).unwrap_err();
         let text = refused.to_string();
-        assert!(text.contains("cloud metadata address"), "{text}");
+        assert_eq!(
+            text,
+            "refused before connecting: 169.254.169.254, a cloud metadata address (start the \
+             controller with --hook-allow-cidr 169.254.169.254/32 to permit it)"
+        );
         assert!(
             text.contains("--hook-allow-cidr 169.254.169.254/32"),
             "{text}"
         );
         let refused = vet_ip("h", ip("::1"), &allow(&[])).unwrap_err();
-        assert!(refused.to_string().contains("--hook-allow-cidr ::1/128"));
+        let text = refused.to_string();
+        assert!(
+            text.contains("h resolves to ::1, a loopback address"),
+            "{text}"
+        );
+        assert!(text.contains("--hook-allow-cidr ::1/128"), "{text}");
     }
 
     #[test]
