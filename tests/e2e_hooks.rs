@@ -63,6 +63,22 @@ async fn idle(env: &Env, name: &str) {
     .await;
 }
 
+#[test]
+fn the_readme_shows_the_hooks_example_that_lint_checks() {
+    // tests/lint.rs lints every file of examples/; the README must show that file, not a copy
+    // that drifts from it.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("examples/canary-hooks.yaml")).unwrap();
+    let manifest = &example[example.find("apiVersion:").unwrap()..];
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme.find("## Hooks, gates and notifications").unwrap()..];
+    assert!(
+        section.contains(manifest),
+        "README's hooks section shows examples/canary-hooks.yaml"
+    );
+    assert!(section.contains("--hook-allow-cidr"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_promotion_gate_holds_without_counting_failures_until_it_says_yes() {
     let mut env = Env::start(Hold::AdmissionPolicy).await;
