@@ -497,6 +497,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_client_resolver_applies_the_same_rules_at_connect_time() {
+        // What a name that re-resolved to loopback after the first check would meet.
+        let strict = VettingResolver {
+            allow: Arc::new(AllowList::default()),
+        };
+        let refused = strict.resolve("localhost".parse().unwrap()).await;
+        let error = refused.err().expect("refused");
+        assert!(error.to_string().contains("a loopback address"), "{error}");
+        let allowed = VettingResolver {
+            allow: Arc::new(AllowList::new(vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "::1/128".parse().unwrap(),
+            ])),
+        };
+        let addresses: Vec<_> = allowed
+            .resolve("localhost".parse().unwrap())
+            .await
+            .expect("permitted")
+            .collect();
+        assert!(
+            addresses.iter().all(|a| a.ip().is_loopback()),
+            "{addresses:?}"
+        );
+        assert!(!addresses.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_call_that_cannot_get_a_permit_is_not_made() {
         let caller = loopback_allowed(1);
         let held = caller.try_permit().expect("one permit free");
