@@ -275,14 +275,14 @@ async fn a_hanging_hook_is_cut_at_its_timeout_without_delaying_other_canaries_an
         env.apply(&app_manifests(name, &format!("registry.local/{name}:1"), 2))
             .await;
     }
-    // `slow`: a pre-rollout hook that never answers; its timeout is half the 20s interval.
+    // `slow`: a pre-rollout hook that never answers; its timeout is 15s, half the 30s interval.
     env.apply(&canary(
         "slow",
-        "20s",
+        "30s",
         1,
         "[50]",
         &format!(
-            "  hooks:\n  - name: smoke\n    type: pre-rollout\n    url: \"{}\"\n",
+            "  hooks:\n  - name: smoke\n    type: pre-rollout\n    timeout: 15s\n    url: \"{}\"\n",
             hooks.url("/hang")
         ),
     ))
@@ -317,7 +317,7 @@ async fn a_hanging_hook_is_cut_at_its_timeout_without_delaying_other_canaries_an
     env.set_image("meta", "registry.local/meta:2").await;
     env.eventually(
         "the other Canary to reach its last step during the hang",
-        Duration::from_secs(8),
+        Duration::from_secs(12),
         || async {
             env.canary("fast").await.filter(|c| {
                 c["status"]["canaryWeight"] == 50
@@ -329,25 +329,25 @@ async fn a_hanging_hook_is_cut_at_its_timeout_without_delaying_other_canaries_an
     .await;
     let slow = env.canary("slow").await.unwrap();
     assert!(
-        hook_record(&slow, "smoke").is_none() && hang_started.elapsed() < Duration::from_secs(10),
+        hook_record(&slow, "smoke").is_none() && hang_started.elapsed() < Duration::from_secs(15),
         "the other Canary moved while the hook still hung"
     );
 
-    // The hung call ends at its timeout (10s) and counts as a failed check: threshold 1 rolls back.
+    // The hung call ends at its timeout (15s) and counts as a failed check: threshold 1 rolls back.
     let failed = env
         .eventually(
             "the hanging pre-rollout hook to fail the canary",
-            Duration::from_secs(25),
+            Duration::from_secs(30),
             || async { env.canary("slow").await.filter(|c| phase(c) == "Failed") },
         )
         .await;
     let waited = hang_started.elapsed();
     assert!(
-        waited >= Duration::from_secs(9),
+        waited >= Duration::from_secs(14),
         "the call lasted its timeout ({waited:?})"
     );
     assert!(
-        waited < Duration::from_secs(16),
+        waited < Duration::from_secs(22),
         "the call was cut at its timeout, not left to hang ({waited:?})"
     );
     let record = hook_record(&failed, "smoke").unwrap();
@@ -356,7 +356,7 @@ async fn a_hanging_hook_is_cut_at_its_timeout_without_delaying_other_canaries_an
         record["message"]
             .as_str()
             .unwrap()
-            .starts_with("no answer within 10s"),
+            .starts_with("no answer within 15s"),
         "{record}"
     );
     assert_eq!(failed_checks(&failed), 1);
