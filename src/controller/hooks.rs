@@ -63,7 +63,12 @@ pub async fn call_due(ctx: &Context, observed: &Observed, names: &[String]) -> V
                 };
                 let outcome = ctx.hooks.call(call, &body).await;
                 count(&ctx.metrics, observed, hook.hook_type.as_str(), &outcome);
-                debug!(canary = %observed.identity.name, hook = %hook.name, result = outcome.label(), "hook called");
+                debug!(
+                    canary = %observed.identity.name,
+                    hook = %hook.name,
+                    result = outcome.label(),
+                    "hook called"
+                );
                 outcome.answered().then(|| HookResult {
                     name: hook.name.clone(),
                     hook_type: hook.hook_type,
@@ -226,7 +231,11 @@ fn send(
                 hook_type: hook_type.to_owned(),
             })
             .inc();
-        warn!(canary = %observed.identity.name, hook_type, "too many hook calls in flight; dropped one");
+        warn!(
+            canary = %observed.identity.name,
+            hook_type,
+            "too many hook calls in flight; dropped one"
+        );
         return;
     };
     let caller: HookCaller = ctx.hooks.clone();
@@ -251,7 +260,14 @@ fn send(
                     } else {
                         outcome.message()
                     };
-                    warn!(canary = %name, %namespace, hook_type, result = outcome.label(), %message, "a background hook call did not pass");
+                    warn!(
+                        canary = %name,
+                        %namespace,
+                        hook_type,
+                        result = outcome.label(),
+                        %message,
+                        "a background hook call did not pass"
+                    );
                 }
                 outcome
             }

@@ -1,7 +1,8 @@
 //! One reconcile, as a short linear pipeline: parse (a malformed Canary becomes a condition) ->
 //! finalizer -> observe (caches only) -> gather what `core::due` asks for (checks and hook calls,
 //! side by side) -> `core::step` -> execute the actions in order -> persist the status once, only
-//! if it changed -> events, event hooks and notifications (in the background) and metrics. Nothing here decides what the rollout should do; that is the core's job.
+//! if it changed -> events, event hooks and notifications (in the background) and metrics.
+//! Nothing here decides what the rollout should do; that is the core's job.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
