@@ -7,6 +7,7 @@
 pub mod api;
 pub mod controller;
 pub mod core;
+pub mod hooks;
 pub mod http;
 pub mod metrics;
 pub mod router;

@@ -10,6 +10,7 @@ pub mod analysis;
 pub mod context;
 pub mod error;
 pub mod execute;
+pub mod hooks;
 pub mod metrics;
 pub mod observe;
 pub mod optin;
@@ -54,6 +55,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// Canaries reconciled at once.
     pub concurrency: u16,
+    /// The bound on hook calls in flight and the address allow-list.
+    pub hooks: crate::hooks::HookSettings,
 }
 
 /// Why the controller stopped with an error.
@@ -61,6 +64,8 @@ pub struct Config {
 pub enum RunError {
     #[error(transparent)]
     Startup(#[from] StartupError),
+    #[error(transparent)]
+    HookClient(#[from] crate::hooks::BuildHookClientError),
     #[error("failed to serve metrics on {addr}")]
     Serve {
         addr: SocketAddr,
@@ -79,6 +84,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     startup::check_crds(&client).await?;
     let hold_mode = startup::hold_mode(&client, config.hold).await?;
+    let hook_caller = crate::hooks::HookCaller::new(&config.hooks)?;
     info!(?hold_mode, namespace = ?config.namespace, "starting");
 
     let mut registry = Registry::default();
@@ -186,6 +192,7 @@ pub async fn run(
         stores,
         metrics,
         analysis: Analysis::new(config.prometheus_url.clone()),
+        hooks: hook_caller,
         superseded: Default::default(),
         told: Default::default(),
     });

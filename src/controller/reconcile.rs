@@ -1,7 +1,8 @@
 //! One reconcile, as a short linear pipeline: parse (a malformed Canary becomes a condition) ->
-//! finalizer -> observe (caches only) -> gather what `core::due` asks for (checks) -> `core::step`
-//! -> execute the actions in order -> persist the status once, only if it changed -> events and
-//! metrics. Nothing here decides what the rollout should do; that is the core's job.
+//! finalizer -> observe (caches only) -> gather what `core::due` asks for (checks and hook calls,
+//! side by side) -> `core::step` -> execute the actions in order -> persist the status once, only
+//! if it changed -> events, event hooks and notifications (in the background) and metrics.
+//! Nothing here decides what the rollout should do; that is the core's job.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,9 +116,20 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         &observed.observations,
         Timestamp::now(),
     );
-    if due.checks {
-        observed.observations.checks = Some(ctx.analysis.run_checks(&ctx.client, &observed).await);
-    }
+    // Checks and hooks are observations: gathered together, each bounded by its own budget
+    // (a hook's is at most half the interval).
+    let (checks, hooks) = futures::join!(
+        async {
+            if due.checks {
+                Some(ctx.analysis.run_checks(&ctx.client, &observed).await)
+            } else {
+                None
+            }
+        },
+        super::hooks::call_due(ctx, &observed, &due.hooks),
+    );
+    observed.observations.checks = checks;
+    observed.observations.hooks = hooks;
     let decision = core::step(
         &observed.canary.spec,
         &observed.status,
@@ -156,6 +168,9 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         })?;
     }
     publish(ctx, object, &observed, &decision).await;
+    if !deleting {
+        super::hooks::tell(ctx, &observed, &decision);
+    }
     record_metrics(ctx, &observed, &decision);
 
     Ok(match decision.requeue_after {

@@ -12,8 +12,8 @@ use std::fmt;
 use super::{Observations, PolicyLookup, plan};
 use crate::api::{
     AnalysisSpec, CanarySpec, Comparison, ComparisonMethod, GatewayApiRouter, HookSpec, HttpMatch,
-    IstioRouter, NginxRouter, OnNoData, ProviderSpec, RolloutSpec, RouterSpec, SmiRouter,
-    StrategySpec, TemplateRef, TemplateSpec, TraefikRouter, UnknownOutcome,
+    IstioRouter, NginxRouter, NotificationSpec, OnNoData, ProviderSpec, RolloutSpec, RouterSpec,
+    SmiRouter, StrategySpec, TemplateRef, TemplateSpec, TraefikRouter, UnknownOutcome,
 };
 
 /// Interval between checks when the spec sets none.
@@ -78,6 +78,8 @@ pub struct Resolved {
     pub metrics: Vec<ResolvedMetric>,
     /// Hooks with their timeouts and retries defaulted.
     pub hooks: Vec<HookSpec>,
+    /// Where lifecycle events are sent.
+    pub notifications: Vec<NotificationSpec>,
     pub manual_promotion: bool,
     pub skip_analysis: bool,
 }
@@ -310,6 +312,7 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
         provider: analysis.provider.clone(),
         metrics,
         hooks,
+        notifications: merged.notifications.clone().unwrap_or_default(),
         manual_promotion: merged.manual_promotion.unwrap_or(false),
         skip_analysis: merged.skip_analysis.unwrap_or(false),
     })
@@ -336,6 +339,10 @@ fn merge(policy: &RolloutSpec, own: &RolloutSpec) -> RolloutSpec {
         strategy: own.strategy.clone().or_else(|| policy.strategy.clone()),
         analysis,
         hooks: own.hooks.clone().or_else(|| policy.hooks.clone()),
+        notifications: own
+            .notifications
+            .clone()
+            .or_else(|| policy.notifications.clone()),
         manual_promotion: own.manual_promotion.or(policy.manual_promotion),
         skip_analysis: own.skip_analysis.or(policy.skip_analysis),
     }
@@ -615,6 +622,37 @@ pub fn rollout(spec: &RolloutSpec, prefix: &str) -> Vec<FieldError> {
             && !(0..=5).contains(&r)
         {
             err(format!("{hpath}.retries"), format!("{r} is outside 0..=5"));
+        }
+    }
+    let mut notification_names = BTreeSet::new();
+    for (i, notification) in spec.notifications.iter().flatten().enumerate() {
+        let npath = format!("{prefix}.notifications[{i}]");
+        if !notification_names.insert(notification.name.as_str()) {
+            err(
+                format!("{npath}.name"),
+                format!("notification name {:?} is used twice", notification.name),
+            );
+        }
+        match (&notification.url, &notification.url_secret_ref) {
+            (Some(url), None) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    err(format!("{npath}.url"), "must be an http(s) URL".into());
+                }
+            }
+            (None, Some(_)) => {}
+            (Some(_), Some(_)) | (None, None) => err(
+                npath.clone(),
+                "set either url or urlSecretRef, not both".into(),
+            ),
+        }
+        if let Some(events) = &notification.events {
+            let distinct: BTreeSet<_> = events.iter().map(|e| e.as_str()).collect();
+            if events.is_empty() || distinct.len() != events.len() {
+                err(
+                    format!("{npath}.events"),
+                    "must list each event at most once, and at least one".into(),
+                );
+            }
         }
     }
     errors

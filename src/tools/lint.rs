@@ -362,11 +362,19 @@ fn check(doc: &Parsed, schemas: &BTreeMap<String, Value>, index: &Index) -> Vec<
     };
     match known {
         Kind::Canary => match typed::<Canary>(value, doc, &label) {
-            Ok(canary) => check_canary(&canary, doc, &label, index, to_findings),
+            Ok(canary) => {
+                let mut findings = check_canary(&canary, doc, &label, index, to_findings);
+                findings.extend(restricted_targets(&canary.spec.rollout, doc, &label));
+                findings
+            }
             Err(finding) => vec![finding],
         },
         Kind::CanaryPolicy => match typed::<CanaryPolicy>(value, doc, &label) {
-            Ok(policy) => to_findings(validate::rollout(&policy.spec.rollout, "spec")),
+            Ok(policy) => {
+                let mut findings = to_findings(validate::rollout(&policy.spec.rollout, "spec"));
+                findings.extend(restricted_targets(&policy.spec.rollout, doc, &label));
+                findings
+            }
             Err(finding) => vec![finding],
         },
         Kind::AnalysisTemplate => match typed::<AnalysisTemplate>(value, doc, &label) {
@@ -380,6 +388,57 @@ fn check(doc: &Parsed, schemas: &BTreeMap<String, Value>, index: &Index) -> Vec<
             }
         }
     }
+}
+
+/// Notes for hook and notification URLs the controller refuses by default (an IP literal or a
+/// name that is restricted without a lookup). A note, not an error: `--hook-allow-cidr` may
+/// permit the address, and a name's addresses are only known in the cluster.
+fn restricted_targets(rollout: &RolloutSpec, doc: &Parsed, label: &str) -> Vec<Finding> {
+    let hooks = rollout
+        .hooks
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, h)| (format!("spec.hooks[{i}].url"), Some(h.url.as_str())));
+    let notifications = rollout
+        .notifications
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, n)| (format!("spec.notifications[{i}].url"), n.url.as_deref()));
+    hooks
+        .chain(notifications)
+        .filter_map(|(field, url)| {
+            let url = reqwest::Url::parse(url?).ok()?;
+            let host = url.host_str()?;
+            let literal = host.trim_start_matches('[').trim_end_matches(']');
+            let why = match literal.parse::<std::net::IpAddr>() {
+                Ok(ip) => restricted_literal(ip),
+                Err(_) => crate::hooks::address::vet_name(host)
+                    .err()
+                    .map(|refused| refused.to_string())
+                    .or_else(|| {
+                        host.eq_ignore_ascii_case("localhost").then(|| {
+                            "localhost is a loopback address: the controller refuses it unless \
+                             --hook-allow-cidr permits it"
+                                .to_owned()
+                        })
+                    }),
+            }?;
+            Some(note(
+                &doc.file,
+                doc.index,
+                Some(label),
+                &format!("{field}: {why}"),
+            ))
+        })
+        .collect()
+}
+
+fn restricted_literal(ip: std::net::IpAddr) -> Option<String> {
+    crate::hooks::address::vet_ip(&ip.to_string(), ip, &crate::hooks::AllowList::default())
+        .err()
+        .map(|refused| refused.to_string())
 }
 
 fn typed<T: DeserializeOwned>(value: Value, doc: &Parsed, label: &str) -> Result<T, Finding> {
@@ -632,6 +691,27 @@ mod tests {
                 "test.yaml (document 1): CanaryPolicy (unnamed): metadata.name: required field is missing"
             ]
         );
+    }
+
+    #[test]
+    fn a_hook_or_notification_at_a_restricted_address_gets_a_note_not_an_error() {
+        let report = lint_one(
+            "apiVersion: sluice.dev/v1alpha1\nkind: CanaryPolicy\nmetadata: {name: web}\nspec:\n  \
+             hooks:\n  - {name: ok, type: rollout, url: 'http://load.shop.svc/'}\n  \
+             - {name: meta, type: rollout, url: 'http://169.254.169.254/latest/meta-data'}\n  \
+             notifications:\n  - {name: local, url: 'http://localhost:9000/'}\n  \
+             - {name: gcp, url: 'http://metadata.google.internal/'}\n",
+        );
+        assert!(report.is_valid(), "{:#?}", report.findings);
+        let notes: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
+        assert_eq!(notes.len(), 3, "{notes:#?}");
+        assert!(notes[0].contains("note: spec.hooks[1].url: refused before connecting: 169.254.169.254, a cloud metadata address"), "{}", notes[0]);
+        assert!(
+            notes[1].contains("spec.notifications[0].url: localhost is a loopback address"),
+            "{}",
+            notes[1]
+        );
+        assert!(notes[2].contains("spec.notifications[1].url: refused before connecting: metadata.google.internal is a cloud metadata host name"), "{}", notes[2]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use sluice_testcluster::kubelet::{self, Handle};
 use tokio::process::{Child, Command};
 
 pub mod history;
+pub mod hooks;
 
 pub const NAMESPACE: &str = "shop";
 pub const HOLD_POLICY: &str = include_str!("../../deploy/admission-policy.yaml");
