@@ -161,6 +161,31 @@ const CASES: &[(&str, &str, &str)] = &[
         "spec.hooks[0].retries",
         "outside 0..=5",
     ),
+    (
+        "notifications: [{name: team}]",
+        "spec.notifications[0]",
+        "either url or urlSecretRef",
+    ),
+    (
+        "notifications: [{name: team, url: 'http://a.test/', urlSecretRef: {name: slack}}]",
+        "spec.notifications[0]",
+        "either url or urlSecretRef",
+    ),
+    (
+        "notifications: [{name: team, url: 'ftp://a.test/'}]",
+        "spec.notifications[0].url",
+        "http(s) URL",
+    ),
+    (
+        "notifications: [{name: team, url: 'http://a.test/'}, {name: team, url: 'http://b.test/'}]",
+        "spec.notifications[1].name",
+        "used twice",
+    ),
+    (
+        "notifications: [{name: team, url: 'http://a.test/', events: [Promoted, Promoted]}]",
+        "spec.notifications[0].events",
+        "at most once",
+    ),
 ];
 
 #[test]
@@ -266,6 +291,34 @@ fn hooks_get_a_timeout_of_at_most_half_the_interval() {
     assert_eq!(
         resolved.hooks[0].timeout.map(|d| d.as_std()),
         Some(Duration::from_secs(5))
+    );
+}
+
+#[test]
+fn notifications_come_from_the_policy_unless_the_canary_sets_its_own() {
+    let policy: RolloutSpec = serde_saphyr::from_str(
+        "notifications: [{name: team, urlSecretRef: {name: slack}, format: slack, events: [RolledBack]}]",
+    )
+    .expect("policy");
+    let observed = Observations {
+        policy: PolicyLookup::Found(Box::new(policy)),
+        ..Observations::default()
+    };
+    let inherited = spec("policyRef: {name: web-standard}");
+    let resolved = validate::resolve(&inherited, &observed).expect("valid");
+    assert_eq!(resolved.notifications.len(), 1);
+    assert_eq!(resolved.notifications[0].name, "team");
+    let own = spec(
+        "policyRef: {name: web-standard}\nnotifications: [{name: audit, url: 'http://audit.test/'}]",
+    );
+    let resolved = validate::resolve(&own, &observed).expect("valid");
+    assert_eq!(
+        resolved
+            .notifications
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>(),
+        ["audit"]
     );
 }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice_testcluster::accounting::RequestKey;
 use sluice_testcluster::harness::parse_yaml_documents;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus, QueryMatch};
@@ -101,6 +101,25 @@ spec:
     )
 }
 
+/// Sets (or, with `None`, removes) the sluice annotations of `cart`, as its owner's GitOps tool
+/// would: a server-side apply under its own field manager.
+async fn annotate_cart(env: &Env, annotations: Option<Value>) {
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(env.client(), NAMESPACE);
+    let body = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "cart", "annotations": annotations.unwrap_or_else(|| json!({}))},
+    });
+    deployments
+        .patch(
+            "cart",
+            &kube::api::PatchParams::apply("gitops").force(),
+            &kube::api::Patch::Apply(&body),
+        )
+        .await
+        .expect("annotations applied");
+}
+
 fn ingress_manifest(name: &str) -> String {
     format!(
         r#"
@@ -160,6 +179,18 @@ async fn every_api_call_the_controller_makes_is_granted_by_the_shipped_rbac() {
         .await;
     env.apply(&ingress_manifest("checkout")).await;
     let url = prometheus.url();
+    // The annotation way in: a policy and a Deployment that names it.
+    env.apply(&app_manifests("cart", "registry.local/cart:1", 1))
+        .await;
+    env.apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: CanaryPolicy\nmetadata: {{name: standard}}\nspec:\n  service: {{port: 8080}}\n  analysis: {{interval: 1s, provider: {{prometheus: {{address: \"{url}\"}}}}}}\n"
+    ))
+    .await;
+    annotate_cart(
+        &env,
+        Some(json!({"sluice.dev/policy": "standard", "sluice.dev/router": "gatewayAPI"})),
+    )
+    .await;
     env.apply(&canary_manifest(
         "web",
         "{gatewayAPI: {httpRoute: {name: web}}}",
@@ -177,7 +208,7 @@ async fn every_api_call_the_controller_makes_is_granted_by_the_shipped_rbac() {
     env.start_controller(&[]);
 
     // Adoption.
-    for name in ["web", "checkout"] {
+    for name in ["web", "checkout", "cart"] {
         env.eventually(
             &format!("{name} to be Idle"),
             Duration::from_secs(20),
@@ -245,6 +276,14 @@ async fn every_api_call_the_controller_makes_is_granted_by_the_shipped_rbac() {
         || async { env.canary("web").await.is_none().then_some(()) },
     )
     .await;
+    // The annotation goes: sluice deletes the Canary it wrote (and the finalizer opts cart out).
+    annotate_cart(&env, None).await;
+    env.eventually(
+        "cart's Canary to be gone",
+        Duration::from_secs(20),
+        || async { env.canary("cart").await.is_none().then_some(()) },
+    )
+    .await;
     prometheus.go_down().await.expect("fake prometheus stops");
     env.kill_controller().await;
 
@@ -265,6 +304,7 @@ async fn every_api_call_the_controller_makes_is_granted_by_the_shipped_rbac() {
         ("", "v1", "Service", "services"),
         ("networking.k8s.io", "v1", "Ingress", "ingresses"),
     ] {
+        // (The annotation's Canary is made by a server-side apply too; it is checked below.)
         let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
             env.client(),
             NAMESPACE,
@@ -285,6 +325,17 @@ async fn every_api_call_the_controller_makes_is_granted_by_the_shipped_rbac() {
             namespace: NAMESPACE.into(),
         });
     }
+    assert!(
+        used.count("delete", "canaries") > 0,
+        "the scenario deleted the annotation's Canary: {used:?}"
+    );
+    required.insert(RequestKey {
+        verb: "create".into(),
+        group: "sluice.dev".into(),
+        resource: "canaries".into(),
+        subresource: String::new(),
+        namespace: NAMESPACE.into(),
+    });
     for key in &required {
         eprintln!(
             "controller needs: {} {}/{} {} in {:?}",

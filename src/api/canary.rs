@@ -123,6 +123,13 @@ pub struct RolloutSpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub hooks: Option<Vec<HookSpec>>,
 
+    /// Where to tell people about the rollout's lifecycle events (started, each step, promoted,
+    /// rolled back, failed): a generic JSON webhook or a Slack incoming webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub notifications: Option<Vec<NotificationSpec>>,
+
     /// Wait for `kubectl sluice promote` once analysis has passed every step, instead of promoting
     /// by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -622,6 +629,104 @@ pub enum HookType {
     Rollback,
     /// On every lifecycle event; informational.
     Event,
+}
+
+impl HookType {
+    /// The name used in the spec (`pre-rollout`, `confirm-promotion`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HookType::PreRollout => "pre-rollout",
+            HookType::Rollout => "rollout",
+            HookType::ConfirmRollout => "confirm-rollout",
+            HookType::ConfirmPromotion => "confirm-promotion",
+            HookType::PostRollout => "post-rollout",
+            HookType::Rollback => "rollback",
+            HookType::Event => "event",
+        }
+    }
+}
+
+/// A notification target: lifecycle events are POSTed to it in the background, never holding the
+/// rollout, and dropped (and counted) when too many are in flight.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.url) != has(self.urlSecretRef)", "message": "set either url or urlSecretRef, not both"},
+]))]
+pub struct NotificationSpec {
+    /// Name of the notification target.
+    #[schemars(length(min = 1, max = 63), pattern(LABEL_PATTERN))]
+    pub name: String,
+    /// URL that receives the POST. Slack incoming-webhook URLs are credentials: use
+    /// `urlSecretRef` for those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), pattern(URL_PATTERN))]
+    pub url: Option<String>,
+    /// A key of a Secret in the Canary's namespace holding the URL (read at each send; sluice
+    /// needs `get` on that Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// `generic` (default): a JSON object with canary, namespace, revision, phase, weight, event,
+    /// message and time. `slack`: Slack's incoming-webhook body, `{"text": ...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<NotificationFormat>,
+    /// Only these events are sent (default: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 5))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub events: Option<Vec<LifecycleEvent>>,
+}
+
+/// Names one key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub name: String,
+    /// Key in the Secret's data (default `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
+}
+
+/// The body a notification target receives.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationFormat {
+    /// A JSON object: canary, namespace, revision, phase, weight, event, message, time.
+    #[default]
+    Generic,
+    /// Slack's incoming-webhook format: `{"text": ...}`.
+    Slack,
+}
+
+/// The lifecycle events a notification can be sent for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum LifecycleEvent {
+    /// A canary of a new revision started.
+    Started,
+    /// Traffic moved: the first weight, each next step, or a blue/green switch.
+    Step,
+    /// The revision was promoted.
+    Promoted,
+    /// The revision was rolled back.
+    RolledBack,
+    /// Something needs a person: a failed check, an invalid spec, a deadline passed while Unknown
+    /// or while promoting.
+    Failed,
+}
+
+impl LifecycleEvent {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LifecycleEvent::Started => "Started",
+            LifecycleEvent::Step => "Step",
+            LifecycleEvent::Promoted => "Promoted",
+            LifecycleEvent::RolledBack => "RolledBack",
+            LifecycleEvent::Failed => "Failed",
+        }
+    }
 }
 
 /// Where a rollout stands.

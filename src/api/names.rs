@@ -22,6 +22,9 @@ pub const CANARY_LABEL: &str = "sluice.dev/canary";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`] on objects sluice created.
 pub const MANAGED_BY_VALUE: &str = "sluice";
+/// Label on a Canary that sluice wrote for a Deployment's `sluice.dev/policy` annotation (value
+/// `"true"`); such a Canary is owned by the Deployment and deleted when the annotation goes.
+pub const FROM_ANNOTATIONS_LABEL: &str = "sluice.dev/from-annotations";
 /// Label on canary pods carrying the revision (pod-template hash) they run.
 pub const REVISION_LABEL: &str = "sluice.dev/revision";
 

@@ -1,5 +1,6 @@
 //! What every reconcile shares: the client, the hold mode, the reflector caches it observes from
-//! (so a reconcile makes no GETs), the event recorder, the metrics and the analysis provider.
+//! (so a reconcile makes no GETs), the event recorder, the metrics, the analysis provider and the
+//! hook caller.
 
 use std::collections::BTreeMap;
 
@@ -154,5 +155,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: ControllerMetrics,
     pub analysis: Analysis,
+    /// Calls hooks and notification targets, bounded across all Canaries.
+    pub hooks: crate::hooks::HookCaller,
     pub superseded: Superseded,
+    /// The opt-in loop's last warning per Deployment.
+    pub told: super::optin::Told,
 }

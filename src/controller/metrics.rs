@@ -38,13 +38,20 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
-/// One hook's calls by outcome.
+/// One Canary's hook calls by hook type and result. `hook_type` is one of the seven hook types
+/// or `notification`; `result` one of `hooks::Outcome::label`'s six values.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabels {
     pub namespace: String,
     pub name: String,
-    pub hook: String,
-    pub outcome: String,
+    pub hook_type: String,
+    pub result: String,
+}
+
+/// Background calls (event hooks, notifications) dropped because every permit was taken.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedLabels {
+    pub hook_type: String,
 }
 
 /// API calls by RBAC verb and resource.
@@ -64,6 +71,7 @@ pub struct ControllerMetrics {
     pub canary_weight: Family<CanaryLabels, Gauge>,
     pub checks: Family<VerdictLabels, Counter>,
     pub hook_calls: Family<HookLabels, Counter>,
+    pub hook_calls_dropped: Family<DroppedLabels, Counter>,
     pub api_calls: Family<ApiCallLabels, Counter>,
 }
 
@@ -79,6 +87,7 @@ impl ControllerMetrics {
             canary_weight: Family::default(),
             checks: Family::default(),
             hook_calls: Family::default(),
+            hook_calls_dropped: Family::default(),
             api_calls: Family::default(),
         };
         let sluice = registry.sub_registry_with_prefix("sluice");
@@ -106,8 +115,13 @@ impl ControllerMetrics {
         );
         sluice.register(
             "hook_calls",
-            "Hook calls by outcome",
+            "Hook and notification calls by hook type and result",
             metrics.hook_calls.clone(),
+        );
+        sluice.register(
+            "hook_calls_dropped",
+            "Event hook and notification calls dropped because too many calls were in flight",
+            metrics.hook_calls_dropped.clone(),
         );
         sluice.register(
             "api_calls",

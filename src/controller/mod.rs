@@ -10,8 +10,10 @@ pub mod analysis;
 pub mod context;
 pub mod error;
 pub mod execute;
+pub mod hooks;
 pub mod metrics;
 pub mod observe;
+pub mod optin;
 pub mod reconcile;
 pub mod startup;
 
@@ -53,6 +55,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// Canaries reconciled at once.
     pub concurrency: u16,
+    /// The bound on hook calls in flight and the address allow-list.
+    pub hooks: crate::hooks::HookSettings,
 }
 
 /// Why the controller stopped with an error.
@@ -60,6 +64,8 @@ pub struct Config {
 pub enum RunError {
     #[error(transparent)]
     Startup(#[from] StartupError),
+    #[error(transparent)]
+    HookClient(#[from] crate::hooks::BuildHookClientError),
     #[error("failed to serve metrics on {addr}")]
     Serve {
         addr: SocketAddr,
@@ -78,6 +84,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     startup::check_crds(&client).await?;
     let hold_mode = startup::hold_mode(&client, config.hold).await?;
+    let hook_caller = crate::hooks::HookCaller::new(&config.hooks)?;
     info!(?hold_mode, namespace = ?config.namespace, "starting");
 
     let mut registry = Registry::default();
@@ -106,7 +113,25 @@ pub async fn run(
     });
 
     let ns = config.namespace.as_deref();
-    let deployments = cache(namespaced::<Deployment>(&client, ns));
+    // The Deployment cache is also the opt-in loop's store, and its watch the loop's trigger (a
+    // subscription to the cache's reflector), so one watch serves both. The reflector runs on its
+    // own task: a controller only reads a subscription once its store is ready.
+    let (deployments, deployment_writer) = reflector::store_shared(SHARED_BUFFER);
+    let deployment_events = deployment_writer
+        .subscribe()
+        .expect("a shared store can be subscribed to");
+    tokio::spawn(
+        reflector::reflector(
+            deployment_writer,
+            watcher(
+                namespaced::<Deployment>(&client, ns),
+                watcher::Config::default(),
+            )
+            .backoff(WatchBackoff::default())
+            .modify(trim),
+        )
+        .for_each(|_| async {}),
+    );
     let services = cache(namespaced::<Service>(&client, ns));
     let ingresses = cache(namespaced::<Ingress>(&client, ns));
     let policies = cache(Api::<CanaryPolicy>::all(client.clone()));
@@ -156,10 +181,6 @@ pub async fn run(
         cluster_templates,
         routers,
     };
-    wait_synced(&stores).await;
-    readiness.set_ready(true);
-    info!("caches synced");
-
     let reporter = Reporter {
         controller: "sluice".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -171,8 +192,38 @@ pub async fn run(
         stores,
         metrics,
         analysis: Analysis::new(config.prometheus_url.clone()),
+        hooks: hook_caller,
         superseded: Default::default(),
+        told: Default::default(),
     });
+
+    let optin =
+        Controller::for_shared_stream(deployment_events, context.stores.deployments.clone())
+            .with_config(ControllerConfig::default().concurrency(config.concurrency))
+            // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one
+            // that wins over the annotation) decides what the annotation's Canary should be.
+            .watches_with(
+                all_or_namespaced(&client, ns, &canary_resource()),
+                canary_resource(),
+                watcher::Config::default(),
+                |canary| deployments_of_canary(&canary),
+            )
+            // A policy change changes the spec of every annotation Canary naming it.
+            .watches(
+                Api::<CanaryPolicy>::all(client.clone()),
+                watcher::Config::default(),
+                {
+                    let deployments = context.stores.deployments.clone();
+                    move |policy| annotated_with(&deployments, &policy.name_any())
+                },
+            )
+            .run(optin::reconcile, optin::error_policy, context.clone())
+            .for_each(|_| async {});
+    let optin = tokio::spawn(optin);
+
+    wait_synced(&context.stores).await;
+    readiness.set_ready(true);
+    info!("caches synced");
 
     let mut controller = controller
         // A Deployment is either a target (by label, or named by a Canary's targetRef) or a canary
@@ -191,7 +242,10 @@ pub async fn run(
             watcher::Config::default(),
             {
                 let canaries = canaries.clone();
-                move |service| canaries_in_namespace_or_owner(&canaries, &service)
+                let policies = context.stores.policies.clone();
+                move |service| {
+                    canaries_routing_through(&canaries, &policies, &service, Through::Service)
+                }
             },
         )
         // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
@@ -201,7 +255,10 @@ pub async fn run(
             watcher::Config::default(),
             {
                 let canaries = canaries.clone();
-                move |ingress| canaries_in_namespace_or_owner(&canaries, &ingress)
+                let policies = context.stores.policies.clone();
+                move |ingress| {
+                    canaries_routing_through(&canaries, &policies, &ingress, Through::RouterObject)
+                }
             },
         )
         // A policy change changes every Canary that inherits from it.
@@ -250,7 +307,10 @@ pub async fn run(
         // Router objects: a weight someone else changed is put back (I2).
         controller = controller.watches_with(api, resource, watcher::Config::default(), {
             let canaries = canaries.clone();
-            move |object| canaries_in_namespace_or_owner(&canaries, &object)
+            let policies = context.stores.policies.clone();
+            move |object| {
+                canaries_routing_through(&canaries, &policies, &object, Through::RouterObject)
+            }
         });
     }
 
@@ -259,6 +319,7 @@ pub async fn run(
         .run(reconcile::reconcile, reconcile::error_policy, context)
         .for_each(|_| async {})
         .await;
+    optin.abort();
     info!("stopped");
     readiness.set_ready(false);
     let _ = stop_http.send(());
@@ -275,6 +336,9 @@ where
         None => Api::all(client.clone()),
     }
 }
+
+/// Deployment events buffered for the opt-in loop before the cache's reflector waits for it (I5).
+const SHARED_BUFFER: usize = 1024;
 
 /// The backoff of every watch the controller runs: the reflector caches it observes from, and the
 /// Controller's merged trigger streams (the Canary watch, which also fills the Canary cache, and
@@ -419,12 +483,117 @@ fn canaries_for_deployment(
     refs
 }
 
-fn canaries_in_namespace_or_owner<K: Resource>(
+fn all_or_namespaced(
+    client: &Client,
+    namespace: Option<&str>,
+    resource: &kube::api::ApiResource,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+/// The Deployments a Canary concerns: its target, and the Deployment that owns it.
+fn deployments_of_canary(canary: &DynamicObject) -> Vec<ObjectRef<Deployment>> {
+    let Some(namespace) = canary.namespace() else {
+        return Vec::new();
+    };
+    let mut refs: Vec<ObjectRef<Deployment>> = canary
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "Deployment")
+        .map(|o| ObjectRef::new(&o.name).within(&namespace))
+        .collect();
+    if let Some(target) = canary.data["spec"]["targetRef"]["name"].as_str() {
+        refs.push(ObjectRef::new(target).within(&namespace));
+    }
+    refs
+}
+
+/// The Deployments whose `sluice.dev/policy` annotation names `policy`.
+fn annotated_with(deployments: &Store<Deployment>, policy: &str) -> Vec<ObjectRef<Deployment>> {
+    deployments
+        .state()
+        .iter()
+        .filter(|d| crate::core::annotations::policy_of(d.annotations()) == Some(policy))
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
+}
+
+/// How an object carries a Canary's traffic.
+#[derive(Clone, Copy)]
+enum Through {
+    /// The stable Service (the service router switches its selector).
+    Service,
+    /// The user's HTTPRoute, Ingress or VirtualService the router writes weights on.
+    RouterObject,
+}
+
+/// The Canaries `object` concerns: those that own it, and those whose stable Service or router
+/// object it is. Only those: mapping an event to every Canary of the namespace made each
+/// canary Service a Canary creates wake every other Canary there (quadratic work at adoption).
+fn canaries_routing_through<K: Resource>(
     canaries: &Store<DynamicObject>,
+    policies: &Store<CanaryPolicy>,
     object: &K,
+    through: Through,
 ) -> Vec<ObjectRef<DynamicObject>> {
     let mut refs = owners(object);
     let namespace = object.meta().namespace.clone();
-    refs.extend(canaries_matching(canaries, |c| c.namespace() == namespace));
+    let name = object.meta().name.clone().unwrap_or_default();
+    refs.extend(canaries_matching(canaries, |c| {
+        c.namespace() == namespace
+            && match through {
+                Through::Service => stable_service(c, policies) == name,
+                Through::RouterObject => router_object(c, policies).as_deref() == Some(&name),
+            }
+    }));
     refs
+}
+
+/// The policy a Canary names, from the cache.
+fn policy_of(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> Option<Arc<CanaryPolicy>> {
+    let name = canary.data["spec"]["policyRef"]["name"].as_str()?;
+    policies.get(&ObjectRef::new(name))
+}
+
+/// The name of a Canary's stable Service, as `core::validate` resolves it: the Canary's own
+/// `service` (whole, when set), else its policy's, named after the target by default.
+fn stable_service(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> String {
+    let spec = &canary.data["spec"];
+    let target = spec["targetRef"]["name"].as_str().unwrap_or_default();
+    let named = if spec["service"].is_object() {
+        spec["service"]["name"].as_str().map(str::to_owned)
+    } else {
+        policy_of(canary, policies)
+            .and_then(|p| p.spec.rollout.service.as_ref().and_then(|s| s.name.clone()))
+    };
+    named.unwrap_or_else(|| target.to_owned())
+}
+
+/// The name of the user's object a Canary's router writes weights on (HTTPRoute, Ingress or
+/// VirtualService), from the Canary's own `router` or else its policy's.
+fn router_object(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> Option<String> {
+    let router = &canary.data["spec"]["router"];
+    if router.is_object() {
+        let name = router["gatewayAPI"]["httpRoute"]["name"]
+            .as_str()
+            .or_else(|| router["nginx"]["ingress"]["name"].as_str())
+            .or_else(|| router["istio"]["virtualService"]["name"].as_str());
+        return name.map(str::to_owned);
+    }
+    let policy = policy_of(canary, policies)?;
+    let router = policy.spec.rollout.router.as_ref()?;
+    router
+        .gateway_api
+        .as_ref()
+        .map(|r| r.http_route.name.clone())
+        .or_else(|| router.nginx.as_ref().map(|r| r.ingress.name.clone()))
+        .or_else(|| {
+            router
+                .istio
+                .as_ref()
+                .map(|r| r.virtual_service.name.clone())
+        })
 }

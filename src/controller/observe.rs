@@ -12,11 +12,12 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::Value;
 
 use super::context::Stores;
-use crate::api::names::canary_name;
+use crate::api::names::{self, canary_name};
 use crate::api::{
     Canary, CanaryStatus, HoldMode, MetricSpec, TemplateKind, TemplateRef, TemplateSpec,
 };
-use crate::core::validate::{self, Resolved};
+use crate::core::annotations;
+use crate::core::validate::{self, FieldError, Resolved};
 use crate::core::{Observations, PolicyLookup, RouterState, revision};
 use crate::router::{ReadyReplicas, RouteInputs, Router};
 use crate::workload::{self, CanaryIdentity};
@@ -92,7 +93,14 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
         router: RouterState::default(),
         checks: None,
         hooks: Vec::new(),
+        annotation_errors: Vec::new(),
     };
+    if is_from_annotations(&canary) && observations.target.is_some() && !observations.deleting {
+        observations.annotation_errors = target
+            .as_ref()
+            .map(|deployment| annotation_errors(deployment, stores))
+            .unwrap_or_default();
+    }
 
     let resolved = validate::resolve(&canary.spec, &observations).ok();
     let stable_service = resolved
@@ -137,6 +145,34 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
         router,
         router_source,
     }
+}
+
+/// Whether sluice wrote this Canary for a Deployment's `sluice.dev/policy` annotation.
+pub fn is_from_annotations<K: kube::Resource>(canary: &K) -> bool {
+    canary
+        .meta()
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(names::FROM_ANNOTATIONS_LABEL))
+        .is_some_and(|value| value == "true")
+}
+
+/// What is wrong with the target's `sluice.dev/*` annotations, for the Canary that stands for
+/// them. None while the policy annotation is gone: the opt-in loop is then deleting the Canary,
+/// and its opt-out must not be held up by an invalid spec.
+fn annotation_errors(deployment: &Deployment, stores: &Stores) -> Vec<FieldError> {
+    let parsed = annotations::parse(deployment.annotations());
+    let Some(policy) = parsed.policy.clone() else {
+        return parsed.errors;
+    };
+    let found = stores.policies.get(&ObjectRef::new(&policy));
+    annotations::canary_spec(
+        &deployment.name_any(),
+        &parsed,
+        found.as_ref().map(|p| &p.spec.rollout),
+    )
+    .err()
+    .unwrap_or_default()
 }
 
 /// The router the executor drives, from the core's resolved router.

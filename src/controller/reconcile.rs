@@ -1,7 +1,8 @@
 //! One reconcile, as a short linear pipeline: parse (a malformed Canary becomes a condition) ->
-//! finalizer -> observe (caches only) -> gather what `core::due` asks for (checks) -> `core::step`
-//! -> execute the actions in order -> persist the status once, only if it changed -> events and
-//! metrics. Nothing here decides what the rollout should do; that is the core's job.
+//! finalizer -> observe (caches only) -> gather what `core::due` asks for (checks and hook calls,
+//! side by side) -> `core::step` -> execute the actions in order -> persist the status once, only
+//! if it changed -> events, event hooks and notifications (in the background) and metrics.
+//! Nothing here decides what the rollout should do; that is the core's job.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::context::{Context, canary_resource};
 use super::error::Error;
@@ -103,6 +104,11 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         return Ok(Requeue::await_change());
     }
 
+    if !deleting && let Some(other) = yields_to(&canary, &ctx.stores) {
+        debug!(canary = %name, %namespace, other = %other, "another Canary holds the target; waiting for it to let go");
+        return Ok(Requeue::requeue(YIELD_RETRY));
+    }
+
     let mut observed = observe::observe(canary, &ctx.stores, ctx.hold_mode);
     let due = core::due(
         &observed.canary.spec,
@@ -110,9 +116,20 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         &observed.observations,
         Timestamp::now(),
     );
-    if due.checks {
-        observed.observations.checks = Some(ctx.analysis.run_checks(&ctx.client, &observed).await);
-    }
+    // Checks and hooks are observations: gathered together, each bounded by its own budget
+    // (a hook's is at most half the interval).
+    let (checks, hooks) = futures::join!(
+        async {
+            if due.checks {
+                Some(ctx.analysis.run_checks(&ctx.client, &observed).await)
+            } else {
+                None
+            }
+        },
+        super::hooks::call_due(ctx, &observed, &due.hooks),
+    );
+    observed.observations.checks = checks;
+    observed.observations.hooks = hooks;
     let decision = core::step(
         &observed.canary.spec,
         &observed.status,
@@ -151,12 +168,37 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         })?;
     }
     publish(ctx, object, &observed, &decision).await;
+    if !deleting {
+        super::hooks::tell(ctx, &observed, &decision);
+    }
     record_metrics(ctx, &observed, &decision);
 
     Ok(match decision.requeue_after {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
     })
+}
+
+/// How soon a Canary waiting for another to release its target looks again.
+const YIELD_RETRY: Duration = Duration::from_secs(1);
+
+/// The Canary this one must wait for, if any: a hand-written Canary wins over the one sluice wrote
+/// for the target's annotations, and waits until that one (and its opt-out) is gone, so the two
+/// never act on the same Deployment at once.
+fn yields_to(canary: &crate::api::Canary, stores: &super::context::Stores) -> Option<String> {
+    let namespace = canary.namespace();
+    let from_annotations = observe::is_from_annotations(canary);
+    let target = canary.spec.target_ref.name.as_str();
+    stores
+        .canaries
+        .state()
+        .iter()
+        .filter(|other| other.namespace() == namespace && other.name_any() != canary.name_any())
+        .filter(|other| other.data["spec"]["targetRef"]["name"].as_str() == Some(target))
+        // The annotation's Canary yields to a hand-written one; a hand-written one waits for the
+        // annotation's Canary to finish leaving.
+        .find(|other| observe::is_from_annotations(other.as_ref()) != from_annotations)
+        .map(|other| other.name_any())
 }
 
 /// How soon to look again when the cached Canary is older than the controller's own last write.

@@ -13,6 +13,7 @@
 //! action that changes traffic; Unknown check results hold the step; every write of the target's
 //! `spec.paused` or opt-in label carries the resourceVersion it was decided on (invariant I6).
 
+pub mod annotations;
 pub mod conditions;
 pub mod plan;
 pub mod revision;
@@ -57,6 +58,9 @@ pub struct Observations {
     pub checks: Option<Vec<MetricResult>>,
     /// Results of the hooks [`due`] asked for (empty when none ran).
     pub hooks: Vec<HookResult>,
+    /// For a Canary that stands for a Deployment's `sluice.dev/*` annotations: what is wrong with
+    /// them (each naming the annotation). Any makes the spec invalid.
+    pub annotation_errors: Vec<FieldError>,
 }
 
 /// The outcome of looking up `policyRef`.

@@ -25,7 +25,8 @@
 //!   rewrites the template); `skip` on the last step and `promote --full` are a person's choice to
 //!   promote without the remaining analysis.
 //! - Post-rollout and rollback hooks are called once per revision; their answers are recorded and
-//!   told, never acted on.
+//!   told, never acted on. A rollout hook that was due but has no answer (not called) makes the
+//!   check Unknown, like a metric with no result.
 //! - With the replica-ratio router the canary shares the stable Service, so its pods take traffic
 //!   as soon as they are ready, before any gate.
 
@@ -774,6 +775,13 @@ impl<'a> Machine<'a> {
         }
         for (_, words) in self.record_hooks(&[HookType::Rollout]) {
             failures.push(words);
+        }
+        // A rollout hook is part of the check: one that could not be called (the controller had
+        // too many calls in flight) leaves the check Unknown, never passing.
+        for name in hooks_of(resolved, HookType::Rollout) {
+            if !self.observed.hooks.iter().any(|h| h.name == name) {
+                unknowns.push(format!("hook {name} was not called"));
+            }
         }
         self.status.last_check_at = Some(Time(self.now));
         if resolved.skip_analysis {

@@ -12,8 +12,8 @@ use std::fmt;
 use super::{Observations, PolicyLookup, plan};
 use crate::api::{
     AnalysisSpec, CanarySpec, Comparison, ComparisonMethod, GatewayApiRouter, HookSpec, HttpMatch,
-    IstioRouter, NginxRouter, OnNoData, ProviderSpec, RolloutSpec, RouterSpec, SmiRouter,
-    StrategySpec, TemplateRef, TemplateSpec, TraefikRouter, UnknownOutcome,
+    IstioRouter, NginxRouter, NotificationSpec, OnNoData, ProviderSpec, RolloutSpec, RouterSpec,
+    SmiRouter, StrategySpec, TemplateRef, TemplateSpec, TraefikRouter, UnknownOutcome,
 };
 
 /// Interval between checks when the spec sets none.
@@ -36,7 +36,7 @@ pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 pub const DEFAULT_MIN_SAMPLES: i64 = 50;
 
 /// One reason a spec cannot be acted on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// JSON path of the field, e.g. `spec.strategy.canary.stepWeights[2]`.
     pub field: String,
@@ -45,7 +45,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
@@ -78,6 +78,8 @@ pub struct Resolved {
     pub metrics: Vec<ResolvedMetric>,
     /// Hooks with their timeouts and retries defaulted.
     pub hooks: Vec<HookSpec>,
+    /// Where lifecycle events are sent.
+    pub notifications: Vec<NotificationSpec>,
     pub manual_promotion: bool,
     pub skip_analysis: bool,
 }
@@ -140,6 +142,11 @@ pub struct ResolvedMetric {
 
 /// Merges the policy into the Canary's spec, applies defaults and checks every bound.
 pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, Vec<FieldError>> {
+    // A Canary that stands for annotations is only as valid as they are: its spec was written
+    // from the last good ones, so a bad value now must stop it rather than go unnoticed.
+    if !observed.annotation_errors.is_empty() {
+        return Err(observed.annotation_errors.clone());
+    }
     let mut errors = Vec::new();
     if spec.target_ref.name.is_empty() {
         errors.push(FieldError::new(
@@ -305,6 +312,7 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
         provider: analysis.provider.clone(),
         metrics,
         hooks,
+        notifications: merged.notifications.clone().unwrap_or_default(),
         manual_promotion: merged.manual_promotion.unwrap_or(false),
         skip_analysis: merged.skip_analysis.unwrap_or(false),
     })
@@ -331,6 +339,10 @@ fn merge(policy: &RolloutSpec, own: &RolloutSpec) -> RolloutSpec {
         strategy: own.strategy.clone().or_else(|| policy.strategy.clone()),
         analysis,
         hooks: own.hooks.clone().or_else(|| policy.hooks.clone()),
+        notifications: own
+            .notifications
+            .clone()
+            .or_else(|| policy.notifications.clone()),
         manual_promotion: own.manual_promotion.or(policy.manual_promotion),
         skip_analysis: own.skip_analysis.or(policy.skip_analysis),
     }
@@ -610,6 +622,37 @@ pub fn rollout(spec: &RolloutSpec, prefix: &str) -> Vec<FieldError> {
             && !(0..=5).contains(&r)
         {
             err(format!("{hpath}.retries"), format!("{r} is outside 0..=5"));
+        }
+    }
+    let mut notification_names = BTreeSet::new();
+    for (i, notification) in spec.notifications.iter().flatten().enumerate() {
+        let npath = format!("{prefix}.notifications[{i}]");
+        if !notification_names.insert(notification.name.as_str()) {
+            err(
+                format!("{npath}.name"),
+                format!("notification name {:?} is used twice", notification.name),
+            );
+        }
+        match (&notification.url, &notification.url_secret_ref) {
+            (Some(url), None) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    err(format!("{npath}.url"), "must be an http(s) URL".into());
+                }
+            }
+            (None, Some(_)) => {}
+            (Some(_), Some(_)) | (None, None) => err(
+                npath.clone(),
+                "set either url or urlSecretRef, not both".into(),
+            ),
+        }
+        if let Some(events) = &notification.events {
+            let distinct: BTreeSet<_> = events.iter().map(|e| e.as_str()).collect();
+            if events.is_empty() || distinct.len() != events.len() {
+                err(
+                    format!("{npath}.events"),
+                    "must list each event at most once, and at least one".into(),
+                );
+            }
         }
     }
     errors

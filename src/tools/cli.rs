@@ -114,9 +114,26 @@ pub struct ControllerArgs {
     /// Canaries reconciled at the same time.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Hook and notification calls in flight at once, across all Canaries. A gate or check that
+    /// cannot get a slot quickly is not called this time (it holds); an event or notification is
+    /// dropped and counted in sluice_hook_calls_dropped.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_hooks: u16,
+    /// Let hooks reach addresses in this CIDR although they are loopback, link-local, unspecified
+    /// or cloud metadata addresses (refused by default). Repeatable, e.g. 127.0.0.1/32; a bare
+    /// address means only itself.
+    #[arg(long = "hook-allow-cidr", value_name = "CIDR", value_parser = allow_cidr)]
+    pub hook_allow_cidr: Vec<ipnet::IpNet>,
     /// Log line format (stderr). The level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
+}
+
+/// A CIDR such as `10.0.0.0/8`, or one address.
+fn allow_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not a CIDR (e.g. 127.0.0.1/32) or an IP address"))
 }
 
 /// Arguments of `sluice lint`.
@@ -188,6 +205,10 @@ fn controller(args: ControllerArgs, err: &mut dyn Write) -> u8 {
             prometheus_url: args.prometheus_url,
             metrics_addr: args.metrics_addr,
             concurrency: args.concurrency,
+            hooks: crate::hooks::HookSettings {
+                max_concurrent: usize::from(args.max_concurrent_hooks),
+                allow: crate::hooks::AllowList::new(args.hook_allow_cidr),
+            },
         };
         crate::controller::run(
             client,
@@ -396,6 +417,38 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn hook_flags_take_cidrs_or_bare_addresses_repeatedly() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "controller",
+            "--hook-allow-cidr",
+            "127.0.0.1/32",
+            "--hook-allow-cidr",
+            "fd00::1",
+            "--max-concurrent-hooks",
+            "4",
+        ])
+        .unwrap();
+        let Command::Controller(args) = cli.command else {
+            panic!("parsed as the controller command");
+        };
+        assert_eq!(
+            args.hook_allow_cidr,
+            vec![
+                "127.0.0.1/32".parse::<ipnet::IpNet>().unwrap(),
+                "fd00::1/128".parse().unwrap()
+            ]
+        );
+        assert_eq!(args.max_concurrent_hooks, 4);
+        assert!(
+            Cli::try_parse_from(["sluice", "controller", "--hook-allow-cidr", "nope"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["sluice", "controller", "--max-concurrent-hooks", "0"]).is_err()
+        );
     }
 
     #[test]

@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use super::documents::{Document, documents};
 use super::schema::{self, Violation};
 use crate::api::{
-    self, AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, Duration, LABEL_PATTERN,
-    NAME_PATTERN, RolloutSpec, TemplateKind, TemplateSpec, names,
+    self, AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, RolloutSpec,
+    TemplateKind, TemplateSpec, names,
 };
-use crate::core::{FieldError, Observations, PolicyLookup, validate};
+use crate::core::{FieldError, Observations, PolicyLookup, annotations, validate};
 
 /// One file to check: the name to report it by and its text.
 #[derive(Clone, Debug)]
@@ -362,11 +362,19 @@ fn check(doc: &Parsed, schemas: &BTreeMap<String, Value>, index: &Index) -> Vec<
     };
     match known {
         Kind::Canary => match typed::<Canary>(value, doc, &label) {
-            Ok(canary) => check_canary(&canary, doc, &label, index, to_findings),
+            Ok(canary) => {
+                let mut findings = check_canary(&canary, doc, &label, index, to_findings);
+                findings.extend(restricted_targets(&canary.spec.rollout, doc, &label));
+                findings
+            }
             Err(finding) => vec![finding],
         },
         Kind::CanaryPolicy => match typed::<CanaryPolicy>(value, doc, &label) {
-            Ok(policy) => to_findings(validate::rollout(&policy.spec.rollout, "spec")),
+            Ok(policy) => {
+                let mut findings = to_findings(validate::rollout(&policy.spec.rollout, "spec"));
+                findings.extend(restricted_targets(&policy.spec.rollout, doc, &label));
+                findings
+            }
             Err(finding) => vec![finding],
         },
         Kind::AnalysisTemplate => match typed::<AnalysisTemplate>(value, doc, &label) {
@@ -380,6 +388,57 @@ fn check(doc: &Parsed, schemas: &BTreeMap<String, Value>, index: &Index) -> Vec<
             }
         }
     }
+}
+
+/// Notes for hook and notification URLs the controller refuses by default (an IP literal or a
+/// name that is restricted without a lookup). A note, not an error: `--hook-allow-cidr` may
+/// permit the address, and a name's addresses are only known in the cluster.
+fn restricted_targets(rollout: &RolloutSpec, doc: &Parsed, label: &str) -> Vec<Finding> {
+    let hooks = rollout
+        .hooks
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, h)| (format!("spec.hooks[{i}].url"), Some(h.url.as_str())));
+    let notifications = rollout
+        .notifications
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, n)| (format!("spec.notifications[{i}].url"), n.url.as_deref()));
+    hooks
+        .chain(notifications)
+        .filter_map(|(field, url)| {
+            let url = reqwest::Url::parse(url?).ok()?;
+            let host = url.host_str()?;
+            let literal = host.trim_start_matches('[').trim_end_matches(']');
+            let why = match literal.parse::<std::net::IpAddr>() {
+                Ok(ip) => restricted_literal(ip),
+                Err(_) => crate::hooks::address::vet_name(host)
+                    .err()
+                    .map(|refused| refused.to_string())
+                    .or_else(|| {
+                        host.eq_ignore_ascii_case("localhost").then(|| {
+                            "localhost is a loopback address: the controller refuses it unless \
+                             --hook-allow-cidr permits it"
+                                .to_owned()
+                        })
+                    }),
+            }?;
+            Some(note(
+                &doc.file,
+                doc.index,
+                Some(label),
+                &format!("{field}: {why}"),
+            ))
+        })
+        .collect()
+}
+
+fn restricted_literal(ip: std::net::IpAddr) -> Option<String> {
+    crate::hooks::address::vet_ip(&ip.to_string(), ip, &crate::hooks::AllowList::default())
+        .err()
+        .map(|refused| refused.to_string())
 }
 
 fn typed<T: DeserializeOwned>(value: Value, doc: &Parsed, label: &str) -> Result<T, Finding> {
@@ -500,16 +559,6 @@ fn label_of(kind: &str, object: &Map<String, Value>) -> String {
     }
 }
 
-const ROUTERS: &[&str] = &[
-    "gatewayAPI",
-    "nginx",
-    "istio",
-    "smi",
-    "traefik",
-    "service",
-    "none",
-];
-
 fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
     let annotations: BTreeMap<&str, &Value> = doc
         .object
@@ -539,93 +588,36 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
             &reason,
         ));
     };
-    let mut weights = (None, None);
+    // Values are checked by the same code the controller runs on a live Deployment.
+    let mut strings = BTreeMap::new();
     for (name, value) in &annotations {
-        let Some(value) = value.as_str() else {
-            fail(name, "must be a string (quote it)".into());
-            continue;
-        };
-        match *name {
-            names::POLICY_ANNOTATION => {
-                if !matches_name(value, NAME_PATTERN, 253) {
-                    fail(
-                        name,
-                        format!(
-                            "{value:?} is not a valid CanaryPolicy name (lower-case letters, digits, '-' and '.')"
-                        ),
-                    );
-                }
+        match value.as_str() {
+            Some(value) => {
+                strings.insert((*name).to_owned(), value.to_owned());
             }
-            names::STEP_WEIGHT_ANNOTATION | names::MAX_WEIGHT_ANNOTATION => {
-                match value.parse::<i32>() {
-                    Ok(w) if (1..=100).contains(&w) => {
-                        if *name == names::STEP_WEIGHT_ANNOTATION {
-                            weights.0 = Some(w);
-                        } else {
-                            weights.1 = Some(w);
-                        }
-                    }
-                    Ok(_) | Err(_) => {
-                        fail(name, format!("{value:?} must be an integer from 1 to 100"));
-                    }
-                }
-            }
-            names::INTERVAL_ANNOTATION => match Duration::parse(value) {
-                Ok(d) if d.is_zero() => fail(name, "must not be zero".into()),
-                Ok(_) => {}
-                Err(e) => fail(name, e.to_string()),
-            },
-            names::THRESHOLD_ANNOTATION => match value.parse::<i32>() {
-                Ok(t) if (1..=100).contains(&t) => {}
-                Ok(_) | Err(_) => fail(
-                    name,
-                    format!(
-                        "{value:?} must be an integer from 1 to 100 (failed checks before rollback)"
-                    ),
-                ),
-            },
-            names::ROUTER_ANNOTATION => {
-                if !ROUTERS.contains(&value) {
-                    fail(
-                        name,
-                        format!(
-                            "{value:?} is not a router: use one of {}",
-                            ROUTERS.join(", ")
-                        ),
-                    );
-                }
-            }
-            names::SERVICE_ANNOTATION => {
-                if !matches_name(value, LABEL_PATTERN, 63) {
-                    fail(
-                        name,
-                        format!(
-                            "{value:?} is not a valid Service name (a DNS label: lower-case letters, digits and '-', at most 63)"
-                        ),
-                    );
-                }
-            }
-            unknown => {
-                let hint = schema::closest(unknown, names::DEPLOYMENT_ANNOTATIONS.iter().copied())
-                    .map(|known| format!(" (did you mean {known}?)"))
-                    .unwrap_or_default();
-                fail(
-                    unknown,
-                    format!(
-                        "unknown sluice annotation{hint}; known ones are {}",
-                        names::DEPLOYMENT_ANNOTATIONS.join(", ")
-                    ),
-                );
-            }
+            None => fail(name, "must be a string (quote it)".into()),
         }
     }
-    if let (Some(step), Some(max)) = weights
-        && max < step
-    {
-        fail(
-            names::MAX_WEIGHT_ANNOTATION,
-            format!("max-weight {max} must be at least step-weight {step}"),
-        );
+    let parsed = annotations::parse(&strings);
+    for error in &parsed.errors {
+        let name = error
+            .field
+            .trim_start_matches("metadata.annotations[")
+            .trim_end_matches(']');
+        if names::DEPLOYMENT_ANNOTATIONS.contains(&name) {
+            fail(name, error.reason.clone());
+        } else {
+            let hint = schema::closest(name, names::DEPLOYMENT_ANNOTATIONS.iter().copied())
+                .map(|known| format!(" (did you mean {known}?)"))
+                .unwrap_or_default();
+            fail(
+                name,
+                format!(
+                    "unknown sluice annotation{hint}; known ones are {}",
+                    names::DEPLOYMENT_ANNOTATIONS.join(", ")
+                ),
+            );
+        }
     }
     let policy = annotations
         .get(names::POLICY_ANNOTATION)
@@ -652,13 +644,28 @@ fn check_deployment(doc: &Parsed, label: &str, index: &Index) -> Vec<Finding> {
                 "CanaryPolicy {policy:?} is not among the files given, so the overrides cannot be checked against it offline"
             ),
         )),
-        Some(_) => {}
+        Some(policy) => {
+            let deployment = doc
+                .object
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let spec = annotations::canary_spec(deployment, &parsed, index.policies.get(policy));
+            for error in spec.err().into_iter().flatten() {
+                if !parsed.errors.contains(&error) {
+                    findings.push(self::error(
+                        &doc.file,
+                        doc.index,
+                        Some(label),
+                        Some(&error.field),
+                        &error.reason,
+                    ));
+                }
+            }
+        }
     }
     findings
-}
-
-fn matches_name(value: &str, pattern: &str, max: usize) -> bool {
-    value.len() <= max && regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value))
 }
 
 #[cfg(test)]
@@ -684,6 +691,27 @@ mod tests {
                 "test.yaml (document 1): CanaryPolicy (unnamed): metadata.name: required field is missing"
             ]
         );
+    }
+
+    #[test]
+    fn a_hook_or_notification_at_a_restricted_address_gets_a_note_not_an_error() {
+        let report = lint_one(
+            "apiVersion: sluice.dev/v1alpha1\nkind: CanaryPolicy\nmetadata: {name: web}\nspec:\n  \
+             hooks:\n  - {name: ok, type: rollout, url: 'http://load.shop.svc/'}\n  \
+             - {name: meta, type: rollout, url: 'http://169.254.169.254/latest/meta-data'}\n  \
+             notifications:\n  - {name: local, url: 'http://localhost:9000/'}\n  \
+             - {name: gcp, url: 'http://metadata.google.internal/'}\n",
+        );
+        assert!(report.is_valid(), "{:#?}", report.findings);
+        let notes: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
+        assert_eq!(notes.len(), 3, "{notes:#?}");
+        assert!(notes[0].contains("note: spec.hooks[1].url: refused before connecting: 169.254.169.254, a cloud metadata address"), "{}", notes[0]);
+        assert!(
+            notes[1].contains("spec.notifications[0].url: localhost is a loopback address"),
+            "{}",
+            notes[1]
+        );
+        assert!(notes[2].contains("spec.notifications[1].url: refused before connecting: metadata.google.internal is a cloud metadata host name"), "{}", notes[2]);
     }
 
     #[test]

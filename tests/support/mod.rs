@@ -14,6 +14,7 @@ use sluice_testcluster::kubelet::{self, Handle};
 use tokio::process::{Child, Command};
 
 pub mod history;
+pub mod hooks;
 pub mod plugin;
 
 pub const NAMESPACE: &str = "shop";
@@ -80,7 +81,10 @@ impl Env {
             .arg(self.cluster.kubeconfig_path())
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(extra)
-            .env("RUST_LOG", "sluice=debug,info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_E2E_RUST_LOG").unwrap_or_else(|_| "sluice=debug,info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("SLUICE_E2E_LOGS").is_some() {
                 Stdio::inherit()
@@ -232,4 +236,17 @@ pub fn route_canary_weight(route: &Value, service: &str) -> i32 {
 
 pub fn phase(canary: &Value) -> &str {
     canary["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// The (reason, note) of every Event about the object named `name` in the test namespace.
+pub async fn events_about(client: kube::Client, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, NAMESPACE);
+    api.list(&Default::default())
+        .await
+        .expect("events readable")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
 }
