@@ -40,7 +40,7 @@ pub fn command(env: &Env, args: &[&str]) -> Command {
     command
 }
 
-/// Runs the plugin to completion (at most `limit`).
+/// Runs the plugin to completion (killed after 90 s).
 pub async fn run(env: &Env, args: &[&str]) -> Run {
     finish(spawn(env, args), Duration::from_secs(90)).await
 }
