@@ -34,6 +34,8 @@ const NAMESPACE: &str = "bench";
 const HOLD_POLICY: &str = include_str!("../deploy/admission-policy.yaml");
 /// The analysis interval of every Canary, and the unit of the idle measurement.
 const INTERVAL: Duration = Duration::from_secs(1);
+/// How often adoption is checked (by listing every Canary); the adoption time is as precise.
+const ADOPTION_POLL: Duration = Duration::from_millis(200);
 /// How many intervals the idle window lasts.
 const IDLE_INTERVALS: u32 = 5;
 
@@ -197,7 +199,23 @@ async fn set_image(client: &kube::Client, name: &str, image: &str) -> BenchResul
 }
 
 /// Polls `probe` every 5 ms until it returns `Some`, or fails after `timeout`.
-async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> BenchResult<T>
+async fn poll<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> BenchResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BenchResult<Option<T>>>,
+{
+    poll_every(Duration::from_millis(5), what, timeout, probe).await
+}
+
+/// [`poll`] with a chosen period. A probe that lists every Canary must not run every 5 ms: the
+/// test cluster serves it from this very process, and at 1,000 Canaries the lists alone kept it
+/// too busy to serve the controller.
+async fn poll_every<T, F, Fut>(
+    period: Duration,
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> BenchResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = BenchResult<Option<T>>>,
@@ -210,7 +228,7 @@ where
         if Instant::now() > deadline {
             return Err(format!("timed out after {timeout:?} waiting for {what}").into());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -296,11 +314,13 @@ async fn main() -> BenchResult<()> {
         .args(["--metrics-addr", "127.0.0.1:0"])
         .env(
             "RUST_LOG",
-            if std::env::var_os("SLUICE_BENCH_LOGS").is_some() {
-                "sluice=info,warn"
-            } else {
-                "warn"
-            },
+            std::env::var("SLUICE_BENCH_RUST_LOG").unwrap_or_else(|_| {
+                if std::env::var_os("SLUICE_BENCH_LOGS").is_some() {
+                    "sluice=info,warn".into()
+                } else {
+                    "warn".into()
+                }
+            }),
         )
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("SLUICE_BENCH_LOGS").is_some() {
@@ -313,18 +333,23 @@ async fn main() -> BenchResult<()> {
     let pid = controller.id().ok_or("controller exited at once")?;
 
     let canaries = canary_api(client.clone());
-    poll("every Canary to be Idle", Duration::from_secs(600), || {
-        let canaries = canaries.clone();
-        async move {
-            let list = canaries.list(&ListParams::default()).await?;
-            let idle = list
-                .items
-                .iter()
-                .filter(|c| c.data["status"]["phase"] == "Idle")
-                .count();
-            Ok((idle == n).then_some(()))
-        }
-    })
+    poll_every(
+        ADOPTION_POLL,
+        "every Canary to be Idle",
+        Duration::from_secs(600),
+        || {
+            let canaries = canaries.clone();
+            async move {
+                let list = canaries.list(&ListParams::default()).await?;
+                let idle = list
+                    .items
+                    .iter()
+                    .filter(|c| c.data["status"]["phase"] == "Idle")
+                    .count();
+                Ok((idle == n).then_some(()))
+            }
+        },
+    )
     .await?;
     let adoption = started.elapsed();
     eprintln!("bench: all {n} canaries Idle after {adoption:?}");

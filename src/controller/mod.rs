@@ -113,25 +113,7 @@ pub async fn run(
     });
 
     let ns = config.namespace.as_deref();
-    // The Deployment cache is also the opt-in loop's store, and its watch the loop's trigger (a
-    // subscription to the cache's reflector), so one watch serves both. The reflector runs on its
-    // own task: a controller only reads a subscription once its store is ready.
-    let (deployments, deployment_writer) = reflector::store_shared(SHARED_BUFFER);
-    let deployment_events = deployment_writer
-        .subscribe()
-        .expect("a shared store can be subscribed to");
-    tokio::spawn(
-        reflector::reflector(
-            deployment_writer,
-            watcher(
-                namespaced::<Deployment>(&client, ns),
-                watcher::Config::default(),
-            )
-            .backoff(WatchBackoff::default())
-            .modify(trim),
-        )
-        .for_each(|_| async {}),
-    );
+    let deployments = cache(namespaced::<Deployment>(&client, ns));
     let services = cache(namespaced::<Service>(&client, ns));
     let ingresses = cache(namespaced::<Ingress>(&client, ns));
     let policies = cache(Api::<CanaryPolicy>::all(client.clone()));
@@ -197,28 +179,32 @@ pub async fn run(
         told: Default::default(),
     });
 
-    let optin =
-        Controller::for_shared_stream(deployment_events, context.stores.deployments.clone())
-            .with_config(ControllerConfig::default().concurrency(config.concurrency))
-            // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one
-            // that wins over the annotation) decides what the annotation's Canary should be.
-            .watches_with(
-                all_or_namespaced(&client, ns, &canary_resource()),
-                canary_resource(),
-                watcher::Config::default(),
-                |canary| deployments_of_canary(&canary),
-            )
-            // A policy change changes the spec of every annotation Canary naming it.
-            .watches(
-                Api::<CanaryPolicy>::all(client.clone()),
-                watcher::Config::default(),
-                {
-                    let deployments = context.stores.deployments.clone();
-                    move |policy| annotated_with(&deployments, &policy.name_any())
-                },
-            )
-            .run(optin::reconcile, optin::error_policy, context.clone())
-            .for_each(|_| async {});
+    // The opt-in loop watches Deployments' metadata on its own (a second watch, a small cache):
+    // it must never hold up the caches the Canary controller starts from.
+    let optin = Controller::new(
+        namespaced::<optin::DeploymentMeta>(&client, ns),
+        watcher::Config::default(),
+    )
+    .with_config(ControllerConfig::default().concurrency(config.concurrency))
+    // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one
+    // that wins over the annotation) decides what the annotation's Canary should be.
+    .watches_with(
+        all_or_namespaced(&client, ns, &canary_resource()),
+        canary_resource(),
+        watcher::Config::default(),
+        |canary| deployments_of_canary(&canary),
+    )
+    // A policy change changes the spec of every annotation Canary naming it.
+    .watches(
+        Api::<CanaryPolicy>::all(client.clone()),
+        watcher::Config::default(),
+        {
+            let deployments = context.stores.deployments.clone();
+            move |policy| annotated_with(&deployments, &policy.name_any())
+        },
+    )
+    .run(optin::reconcile, optin::error_policy, context.clone())
+    .for_each(|_| async {});
     let optin = tokio::spawn(optin);
 
     wait_synced(&context.stores).await;
@@ -336,9 +322,6 @@ where
         None => Api::all(client.clone()),
     }
 }
-
-/// Deployment events buffered for the opt-in loop before the cache's reflector waits for it (I5).
-const SHARED_BUFFER: usize = 1024;
 
 /// The backoff of every watch the controller runs: the reflector caches it observes from, and the
 /// Controller's merged trigger streams (the Canary watch, which also fills the Canary cache, and
@@ -495,11 +478,11 @@ fn all_or_namespaced(
 }
 
 /// The Deployments a Canary concerns: its target, and the Deployment that owns it.
-fn deployments_of_canary(canary: &DynamicObject) -> Vec<ObjectRef<Deployment>> {
+fn deployments_of_canary(canary: &DynamicObject) -> Vec<ObjectRef<optin::DeploymentMeta>> {
     let Some(namespace) = canary.namespace() else {
         return Vec::new();
     };
-    let mut refs: Vec<ObjectRef<Deployment>> = canary
+    let mut refs: Vec<ObjectRef<optin::DeploymentMeta>> = canary
         .owner_references()
         .iter()
         .filter(|o| o.kind == "Deployment")
@@ -512,12 +495,15 @@ fn deployments_of_canary(canary: &DynamicObject) -> Vec<ObjectRef<Deployment>> {
 }
 
 /// The Deployments whose `sluice.dev/policy` annotation names `policy`.
-fn annotated_with(deployments: &Store<Deployment>, policy: &str) -> Vec<ObjectRef<Deployment>> {
+fn annotated_with(
+    deployments: &Store<Deployment>,
+    policy: &str,
+) -> Vec<ObjectRef<optin::DeploymentMeta>> {
     deployments
         .state()
         .iter()
         .filter(|d| crate::core::annotations::policy_of(d.annotations()) == Some(policy))
-        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .filter_map(|d| Some(ObjectRef::new(&d.name_any()).within(&d.namespace()?)))
         .collect()
 }
 

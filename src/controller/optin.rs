@@ -23,6 +23,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -72,12 +73,18 @@ impl Told {
     }
 }
 
+/// A Deployment as this loop watches it: its metadata only (annotations, uid, deletion), so the
+/// loop's own cache stays small.
+pub type DeploymentMeta = PartialObjectMeta<Deployment>;
+
 /// Reconciles one Deployment's annotation Canary.
-pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+pub async fn reconcile(
+    deployment: Arc<DeploymentMeta>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, Error> {
     // Deciding with a half-filled Canary or policy cache would create a Canary that a hand-written
     // one should have stopped, or report a policy missing that exists.
-    // (Checked, not awaited: the Canary cache fills once the Canary controller runs, which starts
-    // after this loop.)
+    // (Checked, not awaited: the Canary cache fills once the Canary controller runs.)
     let ready = |store: Option<Result<(), _>>| matches!(store, Some(Ok(())));
     if !ready(ctx.stores.canaries.wait_until_ready().now_or_never())
         || !ready(ctx.stores.policies.wait_until_ready().now_or_never())
@@ -204,7 +211,7 @@ pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result
 }
 
 /// kube-runtime's error policy for the opt-in loop.
-pub fn error_policy(deployment: Arc<Deployment>, error: &Error, _: Arc<Context>) -> Requeue {
+pub fn error_policy(deployment: Arc<DeploymentMeta>, error: &Error, _: Arc<Context>) -> Requeue {
     warn!(deployment = %deployment.name_any(), namespace = ?deployment.namespace(), error = %error, "annotation opt-in failed");
     Requeue::requeue(RETRY_AFTER)
 }
@@ -232,7 +239,7 @@ fn minimal_spec(name: &str, policy: &str) -> CanarySpec {
 
 async fn apply(
     api: &Api<DynamicObject>,
-    deployment: &Deployment,
+    deployment: &DeploymentMeta,
     spec: &CanarySpec,
 ) -> Result<(), Error> {
     let name = deployment.name_any();
@@ -288,7 +295,7 @@ async fn delete(api: &Api<DynamicObject>, name: &str, namespace: &str) -> Result
 }
 
 /// Publishes a Warning event on the Deployment unless the same one was the last published.
-async fn warn_once(ctx: &Context, deployment: &Deployment, reason: &str, message: String) {
+async fn warn_once(ctx: &Context, deployment: &DeploymentMeta, reason: &str, message: String) {
     let namespace = deployment.namespace().unwrap_or_default();
     let name = deployment.name_any();
     if !ctx.told.is_new(&namespace, &name, &message) {

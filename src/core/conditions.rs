@@ -42,6 +42,10 @@ pub struct Update<'a> {
 /// Sets `update` in `conditions`, keeping `lastTransitionTime` when the status is unchanged.
 pub fn merge(conditions: &mut Vec<Condition>, update: Update<'_>, generation: i64, now: Timestamp) {
     let message = match update.revision {
+        // A status message that already opens with its revision is not prefixed twice.
+        Some(revision) if update.message.starts_with(&format!("revision {revision}")) => {
+            update.message.to_owned()
+        }
         Some(revision) => format!("revision {revision}: {}", update.message),
         None => format!("no revision: {}", update.message),
     };

@@ -1446,13 +1446,8 @@ impl<'a> Machine<'a> {
             (Phase::Failed, Some((reason, why)), _) => {
                 (Status::True, (*reason).to_owned(), why.clone())
             }
-            (Phase::Failed, None, Some((reason, message))) => {
-                // Keep the original cause; strip the old revision prefix, merge writes it again.
-                let message = message
-                    .split_once(": ")
-                    .map_or(message.clone(), |(_, rest)| rest.to_owned());
-                (Status::True, reason, message)
-            }
+            // Keep the original cause (its message already names the revision).
+            (Phase::Failed, None, Some((reason, message))) => (Status::True, reason, message),
             (Phase::Failed, None, None) => (Status::True, "RolledBack".to_owned(), message.clone()),
             (
                 Phase::Initializing
