@@ -147,11 +147,22 @@ pub async fn run(
         Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &canary_resource()),
         None => Api::<DynamicObject>::all_with(client.clone(), &canary_resource()),
     };
+    // The Canary cache is built here rather than by `Controller::new_with`, so that it is trimmed
+    // like the others: a Canary's managedFields (two field managers over a large status) were the
+    // biggest part of the controller's memory at 1,000 Canaries.
+    let canary_writer = reflector::store::Writer::new(canary_resource());
+    let canaries = canary_writer.as_reader();
+    let canary_stream = reflector::reflector(
+        canary_writer,
+        watcher(canary_api, watcher::Config::default())
+            .backoff(WatchBackoff::default())
+            .modify(trim),
+    )
+    .applied_objects();
     let controller =
-        Controller::new_with(canary_api, watcher::Config::default(), canary_resource())
+        Controller::for_stream_with(canary_stream, canaries.clone(), canary_resource())
             .with_config(ControllerConfig::default().concurrency(config.concurrency))
             .trigger_backoff(WatchBackoff::default());
-    let canaries = controller.store();
 
     let stores = Stores {
         canaries: canaries.clone(),
@@ -179,32 +190,40 @@ pub async fn run(
         told: Default::default(),
     });
 
-    // The opt-in loop watches Deployments' metadata on its own (a second watch, a small cache):
-    // it must never hold up the caches the Canary controller starts from.
-    let optin = Controller::new(
-        namespaced::<optin::DeploymentMeta>(&client, ns),
-        watcher::Config::default(),
+    // The opt-in loop watches Deployments' metadata on its own (a second watch, a small trimmed
+    // cache): it must never hold up the caches the Canary controller starts from.
+    let (annotated, annotated_writer) = reflector::store();
+    let annotated_stream = reflector::reflector(
+        annotated_writer,
+        watcher(
+            namespaced::<optin::DeploymentMeta>(&client, ns),
+            watcher::Config::default(),
+        )
+        .backoff(WatchBackoff::default())
+        .modify(trim),
     )
-    .with_config(ControllerConfig::default().concurrency(config.concurrency))
-    // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one
-    // that wins over the annotation) decides what the annotation's Canary should be.
-    .watches_with(
-        all_or_namespaced(&client, ns, &canary_resource()),
-        canary_resource(),
-        watcher::Config::default(),
-        |canary| deployments_of_canary(&canary),
-    )
-    // A policy change changes the spec of every annotation Canary naming it.
-    .watches(
-        Api::<CanaryPolicy>::all(client.clone()),
-        watcher::Config::default(),
-        {
-            let deployments = context.stores.deployments.clone();
-            move |policy| annotated_with(&deployments, &policy.name_any())
-        },
-    )
-    .run(optin::reconcile, optin::error_policy, context.clone())
-    .for_each(|_| async {});
+    .applied_objects();
+    let optin = Controller::for_stream(annotated_stream, annotated)
+        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one
+        // that wins over the annotation) decides what the annotation's Canary should be.
+        .watches_with(
+            all_or_namespaced(&client, ns, &canary_resource()),
+            canary_resource(),
+            watcher::Config::default(),
+            |canary| deployments_of_canary(&canary),
+        )
+        // A policy change changes the spec of every annotation Canary naming it.
+        .watches(
+            Api::<CanaryPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            {
+                let deployments = context.stores.deployments.clone();
+                move |policy| annotated_with(&deployments, &policy.name_any())
+            },
+        )
+        .run(optin::reconcile, optin::error_policy, context.clone())
+        .for_each(|_| async {});
     let optin = tokio::spawn(optin);
 
     wait_synced(&context.stores).await;
