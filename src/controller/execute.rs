@@ -155,6 +155,46 @@ async fn set_target(
     );
     // Forced: a GitOps manager may own `paused` from a manifest that set it; sluice's hold must
     // win, and the resourceVersion in the body still makes the write conditional (I6).
+    let written = apply(
+        ctx,
+        "apps/v1",
+        "Deployment",
+        namespace(observed),
+        target,
+        &body,
+        true,
+    )
+    .await;
+    let Err(conflict) = written else {
+        return Ok(());
+    };
+    if !conflict.is_conflict() {
+        return Err(conflict);
+    }
+    // The cached Deployment is older than the server's. Usually the watch brings the newer one
+    // and the next reconcile decides on it; but a cache that stays behind would refuse this write
+    // forever. So read the Deployment once: if what the decision rests on (its template, paused
+    // and the opt-in label) is unchanged, the decision stands and is written against the fresh
+    // resourceVersion, still conditional (I6); otherwise the conflict stands.
+    let Some(fresh) = fresh_target(ctx, observed).await else {
+        return Err(conflict);
+    };
+    let Some(cached) = observed.observations.target.as_ref() else {
+        return Err(conflict);
+    };
+    let same = fresh.revision == cached.revision
+        && fresh.paused == cached.paused
+        && fresh.labelled == cached.labelled;
+    if !same || fresh.resource_version == resource_version {
+        return Err(conflict);
+    }
+    let body = workload::target_hold_patch(
+        target,
+        &fresh.resource_version,
+        labelled,
+        paused,
+        &observed.identity.name,
+    );
     apply(
         ctx,
         "apps/v1",
@@ -166,6 +206,27 @@ async fn set_target(
     )
     .await?;
     Ok(())
+}
+
+/// The target as the API server has it now (one GET, made only after a conflict).
+async fn fresh_target(ctx: &Context, observed: &Observed) -> Option<crate::core::TargetState> {
+    count(ctx, "get", "Deployment");
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace(observed));
+    let deployment = api
+        .get_opt(&observed.canary.spec.target_ref.name)
+        .await
+        .ok()
+        .flatten()?;
+    let template = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| serde_json::to_value(&spec.template).ok())
+        .unwrap_or(Value::Null);
+    Some(workload::target_state(
+        &deployment,
+        &observed.identity.name,
+        crate::core::revision::template_hash(&template),
+    ))
 }
 
 fn deployment_body(deployment: &Deployment) -> Result<Value, Error> {

@@ -427,15 +427,40 @@ async fn served(client: &Client, api_version: &str, plural: &str) -> bool {
         .is_ok_and(|list| list.resources.iter().any(|r| r.name == plural))
 }
 
+/// Waits until every cache the Canary controller observes from has listed its objects, saying
+/// which one it still waits for every [`SYNC_REPORT`] (a cache that never fills is otherwise a
+/// silent controller).
 async fn wait_synced(stores: &Stores) {
-    let _ = stores.deployments.wait_until_ready().await;
-    let _ = stores.services.wait_until_ready().await;
-    let _ = stores.ingresses.wait_until_ready().await;
-    let _ = stores.policies.wait_until_ready().await;
-    let _ = stores.templates.wait_until_ready().await;
-    let _ = stores.cluster_templates.wait_until_ready().await;
-    for (_, store) in stores.routers.values() {
-        let _ = store.wait_until_ready().await;
+    synced("Deployment", stores.deployments.wait_until_ready()).await;
+    synced("Service", stores.services.wait_until_ready()).await;
+    synced("Ingress", stores.ingresses.wait_until_ready()).await;
+    synced("CanaryPolicy", stores.policies.wait_until_ready()).await;
+    synced("AnalysisTemplate", stores.templates.wait_until_ready()).await;
+    synced(
+        "ClusterAnalysisTemplate",
+        stores.cluster_templates.wait_until_ready(),
+    )
+    .await;
+    for (kind, (_, store)) in &stores.routers {
+        synced(kind, store.wait_until_ready()).await;
+    }
+}
+
+/// How often a cache that has not filled yet is reported.
+const SYNC_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn synced<E>(kind: &str, ready: impl Future<Output = Result<(), E>>) {
+    tokio::pin!(ready);
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(SYNC_REPORT, &mut ready).await {
+            Ok(_) => return,
+            Err(_) => warn!(
+                kind,
+                waited = ?started.elapsed(),
+                "still waiting for the initial list of this kind"
+            ),
+        }
     }
 }
 
