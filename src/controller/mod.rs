@@ -134,7 +134,7 @@ pub async fn run(
         tokio::spawn(
             reflector::reflector(
                 writer,
-                watcher(api, watcher::Config::default())
+                watcher(api, watch_config())
                     .backoff(WatchBackoff::default())
                     .modify(trim),
             )
@@ -154,7 +154,7 @@ pub async fn run(
     let canaries = canary_writer.as_reader();
     let canary_stream = reflector::reflector(
         canary_writer,
-        watcher(canary_api, watcher::Config::default())
+        watcher(canary_api, watch_config())
             .backoff(WatchBackoff::default())
             .modify(trim),
     )
@@ -197,7 +197,7 @@ pub async fn run(
         annotated_writer,
         watcher(
             namespaced::<optin::DeploymentMeta>(&client, ns),
-            watcher::Config::default(),
+            watch_config(),
         )
         .backoff(WatchBackoff::default())
         .modify(trim),
@@ -210,18 +210,14 @@ pub async fn run(
         .watches_with(
             all_or_namespaced(&client, ns, &canary_resource()),
             canary_resource(),
-            watcher::Config::default(),
+            watch_config(),
             |canary| deployments_of_canary(&canary),
         )
         // A policy change changes the spec of every annotation Canary naming it.
-        .watches(
-            Api::<CanaryPolicy>::all(client.clone()),
-            watcher::Config::default(),
-            {
-                let deployments = context.stores.deployments.clone();
-                move |policy| annotated_with(&deployments, &policy.name_any())
-            },
-        )
+        .watches(Api::<CanaryPolicy>::all(client.clone()), watch_config(), {
+            let deployments = context.stores.deployments.clone();
+            move |policy| annotated_with(&deployments, &policy.name_any())
+        })
         .run(optin::reconcile, optin::error_policy, context.clone())
         .for_each(|_| async {});
     let optin = tokio::spawn(optin);
@@ -233,57 +229,41 @@ pub async fn run(
     let mut controller = controller
         // A Deployment is either a target (by label, or named by a Canary's targetRef) or a canary
         // Deployment sluice owns: its template and readiness move the rollout.
-        .watches(
-            namespaced::<Deployment>(&client, ns),
-            watcher::Config::default(),
-            {
-                let canaries = canaries.clone();
-                move |deployment| canaries_for_deployment(&canaries, &deployment)
-            },
-        )
+        .watches(namespaced::<Deployment>(&client, ns), watch_config(), {
+            let canaries = canaries.clone();
+            move |deployment| canaries_for_deployment(&canaries, &deployment)
+        })
         // The canary Service sluice owns, and the stable Service the service router switches.
-        .watches(
-            namespaced::<Service>(&client, ns),
-            watcher::Config::default(),
-            {
-                let canaries = canaries.clone();
-                let policies = context.stores.policies.clone();
-                move |service| {
-                    canaries_routing_through(&canaries, &policies, &service, Through::Service)
-                }
-            },
-        )
+        .watches(namespaced::<Service>(&client, ns), watch_config(), {
+            let canaries = canaries.clone();
+            let policies = context.stores.policies.clone();
+            move |service| {
+                canaries_routing_through(&canaries, &policies, &service, Through::Service)
+            }
+        })
         // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
         // weight must be put back (I2).
-        .watches(
-            namespaced::<Ingress>(&client, ns),
-            watcher::Config::default(),
-            {
-                let canaries = canaries.clone();
-                let policies = context.stores.policies.clone();
-                move |ingress| {
-                    canaries_routing_through(&canaries, &policies, &ingress, Through::RouterObject)
-                }
-            },
-        )
+        .watches(namespaced::<Ingress>(&client, ns), watch_config(), {
+            let canaries = canaries.clone();
+            let policies = context.stores.policies.clone();
+            move |ingress| {
+                canaries_routing_through(&canaries, &policies, &ingress, Through::RouterObject)
+            }
+        })
         // A policy change changes every Canary that inherits from it.
-        .watches(
-            Api::<CanaryPolicy>::all(client.clone()),
-            watcher::Config::default(),
-            {
-                let canaries = canaries.clone();
-                move |policy| {
-                    let name = policy.name_any();
-                    canaries_matching(&canaries, |c| {
-                        c.data["spec"]["policyRef"]["name"].as_str() == Some(name.as_str())
-                    })
-                }
-            },
-        )
+        .watches(Api::<CanaryPolicy>::all(client.clone()), watch_config(), {
+            let canaries = canaries.clone();
+            move |policy| {
+                let name = policy.name_any();
+                canaries_matching(&canaries, |c| {
+                    c.data["spec"]["policyRef"]["name"].as_str() == Some(name.as_str())
+                })
+            }
+        })
         // A template change changes the queries of the Canaries that use it.
         .watches(
             namespaced::<AnalysisTemplate>(&client, ns),
-            watcher::Config::default(),
+            watch_config(),
             {
                 let canaries = canaries.clone();
                 move |template| {
@@ -294,7 +274,7 @@ pub async fn run(
         )
         .watches(
             Api::<ClusterAnalysisTemplate>::all(client.clone()),
-            watcher::Config::default(),
+            watch_config(),
             {
                 let canaries = canaries.clone();
                 move |_| canaries_matching(&canaries, |_| true)
@@ -310,7 +290,7 @@ pub async fn run(
             None => Api::<DynamicObject>::all_with(client.clone(), &resource),
         };
         // Router objects: a weight someone else changed is put back (I2).
-        controller = controller.watches_with(api, resource, watcher::Config::default(), {
+        controller = controller.watches_with(api, resource, watch_config(), {
             let canaries = canaries.clone();
             let policies = context.stores.policies.clone();
             move |object| {
@@ -340,6 +320,15 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Objects per page of a watch's initial list. Every watch lists at start-up at once, and the
+/// pages decoded together set the controller's peak memory (kube's default page is 500 objects).
+const LIST_PAGE_SIZE: u32 = 50;
+
+/// The configuration of every watch the controller runs.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
 }
 
 /// The backoff of every watch the controller runs: the reflector caches it observes from, and the
@@ -399,7 +388,7 @@ where
     tokio::spawn(
         reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default())
+            watcher(api, watch_config())
                 .backoff(WatchBackoff::default())
                 .modify(trim),
         )
