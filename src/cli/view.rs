@@ -150,9 +150,8 @@ pub fn phase_name(status: Option<&CanaryStatus>) -> String {
 /// The revision (template hash) of a Deployment's current template, computed as the controller
 /// computes it.
 pub fn target_revision(target: &Deployment) -> Option<String> {
-    let template = target.spec.as_ref().map(|spec| &spec.template)?;
-    let value = serde_json::to_value(template).ok()?;
-    Some(revision::template_hash(&value))
+    target.spec.as_ref()?;
+    Some(revision::deployment_revision(target))
 }
 
 fn step_of(status: &CanaryStatus) -> Option<StepView> {

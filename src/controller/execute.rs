@@ -217,15 +217,10 @@ async fn fresh_target(ctx: &Context, observed: &Observed) -> Option<crate::core:
         .await
         .ok()
         .flatten()?;
-    let template = deployment
-        .spec
-        .as_ref()
-        .and_then(|spec| serde_json::to_value(&spec.template).ok())
-        .unwrap_or(Value::Null);
     Some(workload::target_state(
         &deployment,
         &observed.identity.name,
-        crate::core::revision::template_hash(&template),
+        crate::core::revision::deployment_revision(&deployment),
     ))
 }
 

@@ -70,15 +70,10 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
     let canary_deployment =
         stores.deployment(&namespace, &canary_name(&canary.spec.target_ref.name));
     let target_state = target.as_ref().map(|deployment| {
-        let template = deployment
-            .spec
-            .as_ref()
-            .and_then(|spec| serde_json::to_value(&spec.template).ok())
-            .unwrap_or(Value::Null);
         workload::target_state(
             deployment,
             &identity.name,
-            revision::template_hash(&template),
+            revision::deployment_revision(deployment),
         )
     });
 

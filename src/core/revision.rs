@@ -9,6 +9,17 @@ use sha2::{Digest, Sha256};
 /// Hex characters of the SHA-256 kept as the revision.
 pub const REVISION_LEN: usize = 10;
 
+/// The revision of a Deployment's current pod template (the hash of `null` when it has no spec).
+/// The one way the controller, the plugin and every other reader name a Deployment's revision.
+pub fn deployment_revision(deployment: &k8s_openapi::api::apps::v1::Deployment) -> String {
+    let template = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| serde_json::to_value(&spec.template).ok())
+        .unwrap_or(Value::Null);
+    template_hash(&template)
+}
+
 /// The revision (10 hex characters of SHA-256 over the canonical form) of a pod template given
 /// as JSON (`spec.template` of a Deployment).
 pub fn template_hash(template: &Value) -> String {
