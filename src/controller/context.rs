@@ -8,22 +8,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, GroupVersionKind};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::analysis::Analysis;
+use super::cached::{CachedCanary, CompactObject};
 use super::metrics::ControllerMetrics;
-use crate::api::{AnalysisTemplate, CanaryPolicy, ClusterAnalysisTemplate, HoldMode, names};
-
-/// The Canary resource, watched as dynamic objects so that one malformed Canary becomes an
-/// `InvalidSpec` condition instead of an error that stalls the whole watch.
-pub fn canary_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(names::GROUP, names::VERSION, "Canary"),
-        "canaries",
-    )
-}
+use crate::api::{AnalysisTemplate, CanaryPolicy, ClusterAnalysisTemplate, HoldMode};
 
 /// The router objects held in dynamic caches, by kind: (apiVersion, kind, plural).
 pub const ROUTER_KINDS: &[(&str, &str, &str)] = &[
@@ -50,7 +42,7 @@ pub fn router_resource(api_version: &str, kind: &str, plural: &str) -> ApiResour
 /// The reflector caches a reconcile observes from.
 #[derive(Clone)]
 pub struct Stores {
-    pub canaries: Store<DynamicObject>,
+    pub canaries: Store<CachedCanary>,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub ingresses: Store<Ingress>,
@@ -58,7 +50,7 @@ pub struct Stores {
     pub templates: Store<AnalysisTemplate>,
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
     /// Router CRD kinds the API server serves, by kind.
-    pub routers: BTreeMap<&'static str, (ApiResource, Store<DynamicObject>)>,
+    pub routers: BTreeMap<&'static str, (ApiResource, Store<CompactObject>)>,
 }
 
 impl Stores {
@@ -94,7 +86,7 @@ impl Stores {
                 let (resource, store) = self.routers.get(kind)?;
                 store
                     .get(&ObjectRef::new_with(name, resource.clone()).within(namespace))
-                    .and_then(|o| serde_json::to_value(&*o).ok())
+                    .map(|o| o.to_value())
             }
         }
     }

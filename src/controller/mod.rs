@@ -7,6 +7,7 @@
 //! are synced, and the Canary controller runs with bounded concurrency until shutdown.
 
 pub mod analysis;
+pub mod cached;
 pub mod context;
 pub mod error;
 pub mod execute;
@@ -26,7 +27,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -37,10 +38,11 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use self::analysis::Analysis;
-use self::context::{Context, ROUTER_KINDS, Stores, canary_resource, router_resource};
+use self::cached::{CachedCanary, CompactObject};
+use self::context::{Context, ROUTER_KINDS, Stores, router_resource};
 use self::metrics::ControllerMetrics;
 use self::startup::{HoldSetting, StartupError};
-use crate::api::{AnalysisTemplate, CanaryPolicy, ClusterAnalysisTemplate, names};
+use crate::api::{AnalysisTemplate, CanaryPolicy, CanarySpec, ClusterAnalysisTemplate, names};
 use crate::http::Readiness;
 
 /// How `sluice controller` runs.
@@ -113,12 +115,86 @@ pub async fn run(
     });
 
     let ns = config.namespace.as_deref();
-    let deployments = cache(namespaced::<Deployment>(&client, ns));
-    let services = cache(namespaced::<Service>(&client, ns));
-    let ingresses = cache(namespaced::<Ingress>(&client, ns));
-    let policies = cache(Api::<CanaryPolicy>::all(client.clone()));
-    let templates = cache(namespaced::<AnalysisTemplate>(&client, ns));
-    let cluster_templates = cache(Api::<ClusterAnalysisTemplate>::all(client.clone()));
+    // One watch per kind. Each cache tells, after storing an object, which Canaries (and which
+    // annotated Deployments) it concerns: a reconcile it wakes always observes that object, and
+    // no second watch of the same kind lists everything again at start-up.
+    let (canary_triggers, canary_triggered) = futures::channel::mpsc::unbounded();
+    let (optin_triggers, optin_triggered) = futures::channel::mpsc::unbounded();
+    let (canaries, canary_writer) = reflector::store::<CachedCanary>();
+    let (deployments, deployment_writer) = reflector::store();
+    let (policies, policy_writer) = reflector::store();
+
+    // A Deployment is either a target (by label, or named by a Canary's targetRef) or a canary
+    // Deployment sluice owns: its template and readiness move the rollout.
+    spawn_cache(namespaced::<Deployment>(&client, ns), deployment_writer, {
+        let canaries = canaries.clone();
+        let triggers = canary_triggers.clone();
+        move |deployment: &Deployment| {
+            send(&triggers, canaries_for_deployment(&canaries, deployment));
+        }
+    });
+    // A policy change changes every Canary that inherits from it, and the spec of every
+    // annotation Canary naming it.
+    spawn_cache(Api::<CanaryPolicy>::all(client.clone()), policy_writer, {
+        let canaries = canaries.clone();
+        let deployments = deployments.clone();
+        let triggers = canary_triggers.clone();
+        let optin_triggers = optin_triggers.clone();
+        move |policy: &CanaryPolicy| {
+            let name = policy.name_any();
+            send(
+                &triggers,
+                canaries_matching(&canaries, |c| {
+                    c.spec()
+                        .and_then(|spec| spec.policy_ref.as_ref())
+                        .is_some_and(|policy| policy.name == name)
+                }),
+            );
+            send(&optin_triggers, annotated_with(&deployments, &name));
+        }
+    });
+    // The canary Service sluice owns, and the stable Service the service router switches.
+    let services = cache(namespaced::<Service>(&client, ns), {
+        let canaries = canaries.clone();
+        let policies = policies.clone();
+        let triggers = canary_triggers.clone();
+        move |service: &Service| {
+            send(
+                &triggers,
+                canaries_routing_through(&canaries, &policies, service, Through::Service),
+            );
+        }
+    });
+    // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
+    // weight must be put back (I2).
+    let ingresses = cache(namespaced::<Ingress>(&client, ns), {
+        let canaries = canaries.clone();
+        let policies = policies.clone();
+        let triggers = canary_triggers.clone();
+        move |ingress: &Ingress| {
+            send(
+                &triggers,
+                canaries_routing_through(&canaries, &policies, ingress, Through::RouterObject),
+            );
+        }
+    });
+    // A template change changes the queries of the Canaries that use it.
+    let templates = cache(namespaced::<AnalysisTemplate>(&client, ns), {
+        let canaries = canaries.clone();
+        let triggers = canary_triggers.clone();
+        move |template: &AnalysisTemplate| {
+            let namespace = template.namespace();
+            send(
+                &triggers,
+                canaries_matching(&canaries, |c| c.namespace() == namespace),
+            );
+        }
+    });
+    let cluster_templates = cache(Api::<ClusterAnalysisTemplate>::all(client.clone()), {
+        let canaries = canaries.clone();
+        let triggers = canary_triggers.clone();
+        move |_: &ClusterAnalysisTemplate| send(&triggers, canaries_matching(&canaries, |_| true))
+    });
     let mut routers = BTreeMap::new();
     for (api_version, kind, plural) in ROUTER_KINDS {
         if !served(&client, api_version, plural).await {
@@ -126,43 +202,52 @@ pub async fn run(
         }
         let resource = router_resource(api_version, kind, plural);
         let api = match ns {
-            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
-            None => Api::<DynamicObject>::all_with(client.clone(), &resource),
+            Some(ns) => Api::<CompactObject>::namespaced_with(client.clone(), ns, &resource),
+            None => Api::<CompactObject>::all_with(client.clone(), &resource),
         };
         let writer = reflector::store::Writer::new(resource.clone());
         let reader = writer.as_reader();
-        tokio::spawn(
-            reflector::reflector(
-                writer,
-                watcher(api, watch_config())
-                    .backoff(WatchBackoff::default())
-                    .modify(trim),
-            )
-            .for_each(|_| async {}),
-        );
+        // Router objects: a weight someone else changed is put back (I2).
+        spawn_cache(api, writer, {
+            let canaries = canaries.clone();
+            let policies = policies.clone();
+            let triggers = canary_triggers.clone();
+            move |object: &CompactObject| {
+                send(
+                    &triggers,
+                    canaries_routing_through(&canaries, &policies, object, Through::RouterObject),
+                );
+            }
+        });
         routers.insert(*kind, (resource, reader));
     }
 
-    let canary_api = match ns {
-        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &canary_resource()),
-        None => Api::<DynamicObject>::all_with(client.clone(), &canary_resource()),
-    };
-    // The Canary cache is built here rather than by `Controller::new_with`, so that it is trimmed
-    // like the others: a Canary's managedFields (two field managers over a large status) were the
+    // The Canary cache is built here rather than by `Controller::new`, so that it is trimmed like
+    // the others: a Canary's managedFields (two field managers over a large status) were the
     // biggest part of the controller's memory at 1,000 Canaries.
-    let canary_writer = reflector::store::Writer::new(canary_resource());
-    let canaries = canary_writer.as_reader();
     let canary_stream = reflector::reflector(
         canary_writer,
-        watcher(canary_api, watch_config())
+        watcher(namespaced::<CachedCanary>(&client, ns), watch_config())
             .backoff(WatchBackoff::default())
             .modify(trim),
     )
+    // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one that
+    // wins over the annotation) decides what the annotation's Canary should be.
+    .inspect({
+        let triggers = optin_triggers.clone();
+        move |event| {
+            if let Ok(event) = event
+                && let Some(canary) = touched(event)
+            {
+                send(&triggers, deployments_of_canary(canary));
+            }
+        }
+    })
     .applied_objects();
-    let controller =
-        Controller::for_stream_with(canary_stream, canaries.clone(), canary_resource())
-            .with_config(ControllerConfig::default().concurrency(config.concurrency))
-            .trigger_backoff(WatchBackoff::default());
+    let controller = Controller::for_stream(canary_stream, canaries.clone())
+        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .trigger_backoff(WatchBackoff::default())
+        .reconcile_on(canary_triggered);
 
     let stores = Stores {
         canaries: canaries.clone(),
@@ -190,8 +275,8 @@ pub async fn run(
         told: Default::default(),
     });
 
-    // The opt-in loop watches Deployments' metadata on its own (a second watch, a small trimmed
-    // cache): it must never hold up the caches the Canary controller starts from.
+    // The opt-in loop watches Deployments' metadata on its own (a small trimmed cache of its own
+    // primary objects): it must never hold up the caches the Canary controller starts from.
     let (annotated, annotated_writer) = reflector::store();
     let annotated_stream = reflector::reflector(
         annotated_writer,
@@ -205,19 +290,7 @@ pub async fn run(
     .applied_objects();
     let optin = Controller::for_stream(annotated_stream, annotated)
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
-        // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one
-        // that wins over the annotation) decides what the annotation's Canary should be.
-        .watches_with(
-            all_or_namespaced(&client, ns, &canary_resource()),
-            canary_resource(),
-            watch_config(),
-            |canary| deployments_of_canary(&canary),
-        )
-        // A policy change changes the spec of every annotation Canary naming it.
-        .watches(Api::<CanaryPolicy>::all(client.clone()), watch_config(), {
-            let deployments = context.stores.deployments.clone();
-            move |policy| annotated_with(&deployments, &policy.name_any())
-        })
+        .reconcile_on(optin_triggered)
         .run(optin::reconcile, optin::error_policy, context.clone())
         .for_each(|_| async {});
     let optin = tokio::spawn(optin);
@@ -225,79 +298,6 @@ pub async fn run(
     wait_synced(&context.stores).await;
     readiness.set_ready(true);
     info!("caches synced");
-
-    let mut controller = controller
-        // A Deployment is either a target (by label, or named by a Canary's targetRef) or a canary
-        // Deployment sluice owns: its template and readiness move the rollout.
-        .watches(namespaced::<Deployment>(&client, ns), watch_config(), {
-            let canaries = canaries.clone();
-            move |deployment| canaries_for_deployment(&canaries, &deployment)
-        })
-        // The canary Service sluice owns, and the stable Service the service router switches.
-        .watches(namespaced::<Service>(&client, ns), watch_config(), {
-            let canaries = canaries.clone();
-            let policies = context.stores.policies.clone();
-            move |service| {
-                canaries_routing_through(&canaries, &policies, &service, Through::Service)
-            }
-        })
-        // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
-        // weight must be put back (I2).
-        .watches(namespaced::<Ingress>(&client, ns), watch_config(), {
-            let canaries = canaries.clone();
-            let policies = context.stores.policies.clone();
-            move |ingress| {
-                canaries_routing_through(&canaries, &policies, &ingress, Through::RouterObject)
-            }
-        })
-        // A policy change changes every Canary that inherits from it.
-        .watches(Api::<CanaryPolicy>::all(client.clone()), watch_config(), {
-            let canaries = canaries.clone();
-            move |policy| {
-                let name = policy.name_any();
-                canaries_matching(&canaries, |c| {
-                    c.data["spec"]["policyRef"]["name"].as_str() == Some(name.as_str())
-                })
-            }
-        })
-        // A template change changes the queries of the Canaries that use it.
-        .watches(
-            namespaced::<AnalysisTemplate>(&client, ns),
-            watch_config(),
-            {
-                let canaries = canaries.clone();
-                move |template| {
-                    let namespace = template.namespace();
-                    canaries_matching(&canaries, |c| c.namespace() == namespace)
-                }
-            },
-        )
-        .watches(
-            Api::<ClusterAnalysisTemplate>::all(client.clone()),
-            watch_config(),
-            {
-                let canaries = canaries.clone();
-                move |_| canaries_matching(&canaries, |_| true)
-            },
-        );
-    for (api_version, kind, plural) in ROUTER_KINDS {
-        if !context.stores.routers.contains_key(kind) {
-            continue;
-        }
-        let resource = router_resource(api_version, kind, plural);
-        let api = match ns {
-            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource),
-            None => Api::<DynamicObject>::all_with(client.clone(), &resource),
-        };
-        // Router objects: a weight someone else changed is put back (I2).
-        controller = controller.watches_with(api, resource, watch_config(), {
-            let canaries = canaries.clone();
-            let policies = context.stores.policies.clone();
-            move |object| {
-                canaries_routing_through(&canaries, &policies, &object, Through::RouterObject)
-            }
-        });
-    }
 
     controller
         .graceful_shutdown_on(shutdown)
@@ -373,8 +373,9 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// A reflector cache for `api`, filled by a background task.
-fn cache<K>(api: Api<K>) -> Store<K>
+/// A reflector cache for `api`, filled by a background task that calls `changed` with every
+/// object it stores or removes.
+fn cache<K>(api: Api<K>, changed: impl FnMut(&K) + Send + 'static) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -385,6 +386,21 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    spawn_cache(api, writer, changed);
+    reader
+}
+
+/// Fills `writer`'s cache from a watch of `api` in a background task, calling `changed` with every
+/// object once it is stored or removed (so whatever `changed` wakes reads the cache at least as new
+/// as that object).
+fn spawn_cache<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    mut changed: impl FnMut(&K) + Send + 'static,
+) where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync + Unpin,
+{
     tokio::spawn(
         reflector::reflector(
             writer,
@@ -392,9 +408,36 @@ where
                 .backoff(WatchBackoff::default())
                 .modify(trim),
         )
-        .for_each(|_| async {}),
+        .touched_objects()
+        .for_each(move |object| {
+            // A watch error is the watcher's to recover from (it backs off and lists again).
+            if let Ok(object) = object {
+                changed(&object);
+            }
+            async {}
+        }),
     );
-    reader
+}
+
+/// The object a watch event stored or removed, if it carries one.
+fn touched<K>(event: &watcher::Event<K>) -> Option<&K> {
+    match event {
+        watcher::Event::Apply(object)
+        | watcher::Event::InitApply(object)
+        | watcher::Event::Delete(object) => Some(object),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}
+
+/// Queues reconciles. Sending fails only once the controller has stopped, when nothing is left to
+/// wake.
+fn send<K: Resource>(
+    triggers: &futures::channel::mpsc::UnboundedSender<ObjectRef<K>>,
+    refs: Vec<ObjectRef<K>>,
+) {
+    for reference in refs {
+        let _ = triggers.unbounded_send(reference);
+    }
 }
 
 /// Drops from a cached object what sluice never reads and that can be as large as the object
@@ -453,14 +496,14 @@ async fn synced<E>(kind: &str, ready: impl Future<Output = Result<(), E>>) {
     }
 }
 
-fn canary_ref(name: &str, namespace: &str) -> ObjectRef<DynamicObject> {
-    ObjectRef::new_with(name, canary_resource()).within(namespace)
+fn canary_ref(name: &str, namespace: &str) -> ObjectRef<CachedCanary> {
+    ObjectRef::new(name).within(namespace)
 }
 
 fn canaries_matching(
-    canaries: &Store<DynamicObject>,
-    predicate: impl Fn(&DynamicObject) -> bool,
-) -> Vec<ObjectRef<DynamicObject>> {
+    canaries: &Store<CachedCanary>,
+    predicate: impl Fn(&CachedCanary) -> bool,
+) -> Vec<ObjectRef<CachedCanary>> {
     canaries
         .state()
         .iter()
@@ -470,7 +513,7 @@ fn canaries_matching(
 }
 
 /// The Canaries that own `object`.
-fn owners<K: Resource>(object: &K) -> Vec<ObjectRef<DynamicObject>> {
+fn owners<K: Resource>(object: &K) -> Vec<ObjectRef<CachedCanary>> {
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     object
         .owner_references()
@@ -481,9 +524,9 @@ fn owners<K: Resource>(object: &K) -> Vec<ObjectRef<DynamicObject>> {
 }
 
 fn canaries_for_deployment(
-    canaries: &Store<DynamicObject>,
+    canaries: &Store<CachedCanary>,
     deployment: &Deployment,
-) -> Vec<ObjectRef<DynamicObject>> {
+) -> Vec<ObjectRef<CachedCanary>> {
     let mut refs = owners(deployment);
     let namespace = deployment.namespace();
     let name = deployment.name_any();
@@ -493,25 +536,13 @@ fn canaries_for_deployment(
         refs.push(canary_ref(canary, ns));
     }
     refs.extend(canaries_matching(canaries, |c| {
-        c.namespace() == namespace
-            && c.data["spec"]["targetRef"]["name"].as_str() == Some(name.as_str())
+        c.namespace() == namespace && c.target() == Some(name.as_str())
     }));
     refs
 }
 
-fn all_or_namespaced(
-    client: &Client,
-    namespace: Option<&str>,
-    resource: &kube::api::ApiResource,
-) -> Api<DynamicObject> {
-    match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
-        None => Api::all_with(client.clone(), resource),
-    }
-}
-
 /// The Deployments a Canary concerns: its target, and the Deployment that owns it.
-fn deployments_of_canary(canary: &DynamicObject) -> Vec<ObjectRef<optin::DeploymentMeta>> {
+fn deployments_of_canary(canary: &CachedCanary) -> Vec<ObjectRef<optin::DeploymentMeta>> {
     let Some(namespace) = canary.namespace() else {
         return Vec::new();
     };
@@ -521,7 +552,7 @@ fn deployments_of_canary(canary: &DynamicObject) -> Vec<ObjectRef<optin::Deploym
         .filter(|o| o.kind == "Deployment")
         .map(|o| ObjectRef::new(&o.name).within(&namespace))
         .collect();
-    if let Some(target) = canary.data["spec"]["targetRef"]["name"].as_str() {
+    if let Some(target) = canary.target() {
         refs.push(ObjectRef::new(target).within(&namespace));
     }
     refs
@@ -553,57 +584,51 @@ enum Through {
 /// object it is. Only those: mapping an event to every Canary of the namespace made each
 /// canary Service a Canary creates wake every other Canary there (quadratic work at adoption).
 fn canaries_routing_through<K: Resource>(
-    canaries: &Store<DynamicObject>,
+    canaries: &Store<CachedCanary>,
     policies: &Store<CanaryPolicy>,
     object: &K,
     through: Through,
-) -> Vec<ObjectRef<DynamicObject>> {
+) -> Vec<ObjectRef<CachedCanary>> {
     let mut refs = owners(object);
     let namespace = object.meta().namespace.clone();
     let name = object.meta().name.clone().unwrap_or_default();
     refs.extend(canaries_matching(canaries, |c| {
         c.namespace() == namespace
-            && match through {
-                Through::Service => stable_service(c, policies) == name,
-                Through::RouterObject => router_object(c, policies).as_deref() == Some(&name),
-            }
+            && c.spec().is_some_and(|spec| match through {
+                Through::Service => stable_service(spec, policies) == name,
+                Through::RouterObject => router_object(spec, policies).as_deref() == Some(&name),
+            })
     }));
     refs
 }
 
 /// The policy a Canary names, from the cache.
-fn policy_of(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> Option<Arc<CanaryPolicy>> {
-    let name = canary.data["spec"]["policyRef"]["name"].as_str()?;
-    policies.get(&ObjectRef::new(name))
+fn policy_of(spec: &CanarySpec, policies: &Store<CanaryPolicy>) -> Option<Arc<CanaryPolicy>> {
+    policies.get(&ObjectRef::new(&spec.policy_ref.as_ref()?.name))
 }
 
 /// The name of a Canary's stable Service, as `core::validate` resolves it: the Canary's own
 /// `service` (whole, when set), else its policy's, named after the target by default.
-fn stable_service(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> String {
-    let spec = &canary.data["spec"];
-    let target = spec["targetRef"]["name"].as_str().unwrap_or_default();
-    let named = if spec["service"].is_object() {
-        spec["service"]["name"].as_str().map(str::to_owned)
-    } else {
-        policy_of(canary, policies)
-            .and_then(|p| p.spec.rollout.service.as_ref().and_then(|s| s.name.clone()))
+fn stable_service(spec: &CanarySpec, policies: &Store<CanaryPolicy>) -> String {
+    let named = match &spec.rollout.service {
+        Some(service) => service.name.clone(),
+        None => policy_of(spec, policies)
+            .and_then(|p| p.spec.rollout.service.as_ref().and_then(|s| s.name.clone())),
     };
-    named.unwrap_or_else(|| target.to_owned())
+    named.unwrap_or_else(|| spec.target_ref.name.clone())
 }
 
 /// The name of the user's object a Canary's router writes weights on (HTTPRoute, Ingress or
 /// VirtualService), from the Canary's own `router` or else its policy's.
-fn router_object(canary: &DynamicObject, policies: &Store<CanaryPolicy>) -> Option<String> {
-    let router = &canary.data["spec"]["router"];
-    if router.is_object() {
-        let name = router["gatewayAPI"]["httpRoute"]["name"]
-            .as_str()
-            .or_else(|| router["nginx"]["ingress"]["name"].as_str())
-            .or_else(|| router["istio"]["virtualService"]["name"].as_str());
-        return name.map(str::to_owned);
-    }
-    let policy = policy_of(canary, policies)?;
-    let router = policy.spec.rollout.router.as_ref()?;
+fn router_object(spec: &CanarySpec, policies: &Store<CanaryPolicy>) -> Option<String> {
+    let policy;
+    let router = match &spec.rollout.router {
+        Some(router) => router,
+        None => {
+            policy = policy_of(spec, policies)?;
+            policy.spec.rollout.router.as_ref()?
+        }
+    };
     router
         .gateway_api
         .as_ref()

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
-use kube::api::DynamicObject;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::Value;
 
@@ -37,12 +36,6 @@ pub struct Observed {
     pub router: Option<(Router, RouteInputs)>,
     /// The live object the router builds from (the user's route, Ingress or Service).
     pub router_source: Option<Value>,
-}
-
-/// Parses the watched object. `Err` carries the reason, for the `InvalidSpec` condition.
-pub fn parse(object: &DynamicObject) -> Result<Canary, String> {
-    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-    serde_json::from_value::<Canary>(value).map_err(|e| format!("spec does not parse: {e}"))
 }
 
 /// Gathers the observations for `canary` from the caches.

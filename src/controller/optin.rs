@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -31,9 +31,10 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::context::{Context, canary_resource};
+use super::cached::CachedCanary;
+use super::context::Context;
 use super::error::Error;
-use super::observe::{is_from_annotations, parse};
+use super::observe::is_from_annotations;
 use crate::api::{Canary, CanarySpec, names};
 use crate::core::annotations;
 
@@ -96,14 +97,13 @@ pub async fn reconcile(
         field: "metadata.namespace",
     })?;
     let name = deployment.name_any();
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &canary_resource());
+    let api: Api<CachedCanary> = Api::namespaced(ctx.client.clone(), &namespace);
     let uid = deployment.uid().unwrap_or_default();
 
     let same_name = ctx
         .stores
         .canaries
-        .get(&ObjectRef::new_with(&name, canary_resource()).within(&namespace));
+        .get(&ObjectRef::new(&name).within(&namespace));
     let ours = same_name
         .as_ref()
         .filter(|c| is_from_annotations(c.as_ref()) && owned_by(c, &uid));
@@ -114,7 +114,7 @@ pub async fn reconcile(
         .iter()
         .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
         .filter(|c| !is_from_annotations(c.as_ref()))
-        .find(|c| c.data["spec"]["targetRef"]["name"].as_str() == Some(name.as_str()))
+        .find(|c| c.target() == Some(name.as_str()))
         .map(|c| c.name_any());
 
     let opted_in = deployment.metadata.deletion_timestamp.is_none()
@@ -122,7 +122,7 @@ pub async fn reconcile(
     if !opted_in {
         ctx.told.forget(&namespace, &name);
         if let Some(ours) = ours
-            && ours.metadata.deletion_timestamp.is_none()
+            && ours.meta().deletion_timestamp.is_none()
         {
             info!(deployment = %name, %namespace, "annotation removed: deleting its Canary (opt-out)");
             delete(&api, &name, &namespace).await?;
@@ -132,7 +132,7 @@ pub async fn reconcile(
 
     if let Some(winner) = hand_written {
         if let Some(ours) = ours
-            && ours.metadata.deletion_timestamp.is_none()
+            && ours.meta().deletion_timestamp.is_none()
         {
             delete(&api, &name, &namespace).await?;
         }
@@ -198,12 +198,11 @@ pub async fn reconcile(
         }
     };
 
-    if let Some(ours) = ours {
-        let current = parse(ours).ok();
-        if current.is_some_and(|c| c.spec == desired) {
-            debug!(deployment = %name, %namespace, "annotation Canary up to date");
-            return Ok(Requeue::await_change());
-        }
+    if let Some(ours) = ours
+        && ours.spec() == Some(&desired)
+    {
+        debug!(deployment = %name, %namespace, "annotation Canary up to date");
+        return Ok(Requeue::await_change());
     }
     apply(&api, &deployment, &desired).await?;
     info!(deployment = %name, %namespace, "annotation Canary written");
@@ -216,7 +215,7 @@ pub fn error_policy(deployment: Arc<DeploymentMeta>, error: &Error, _: Arc<Conte
     Requeue::requeue(RETRY_AFTER)
 }
 
-fn owned_by(canary: &DynamicObject, uid: &str) -> bool {
+fn owned_by(canary: &CachedCanary, uid: &str) -> bool {
     canary
         .owner_references()
         .iter()
@@ -238,7 +237,7 @@ fn minimal_spec(name: &str, policy: &str) -> CanarySpec {
 }
 
 async fn apply(
-    api: &Api<DynamicObject>,
+    api: &Api<CachedCanary>,
     deployment: &DeploymentMeta,
     spec: &CanarySpec,
 ) -> Result<(), Error> {
@@ -280,7 +279,7 @@ async fn apply(
     })
 }
 
-async fn delete(api: &Api<DynamicObject>, name: &str, namespace: &str) -> Result<(), Error> {
+async fn delete(api: &Api<CachedCanary>, name: &str, namespace: &str) -> Result<(), Error> {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::context::{Context, canary_resource};
+use super::cached::{CachedCanary, MalformedCanary};
+use super::context::Context;
 use super::error::Error;
 use super::execute::execute;
 use super::metrics::{CanaryLabels, ErrorLabels, VerdictLabels};
@@ -30,7 +31,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 const RETRY_CONFLICT_AFTER: Duration = Duration::from_millis(200);
 
 /// The reconcile entry point for kube-runtime's `Controller`.
-pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+pub async fn reconcile(object: Arc<CachedCanary>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&object, &ctx).await;
@@ -41,7 +42,7 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 }
 
 /// kube-runtime's error policy: count the error by category and retry.
-pub fn error_policy(object: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Requeue {
+pub fn error_policy(object: Arc<CachedCanary>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
@@ -67,25 +68,24 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeue, Error> {
+async fn reconcile_inner(object: &CachedCanary, ctx: &Context) -> Result<Requeue, Error> {
     let namespace = object.namespace().ok_or(Error::Malformed {
         field: "metadata.namespace",
     })?;
     let name = object.name_any();
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &canary_resource());
+    let api: Api<CachedCanary> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    let canary = match observe::parse(object) {
-        Ok(canary) => canary,
-        Err(reason) => {
-            report_malformed(&api, object, &reason).await?;
+    let canary = match object {
+        CachedCanary::Parsed(canary) => (**canary).clone(),
+        CachedCanary::Malformed(malformed) => {
+            report_malformed(&api, malformed).await?;
             return Ok(Requeue::await_change());
         }
     };
 
     // A Canary older than the controller's own last status write would make it decide an old
     // step again; wait for the watch to deliver the current one.
-    let resource_version = object.metadata.resource_version.clone().unwrap_or_default();
+    let resource_version = object.resource_version().unwrap_or_default();
     if ctx
         .superseded
         .is_stale(&namespace, &name, &resource_version)
@@ -150,7 +150,7 @@ async fn reconcile_inner(object: &DynamicObject, ctx: &Context) -> Result<Requeu
         let written = persist_after_execute(
             &api,
             &name,
-            object.metadata.resource_version.as_deref(),
+            object.meta().resource_version.as_deref(),
             &decision.status,
         )
         .await;
@@ -194,7 +194,7 @@ fn yields_to(canary: &crate::api::Canary, stores: &super::context::Stores) -> Op
         .state()
         .iter()
         .filter(|other| other.namespace() == namespace && other.name_any() != canary.name_any())
-        .filter(|other| other.data["spec"]["targetRef"]["name"].as_str() == Some(target))
+        .filter(|other| other.target() == Some(target))
         // The annotation's Canary yields to a hand-written one; a hand-written one waits for the
         // annotation's Canary to finish leaving.
         .find(|other| observe::is_from_annotations(other.as_ref()) != from_annotations)
@@ -214,7 +214,7 @@ const PERSIST_RETRY: Duration = Duration::from_millis(200);
 /// the old step's weight back and take the step again, so a passing API error (a 409, a 500)
 /// must not leave it behind. The apply is forced and idempotent, so trying again is safe.
 async fn persist_after_execute(
-    api: &Api<DynamicObject>,
+    api: &Api<CachedCanary>,
     name: &str,
     resource_version: Option<&str>,
     status: &CanaryStatus,
@@ -241,7 +241,7 @@ async fn persist_after_execute(
 /// controller's own last status write (the watch has not caught up yet) must fail with 409
 /// rather than restart the step clock or put back an older step (I4).
 async fn persist(
-    api: &Api<DynamicObject>,
+    api: &Api<CachedCanary>,
     name: &str,
     resource_version: Option<&str>,
     status: &CanaryStatus,
@@ -270,17 +270,17 @@ async fn persist(
 /// A Canary that does not parse (a schema that was not installed as generated lets anything in):
 /// record why in the `InvalidSpec` condition, touch nothing else, and wait for a change.
 async fn report_malformed(
-    api: &Api<DynamicObject>,
-    object: &DynamicObject,
-    reason: &str,
+    api: &Api<CachedCanary>,
+    malformed: &MalformedCanary,
 ) -> Result<(), Error> {
-    let name = object.name_any();
-    let mut status: CanaryStatus = object
-        .data
-        .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default();
-    let generation = object.metadata.generation.unwrap_or_default();
+    let MalformedCanary {
+        metadata,
+        reason,
+        status,
+    } = malformed;
+    let name = metadata.name.clone().unwrap_or_default();
+    let mut status = status.clone().unwrap_or_default();
+    let generation = metadata.generation.unwrap_or_default();
     let now = Timestamp::now();
     let before = status.clone();
     status.phase = Some(Phase::Invalid);
@@ -302,24 +302,19 @@ async fn report_malformed(
     if status == before {
         return Ok(());
     }
-    persist(
-        api,
-        &name,
-        object.metadata.resource_version.as_deref(),
-        &status,
-    )
-    .await
-    .map_err(|source| Error::Status {
-        namespace: object.namespace().unwrap_or_default(),
-        name,
-        source: Box::new(source),
-    })
+    persist(api, &name, metadata.resource_version.as_deref(), &status)
+        .await
+        .map_err(|source| Error::Status {
+            namespace: metadata.namespace.clone().unwrap_or_default(),
+            name,
+            source: Box::new(source),
+        })
 }
 
 /// Adds sluice's finalizer with a JSON patch that tests the list it saw, so a concurrent change
 /// to the finalizers fails instead of being overwritten.
-async fn add_finalizer(api: &Api<DynamicObject>, object: &DynamicObject) -> Result<(), Error> {
-    let patch = match &object.metadata.finalizers {
+async fn add_finalizer(api: &Api<CachedCanary>, object: &CachedCanary) -> Result<(), Error> {
+    let patch = match &object.meta().finalizers {
         Some(finalizers) => json!([
             { "op": "test", "path": "/metadata/finalizers", "value": finalizers },
             { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
@@ -329,8 +324,8 @@ async fn add_finalizer(api: &Api<DynamicObject>, object: &DynamicObject) -> Resu
     finalizer_patch(api, object, patch, "add the finalizer to").await
 }
 
-async fn remove_finalizer(api: &Api<DynamicObject>, object: &DynamicObject) -> Result<(), Error> {
-    let finalizers = object.metadata.finalizers.clone().unwrap_or_default();
+async fn remove_finalizer(api: &Api<CachedCanary>, object: &CachedCanary) -> Result<(), Error> {
+    let finalizers = object.meta().finalizers.clone().unwrap_or_default();
     let Some(index) = finalizers.iter().position(|f| f == FINALIZER) else {
         return Ok(());
     };
@@ -342,8 +337,8 @@ async fn remove_finalizer(api: &Api<DynamicObject>, object: &DynamicObject) -> R
 }
 
 async fn finalizer_patch(
-    api: &Api<DynamicObject>,
-    object: &DynamicObject,
+    api: &Api<CachedCanary>,
+    object: &CachedCanary,
     patch: serde_json::Value,
     action: &'static str,
 ) -> Result<(), Error> {
@@ -370,11 +365,11 @@ async fn finalizer_patch(
 
 /// Emits the decision's events, after the status they describe is persisted. An event that
 /// cannot be published is logged, never retried into a second decision.
-async fn publish(ctx: &Context, object: &DynamicObject, observed: &Observed, decision: &Decision) {
+async fn publish(ctx: &Context, object: &CachedCanary, observed: &Observed, decision: &Decision) {
     if decision.events.is_empty() {
         return;
     }
-    let reference = object.object_ref(&canary_resource());
+    let reference = object.object_ref(&());
     for event in &decision.events {
         info!(
             canary = %observed.identity.name,
