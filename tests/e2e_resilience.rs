@@ -1,8 +1,9 @@
 //! The hard cases, end to end: the real `sluice controller` against the test cluster, the
 //! Deployment stand-in and a scripted Prometheus answering healthy values. A newer revision
 //! during analysis and during promotion, the controller killed mid-step, an API server that
-//! refuses connections or answers 409/500, the race the I6 guard exists for (made to happen by
-//! parking the controller's write), an invalid Canary, and a Canary deleted mid-rollout.
+//! refuses connections or answers 409/500, a Deployment cache that lags the server (its watch
+//! events held back), the race the I6 guard exists for (made to happen by parking the
+//! controller's write), an invalid Canary, and a Canary deleted mid-rollout.
 //!
 //! Every test records the whole history of the objects from watches (`support::history`) and
 //! checks I1 and I4 on it, besides what the scenario is about; I6 is checked as "the stand-in
@@ -13,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DeleteParams, DynamicObject};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
 use sluice_testcluster::{InjectedError, RequestMatch};
@@ -455,6 +456,92 @@ async fn conflicts_and_server_errors_on_writes_neither_lose_nor_double_a_step() 
         "the failed route writes were retried"
     );
     scene.assert_invariants();
+}
+
+/// A cache that lags the API server makes every guarded write of the target carry an old
+/// resourceVersion. The controller then reads the target once and, when the template, `paused`
+/// and the label are what it decided on, writes again against the fresh version: the opt-out is
+/// not held up until the watch catches up.
+async fn a_lagging_deployment_cache_does_not_hold_up_a_guarded_write(hold: Hold) {
+    let scene = Scene::start(hold).await;
+    let Ok(faults) = scene.env.cluster.faults() else {
+        eprintln!("skipping: needs the test cluster's fault injection");
+        return;
+    };
+    let api: Api<Deployment> = Api::namespaced(scene.env.client(), NAMESPACE);
+    let before = scene.target().await;
+    assert!(labelled(&before), "adopted: {:?}", before.metadata.labels);
+
+    // From here on the controller's Deployment cache stops at the version it has.
+    faults.hold_watch_events("deployments");
+    let touched = api
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"example.com/touched": "yes"}}}),
+            ),
+        )
+        .await
+        .expect("target annotated");
+    assert!(rv_of(&touched) > rv_of(&before), "the server moved on");
+    let canaries: Api<DynamicObject> =
+        Api::namespaced_with(scene.env.client(), NAMESPACE, &canary_resource());
+    canaries
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("canary deleted");
+
+    // The opt-out reaches the server while the cache still holds the old version.
+    let released = scene
+        .env
+        .eventually(
+            "the target to be let go while the cache lags",
+            Duration::from_secs(15),
+            || async {
+                let target = api.get("web").await.ok()?;
+                (!labelled(&target) && !paused(&target)).then_some(target)
+            },
+        )
+        .await;
+    assert_eq!(
+        released
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("example.com/touched"))
+            .map(String::as_str),
+        Some("yes"),
+        "written on top of the newer version, not over it"
+    );
+    let controller = scene
+        .env
+        .cluster
+        .requests_from("sluice")
+        .expect("local cluster");
+    assert!(
+        controller.count("get", "deployments") >= 1,
+        "the controller read the target after the conflict"
+    );
+
+    faults.release_watch_events("deployments");
+    scene
+        .env
+        .eventually("the Canary to be gone", Duration::from_secs(20), || async {
+            scene.env.canary("web").await.is_none().then_some(())
+        })
+        .await;
+    scene.assert_invariants();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_deployment_cache_does_not_hold_up_a_guarded_write_with_the_admission_policy() {
+    a_lagging_deployment_cache_does_not_hold_up_a_guarded_write(Hold::AdmissionPolicy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_deployment_cache_does_not_hold_up_a_guarded_write_paused_at_rest() {
+    a_lagging_deployment_cache_does_not_hold_up_a_guarded_write(Hold::PausedAtRest).await;
 }
 
 // 4. I6: a template landing between the decision to unpause and the write.

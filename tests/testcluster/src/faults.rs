@@ -2,10 +2,12 @@
 //! connections are reset, new ones are accepted and reset at once), delay every response, fail
 //! the next N requests matching a verb / resource / namespace with 409, 429 (+ `Retry-After`) or
 //! 500 as proper `Status` bodies, cut every open watch stream, and answer the next watches with
-//! 410 Expired, and park the next request to one named object until the test releases it (to
-//! make a race happen deterministically). Only state and decisions here; the server consults it
+//! 410 Expired, park the next request to one named object until the test releases it (to
+//! make a race happen deterministically), and hold back the live events of open watches of one
+//! resource (a client's cache that lags the server) until the test lets them go. Only state and decisions here; the server consults it
 //! on every request.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -113,6 +115,8 @@ pub struct FaultState {
     pub(crate) cut_watches: watch::Sender<u64>,
     /// Signalled with `conn_epoch`, so idle streaming responses write and notice the reset.
     pub(crate) resets: watch::Sender<u64>,
+    /// Resources (plural names) whose open watches hold their live events back.
+    pub(crate) held_watches: watch::Sender<BTreeSet<String>>,
 }
 
 impl Default for FaultState {
@@ -126,6 +130,7 @@ impl Default for FaultState {
             gone_watches: AtomicU64::new(0),
             cut_watches: watch::channel(0).0,
             resets: watch::channel(0).0,
+            held_watches: watch::channel(BTreeSet::new()).0,
         }
     }
 }
@@ -265,8 +270,27 @@ impl Faults {
         self.state.gone_watches.fetch_add(n, Ordering::SeqCst);
     }
 
+    /// Holds back the live events of every open watch of `resource` (plural name, e.g.
+    /// `deployments`), as a client whose cache lags the server sees it: the events are neither
+    /// sent nor lost, and bookmarks do not move past them. Writes and reads go on as usual; a watch
+    /// opened meanwhile still sends what it lists. [`Faults::release_watch_events`] sends them, in
+    /// order.
+    pub fn hold_watch_events(&self, resource: &str) {
+        self.state.held_watches.send_modify(|held| {
+            held.insert(resource.to_owned());
+        });
+    }
+
+    /// Sends the events held back for `resource`, in order, and stops holding them.
+    pub fn release_watch_events(&self, resource: &str) {
+        self.state.held_watches.send_modify(|held| {
+            held.remove(resource);
+        });
+    }
+
     /// Removes every injected fault.
     pub fn clear(&self) {
+        self.state.held_watches.send_modify(BTreeSet::clear);
         self.accept_connections();
         self.set_delay(Duration::ZERO);
         self.state

@@ -254,3 +254,122 @@ async fn requests_are_counted_by_verb_resource_subresource_and_namespace_and_can
     assert_eq!(tc.requests().unwrap().total(), 0);
     tc.stop().await;
 }
+
+/// Reads a watch response line by line, keeping what follows a line for the next one.
+struct WatchLines {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl WatchLines {
+    /// The next event, or `None` if none arrives within `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                return Some(serde_json::from_slice(&line[..pos]).unwrap());
+            }
+            let chunk = tokio::time::timeout(wait, self.response.chunk())
+                .await
+                .ok()?
+                .unwrap()
+                .unwrap();
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next event that is not a bookmark.
+    async fn next_event(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let event = self.next_within(wait).await?;
+            if event["type"] != "BOOKMARK" {
+                return Some(event);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn held_watch_events_are_sent_in_order_once_released_and_reads_go_on_meanwhile() {
+    let (tc, http) = cluster().await;
+    let faults = tc.faults().unwrap();
+    let url = format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=1&allowWatchBookmarks=true",
+        tc.url()
+    );
+    let mut watch = WatchLines {
+        response: http.get(&url).send().await.unwrap(),
+        buffer: Vec::new(),
+    };
+    let secrets_url = format!("{}/api/v1/namespaces/default/secrets?watch=1", tc.url());
+    let mut secrets = WatchLines {
+        response: http.get(&secrets_url).send().await.unwrap(),
+        buffer: Vec::new(),
+    };
+
+    faults.hold_watch_events("configmaps");
+    create_cm(&http, &tc, "first").await;
+    create_cm(&http, &tc, "second").await;
+    // Reads see the writes; a watch of another resource is not held.
+    let read = http
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps/second",
+            tc.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    http.post(format!("{}/api/v1/namespaces/default/secrets", tc.url()))
+        .json(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}))
+        .send()
+        .await
+        .unwrap();
+    let secret = secrets.next_event(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(secret["object"]["metadata"]["name"], "s");
+    // Held: nothing but bookmarks, and no bookmark past the held events.
+    let first_rv = read_rv(&http, &tc, "first").await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some(event) = watch.next_within(left).await else {
+            break;
+        };
+        assert_eq!(event["type"], "BOOKMARK", "held back: {event}");
+        let rv: u64 = event["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rv < first_rv, "a bookmark past a held event: {event}");
+    }
+
+    faults.release_watch_events("configmaps");
+    for name in ["first", "second"] {
+        let event = watch.next_event(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(event["type"], "ADDED");
+        assert_eq!(event["object"]["metadata"]["name"], name);
+    }
+    create_cm(&http, &tc, "third").await;
+    let event = watch.next_event(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(event["object"]["metadata"]["name"], "third");
+    tc.stop().await;
+}
+
+async fn read_rv(http: &reqwest::Client, tc: &TestCluster, name: &str) -> u64 {
+    let object: Value = http
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps/{name}",
+            tc.url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -191,6 +191,11 @@ pub fn serve_watch(
     cut.mark_unchanged();
     let mut resets = shared.faults.resets.subscribe();
     resets.mark_unchanged();
+    let mut held = shared.faults.held_watches.subscribe();
+    let plural = ri.plural.clone();
+    let is_held = move |held: &tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>| {
+        held.borrow().contains(&plural)
+    };
     let shutdown = super::stopped(shared.shutdown.subscribe());
     tokio::spawn(async move {
         tokio::pin!(shutdown);
@@ -204,6 +209,8 @@ pub fn serve_watch(
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
+        // Live events held back by an injected lag, with their resourceVersions.
+        let mut pending: Vec<(u64, Value)> = Vec::new();
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
@@ -215,6 +222,16 @@ pub fn serve_watch(
                     }
                 }
                 _ = &mut shutdown => return,
+                Ok(()) = held.changed() => {
+                    if !is_held(&held) {
+                        for (rv, ev) in pending.drain(..) {
+                            last_rv = rv;
+                            if tx.send(line(&ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     if bookmarks && tx.send(line(&bookmark(&ri, last_rv, false))).await.is_err() {
                         return;
@@ -224,9 +241,16 @@ pub fn serve_watch(
                     Ok(ev) => {
                         let ty = if ev.rv > last_rv { filter.translate(&ev) } else { None };
                         let Some(ty) = ty else {
-                            if ev.key == filter.key { last_rv = last_rv.max(ev.rv); }
+                            // A bookmark must not move past events still held back.
+                            if ev.key == filter.key && pending.is_empty() {
+                                last_rv = last_rv.max(ev.rv);
+                            }
                             continue;
                         };
+                        if is_held(&held) {
+                            pending.push((ev.rv, event_json(&ri, ty, &ev.object)));
+                            continue;
+                        }
                         last_rv = ev.rv;
                         if tx.send(line(&event_json(&ri, ty, &ev.object))).await.is_err() {
                             return;
