@@ -3,7 +3,8 @@
 //! during analysis and during promotion, the controller killed mid-step, an API server that
 //! refuses connections or answers 409/500, a Deployment cache that lags the server (its watch
 //! events held back), the race the I6 guard exists for (made to happen by parking the
-//! controller's write), an invalid Canary, and a Canary deleted mid-rollout.
+//! controller's write), an invalid Canary, one that does not even parse, and a Canary deleted
+//! mid-rollout.
 //!
 //! Every test records the whole history of the objects from watches (`support::history`) and
 //! checks I1 and I4 on it, besides what the scenario is about; I6 is checked as "the stand-in
@@ -842,6 +843,75 @@ spec:
         .any(|c| c["type"] == "InvalidSpec" && c["status"] == "True");
     assert!(!still_invalid, "InvalidSpec cleared: {idle}");
     assert!(labelled(&env.deployment("web").await.expect("target")));
+}
+
+/// A Canary the generated schema would refuse gets in when the CRD is installed without it (an
+/// older or hand-edited CRD). It must become an `InvalidSpec` condition on that Canary alone: the
+/// watch every Canary comes through must not stall on it, so a valid Canary next to it is adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_does_not_parse_is_reported_and_stalls_no_other() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceDefinition, CustomResourceValidation, JSONSchemaProps,
+    };
+    let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client());
+    let mut crd = crds.get("canaries.sluice.dev").await.expect("Canary CRD");
+    for version in &mut crd.spec.versions {
+        version.schema = Some(CustomResourceValidation {
+            open_api_v3_schema: Some(JSONSchemaProps {
+                type_: Some("object".to_owned()),
+                x_kubernetes_preserve_unknown_fields: Some(true),
+                ..Default::default()
+            }),
+        });
+    }
+    crds.replace("canaries.sluice.dev", &Default::default(), &crd)
+        .await
+        .expect("CRD without a schema");
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    env.apply(&app_manifests("web", IMAGE_1, 2)).await;
+    env.apply(&app_manifests("cart", IMAGE_1, 2)).await;
+    env.apply(&format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: Canary\nmetadata: {{name: web, namespace: {NAMESPACE}}}\nspec:\n  targetRef: {{name: web}}\n  strategy: {{canary: {{stepWeights: fast}}}}\n"
+    ))
+    .await;
+    env.apply(&canary_manifest(&prometheus.url()).replace("web", "cart"))
+        .await;
+    env.start_controller(&[]);
+
+    env.eventually(
+        "the valid Canary to be adopted",
+        Duration::from_secs(20),
+        || async { env.canary("cart").await.filter(|c| phase(c) == "Idle") },
+    )
+    .await;
+    let invalid = env
+        .eventually(
+            "the malformed Canary to be Invalid",
+            Duration::from_secs(20),
+            || async { env.canary("web").await.filter(|c| phase(c) == "Invalid") },
+        )
+        .await;
+    let condition = invalid["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "InvalidSpec")
+        .cloned()
+        .expect("InvalidSpec condition");
+    assert_eq!(condition["status"], "True");
+    assert_eq!(condition["reason"], "Malformed");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec does not parse: spec.strategy.canary.stepWeights:")),
+        "the condition says why: {condition}"
+    );
+    let target = env.deployment("web").await.expect("target");
+    assert!(!labelled(&target) && !paused(&target), "target untouched");
+    assert!(env.deployment("web-canary").await.is_none());
+    assert!(labelled(&env.deployment("cart").await.expect("cart")));
 }
 
 async fn deleting_a_canary_mid_rollout_puts_everything_back(hold: Hold) {

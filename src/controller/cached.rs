@@ -13,7 +13,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::api::{Canary, CanarySpec, CanaryStatus};
+use crate::api::{Canary, CanarySpec, CanaryStatus, RolloutSpec};
 
 /// A Canary as the controller watches and caches it: parsed once, when the watch delivers it.
 /// One that does not parse (a schema not installed as generated lets anything in) is kept with
@@ -57,8 +57,9 @@ impl CachedCanary {
 impl<'de> Deserialize<'de> for CachedCanary {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        match Canary::deserialize(&value) {
+        match serde_path_to_error::deserialize::<_, Canary>(&value) {
             Ok(canary) => Ok(CachedCanary::Parsed(Box::new(canary))),
+            // The error names the field (`spec.strategy.canary.stepWeights: invalid type ...`).
             Err(error) => {
                 // Without readable metadata it cannot even be named: that fails like any object.
                 let metadata =
@@ -68,12 +69,25 @@ impl<'de> Deserialize<'de> for CachedCanary {
                     .and_then(|status| CanaryStatus::deserialize(status).ok());
                 Ok(CachedCanary::Malformed(Box::new(MalformedCanary {
                     metadata,
-                    reason: format!("spec does not parse: {error}"),
+                    reason: format!("spec does not parse: {}", located(&value, error)),
                     status,
                 })))
             }
         }
     }
+}
+
+/// The error, at the deepest field serde can name. `spec`'s rollout fields are flattened into it,
+/// and serde loses the path through a flatten: an error found at `spec` is looked for again in
+/// the rollout part alone.
+fn located(value: &Value, error: serde_path_to_error::Error<serde_json::Error>) -> String {
+    if error.path().to_string() == "spec"
+        && let Err(inner) = serde_path_to_error::deserialize::<_, RolloutSpec>(&value["spec"])
+        && inner.path().iter().next().is_some()
+    {
+        return format!("spec.{inner}");
+    }
+    error.to_string()
 }
 
 impl Resource for CachedCanary {
@@ -230,13 +244,30 @@ mod tests {
         .unwrap();
         let reason = cached.parsed().unwrap_err();
         assert!(reason.starts_with("spec does not parse: "), "{reason}");
-        assert!(reason.contains("invalid type"), "{reason}");
+        assert!(
+            reason.contains("spec.targetRef.name: invalid type"),
+            "{reason}"
+        );
         assert_eq!(cached.target(), None);
         assert_eq!(cached.namespace().as_deref(), Some("shop"));
         let CachedCanary::Malformed(malformed) = &cached else {
             panic!("not malformed: {cached:?}");
         };
         assert_eq!(malformed.status.as_ref().unwrap().canary_weight, 20);
+    }
+
+    #[test]
+    fn a_field_of_the_flattened_rollout_part_is_named_too() {
+        let cached: CachedCanary = serde_json::from_value(canary(json!({
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+            "strategy": {"canary": {"stepWeights": "fast"}},
+        })))
+        .unwrap();
+        let reason = cached.parsed().unwrap_err();
+        assert!(
+            reason.contains("spec.strategy.canary.stepWeights: invalid type"),
+            "{reason}"
+        );
     }
 
     #[test]
