@@ -347,7 +347,18 @@ async fn a_controller_killed_mid_step_resumes_the_same_step_after_a_restart() {
     let mut scene = Scene::start(Hold::AdmissionPolicy).await;
     scene.env.set_image("web", IMAGE_2).await;
     scene.wait_weight(20).await;
-    let before = scene.env.canary("web").await.expect("canary");
+    // Mid-step: the step is taken once its status is written, which follows the route write.
+    let before = scene
+        .env
+        .eventually(
+            "the first step in status",
+            Duration::from_secs(10),
+            || async {
+                let canary = scene.env.canary("web").await?;
+                (canary["status"]["canaryWeight"] == 20).then_some(canary)
+            },
+        )
+        .await;
     scene.env.kill_controller().await;
     let at_kill = scene.env.canary("web").await.expect("canary");
     scene.env.start_controller(&[]);
