@@ -59,7 +59,7 @@ impl History {
                 let kind = ar.kind.clone();
                 tokio::spawn(async move {
                     let mut stream = watcher::watcher(api, Config::default())
-                        .backoff(QuickBackoff::default())
+                        .backoff(sluice_testcluster::QuickBackoff::default())
                         .boxed();
                     while let Some(event) = stream.next().await {
                         let object = match event {
@@ -263,31 +263,4 @@ fn owned_by(object: &Value, name: &str) -> bool {
 /// The first container image of a Deployment or ReplicaSet.
 pub fn image(object: &Value) -> Option<&str> {
     object["spec"]["template"]["spec"]["containers"][0]["image"].as_str()
-}
-
-/// The recorder's watch backoff: 100 ms doubling to 1 s. kube's default grows to 30 s, so after
-/// an API outage the recorder could reconnect only once the rollout it should record was over.
-#[derive(Debug, Clone)]
-struct QuickBackoff(Duration);
-
-impl Default for QuickBackoff {
-    fn default() -> Self {
-        QuickBackoff(Duration::from_millis(100))
-    }
-}
-
-impl Iterator for QuickBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let current = self.0;
-        self.0 = (current * 2).min(Duration::from_secs(1));
-        Some(current)
-    }
-}
-
-impl kube::runtime::utils::Backoff for QuickBackoff {
-    fn reset(&mut self) {
-        self.0 = Duration::from_millis(100);
-    }
 }

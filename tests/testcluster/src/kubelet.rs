@@ -1027,7 +1027,7 @@ async fn run(
         let (reader, writer) = reflector::store();
         streams.push(
             reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff()
+                .backoff(crate::QuickBackoff::default())
                 .map(|_| ())
                 .boxed(),
         );
@@ -1038,7 +1038,7 @@ async fn run(
         let (reader, writer) = reflector::store();
         streams.push(
             reflector(writer, watcher(api, watcher::Config::default()))
-                .default_backoff()
+                .backoff(crate::QuickBackoff::default())
                 .map(|_| ())
                 .boxed(),
         );

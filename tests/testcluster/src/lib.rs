@@ -7,6 +7,7 @@
 pub mod accounting;
 pub mod admission;
 pub mod apiserver;
+mod backoff;
 pub mod faults;
 pub mod harness;
 pub mod kubeconfig;
@@ -16,5 +17,6 @@ pub mod schema;
 pub mod traffic;
 
 pub use accounting::{RequestCounts, RequestKey};
+pub use backoff::QuickBackoff;
 pub use faults::{Faults, InjectedError, Parked, RequestMatch};
 pub use harness::{HarnessError, TestCluster, TestClusterBuilder};
