@@ -179,6 +179,19 @@ impl Scene {
     }
 }
 
+/// The Canary's `InvalidSpec` condition, which must be True.
+fn invalid_spec(canary: &Value) -> Value {
+    let condition = canary["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "InvalidSpec")
+        .cloned()
+        .expect("InvalidSpec condition");
+    assert_eq!(condition["status"], "True", "{condition}");
+    condition
+}
+
 fn paused(d: &Deployment) -> bool {
     d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false)
 }
@@ -797,14 +810,7 @@ async fn an_invalid_canary_touches_no_traffic_and_recovers_when_fixed() {
             || async { env.canary("web").await.filter(|c| phase(c) == "Invalid") },
         )
         .await;
-    let condition = invalid["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "InvalidSpec")
-        .cloned()
-        .expect("InvalidSpec condition");
-    assert_eq!(condition["status"], "True");
+    let condition = invalid_spec(&invalid);
     assert!(
         condition["message"]
             .as_str()
@@ -904,14 +910,7 @@ async fn a_canary_that_does_not_parse_is_reported_and_stalls_no_other() {
             || async { env.canary("web").await.filter(|c| phase(c) == "Invalid") },
         )
         .await;
-    let condition = invalid["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "InvalidSpec")
-        .cloned()
-        .expect("InvalidSpec condition");
-    assert_eq!(condition["status"], "True");
+    let condition = invalid_spec(&invalid);
     assert_eq!(condition["reason"], "Malformed");
     assert!(
         condition["message"]

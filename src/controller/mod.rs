@@ -154,30 +154,21 @@ pub async fn run(
         }
     });
     // The canary Service sluice owns, and the stable Service the service router switches.
-    let services = cache(namespaced::<Service>(&client, ns), {
-        let canaries = canaries.clone();
-        let policies = policies.clone();
-        let triggers = canary_triggers.clone();
-        move |service: &Service| {
-            send(
-                &triggers,
-                canaries_routing_through(&canaries, &policies, service, Through::Service),
-            );
-        }
-    });
+    let services = cache(
+        namespaced::<Service>(&client, ns),
+        wake_routing_through(&canaries, &policies, &canary_triggers, Through::Service),
+    );
     // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
     // weight must be put back (I2).
-    let ingresses = cache(namespaced::<Ingress>(&client, ns), {
-        let canaries = canaries.clone();
-        let policies = policies.clone();
-        let triggers = canary_triggers.clone();
-        move |ingress: &Ingress| {
-            send(
-                &triggers,
-                canaries_routing_through(&canaries, &policies, ingress, Through::RouterObject),
-            );
-        }
-    });
+    let ingresses = cache(
+        namespaced::<Ingress>(&client, ns),
+        wake_routing_through(
+            &canaries,
+            &policies,
+            &canary_triggers,
+            Through::RouterObject,
+        ),
+    );
     // A template change changes the queries of the Canaries that use it.
     let templates = cache(namespaced::<AnalysisTemplate>(&client, ns), {
         let canaries = canaries.clone();
@@ -208,17 +199,16 @@ pub async fn run(
         let writer = reflector::store::Writer::new(resource.clone());
         let reader = writer.as_reader();
         // Router objects: a weight someone else changed is put back (I2).
-        spawn_cache(api, writer, {
-            let canaries = canaries.clone();
-            let policies = policies.clone();
-            let triggers = canary_triggers.clone();
-            move |object: &CompactObject| {
-                send(
-                    &triggers,
-                    canaries_routing_through(&canaries, &policies, object, Through::RouterObject),
-                );
-            }
-        });
+        spawn_cache(
+            api,
+            writer,
+            wake_routing_through(
+                &canaries,
+                &policies,
+                &canary_triggers,
+                Through::RouterObject,
+            ),
+        );
         routers.insert(*kind, (resource, reader));
     }
 
@@ -600,6 +590,25 @@ fn canaries_routing_through<K: Resource>(
             })
     }));
     refs
+}
+
+/// What a cache of objects that carry Canaries' traffic calls on each change: wake the Canaries
+/// routing through the object.
+fn wake_routing_through<K: Resource>(
+    canaries: &Store<CachedCanary>,
+    policies: &Store<CanaryPolicy>,
+    triggers: &futures::channel::mpsc::UnboundedSender<ObjectRef<CachedCanary>>,
+    through: Through,
+) -> impl FnMut(&K) + Send + 'static {
+    let canaries = canaries.clone();
+    let policies = policies.clone();
+    let triggers = triggers.clone();
+    move |object| {
+        send(
+            &triggers,
+            canaries_routing_through(&canaries, &policies, object, through),
+        );
+    }
 }
 
 /// The policy a Canary names, from the cache.

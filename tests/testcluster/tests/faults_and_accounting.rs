@@ -311,15 +311,8 @@ async fn held_watch_events_are_sent_in_order_once_released_and_reads_go_on_meanw
     create_cm(&http, &tc, "first").await;
     create_cm(&http, &tc, "second").await;
     // Reads see the writes; a watch of another resource is not held.
-    let read = http
-        .get(format!(
-            "{}/api/v1/namespaces/default/configmaps/second",
-            tc.url()
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 200);
+    let first_rv = read_rv(&http, &tc, "first").await;
+    assert!(read_rv(&http, &tc, "second").await > first_rv);
     http.post(format!("{}/api/v1/namespaces/default/secrets", tc.url()))
         .json(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}))
         .send()
@@ -328,7 +321,6 @@ async fn held_watch_events_are_sent_in_order_once_released_and_reads_go_on_meanw
     let secret = secrets.next_event(Duration::from_secs(5)).await.unwrap();
     assert_eq!(secret["object"]["metadata"]["name"], "s");
     // Held: nothing but bookmarks, and no bookmark past the held events.
-    let first_rv = read_rv(&http, &tc, "first").await;
     let deadline = Instant::now() + Duration::from_secs(2);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         let Some(event) = watch.next_within(left).await else {
