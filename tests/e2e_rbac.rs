@@ -163,6 +163,9 @@ async fn canary_ready_pods(env: &Env, target: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_call_the_controller_makes_is_granted_by_the_shipped_rbac() {
+    if support::skipped_on_a_real_cluster("request accounting") {
+        return;
+    }
     let mut env = Env::start(Hold::AdmissionPolicy).await;
     let mut prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));

@@ -412,6 +412,9 @@ async fn a_controller_killed_mid_step_resumes_the_same_step_after_a_restart() {
 // 3. An API server refusing connections, and answering 409 / 500.
 
 async fn refused_connections_neither_lose_nor_double_a_step(refusal: Duration) {
+    if support::skipped_on_a_real_cluster("fault injection") {
+        return;
+    }
     let scene = Scene::start(Hold::AdmissionPolicy).await;
     scene.env.set_image("web", IMAGE_2).await;
     scene.wait_weight(20).await;
@@ -449,6 +452,9 @@ async fn an_api_server_refusing_connections_for_3_seconds_neither_loses_nor_doub
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_and_server_errors_on_writes_neither_lose_nor_double_a_step() {
+    if support::skipped_on_a_real_cluster("fault injection") {
+        return;
+    }
     let scene = Scene::start(Hold::AdmissionPolicy).await;
     let faults = scene.env.cluster.faults().expect("local cluster");
     let patches = |resource: &str| {
@@ -488,11 +494,11 @@ async fn conflicts_and_server_errors_on_writes_neither_lose_nor_double_a_step() 
 /// and the label are what it decided on, writes again against the fresh version: the opt-out is
 /// not held up until the watch catches up.
 async fn a_lagging_deployment_cache_does_not_hold_up_a_guarded_write(hold: Hold) {
-    let scene = Scene::start(hold).await;
-    let Ok(faults) = scene.env.cluster.faults() else {
-        eprintln!("skipping: needs the test cluster's fault injection");
+    if support::skipped_on_a_real_cluster("fault injection") {
         return;
-    };
+    }
+    let scene = Scene::start(hold).await;
+    let faults = scene.env.cluster.faults().expect("local cluster");
     let api: Api<Deployment> = Api::namespaced(scene.env.client(), NAMESPACE);
     let before = scene.target().await;
     assert!(labelled(&before), "adopted: {:?}", before.metadata.labels);
@@ -662,6 +668,9 @@ fn image_of(d: &Deployment) -> Option<&str> {
 }
 
 async fn a_template_landing_before_the_promotion_write_is_not_released(hold: Hold) {
+    if support::skipped_on_a_real_cluster("fault injection") {
+        return;
+    }
     let scene = Scene::start(hold).await;
     scene.env.set_image("web", IMAGE_2).await;
     scene.wait_weight(50).await;
@@ -690,6 +699,9 @@ async fn a_template_landing_before_the_promotion_write_is_not_released_paused_at
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_landing_before_the_back_to_stable_write_is_not_released() {
+    if support::skipped_on_a_real_cluster("fault injection") {
+        return;
+    }
     // Only the admission-policy mode unpauses when the template returns to stable; paused at
     // rest the target stays paused, so there is no write to race.
     let scene = Scene::start(Hold::AdmissionPolicy).await;
@@ -726,6 +738,9 @@ async fn a_template_landing_before_the_back_to_stable_write_is_not_released() {
 }
 
 async fn a_template_landing_before_the_opt_out_write_is_decided_again(hold: Hold) {
+    if support::skipped_on_a_real_cluster("fault injection") {
+        return;
+    }
     let scene = Scene::start(hold).await;
     let api: Api<DynamicObject> =
         Api::namespaced_with(scene.env.client(), NAMESPACE, &canary_resource());

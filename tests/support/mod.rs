@@ -18,6 +18,17 @@ pub mod hooks;
 pub mod plugin;
 
 pub const NAMESPACE: &str = "shop";
+
+/// Whether this run is against a real cluster (`SLUICE_E2E_KUBECONFIG`), which has none of the test
+/// cluster's fault injection or request accounting: a test that needs them is skipped there, saying
+/// which it needs.
+pub fn skipped_on_a_real_cluster(needs: &str) -> bool {
+    let real = std::env::var_os(sluice_testcluster::harness::E2E_KUBECONFIG_ENV).is_some();
+    if real {
+        eprintln!("skipping on a real cluster: needs the test cluster's {needs}");
+    }
+    real
+}
 pub const HOLD_POLICY: &str = include_str!("../../deploy/admission-policy.yaml");
 
 /// The cluster, the Deployment stand-in and a running controller. Dropping it stops them all.
