@@ -280,6 +280,7 @@ pub async fn run(
     .applied_objects();
     let optin = Controller::for_stream(annotated_stream, annotated)
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .trigger_backoff(WatchBackoff::default())
         .reconcile_on(optin_triggered)
         .run(optin::reconcile, optin::error_policy, context.clone())
         .for_each(|_| async {});
@@ -322,8 +323,8 @@ fn watch_config() -> watcher::Config {
 }
 
 /// The backoff of every watch the controller runs: the reflector caches it observes from, and the
-/// Controller's merged trigger streams (the Canary watch, which also fills the Canary cache, and
-/// every `watches_with` watch).
+/// merged trigger streams of both Controllers (their primary watches, which also fill the Canary
+/// and Deployment-metadata caches, and the triggers the caches send).
 ///
 /// The default (800 ms doubling to 30 s, reset only by a good item) sleeps once per queued error:
 /// after the API server refused connections for a few seconds, the errors of a dozen watches kept
