@@ -2,7 +2,8 @@
 //! (template changes, readiness flips, metric samples of every kind, router read-back drift, time
 //! jumps, commands) are driven through `due` + `step` against a small simulated world that applies
 //! the actions. After every decision the invariants of DESIGN.md section 3 are checked:
-//! - I1: no SetRoute with weight > 0 unless the canary had ready pods of the target's revision;
+//! - I1: no SetRoute with weight > 0 unless the canary had ready pods of the target's revision, and
+//!   no A/B header match to the canary left in place after a decision that saw it without them;
 //! - I3: no SetTarget paused=false while the target's template is an unanalysed revision (judged by
 //!   this test's own record of passing checks, not by the core's status);
 //! - I4: the step index never increases before stepStartedAt + interval;
@@ -54,6 +55,7 @@ enum Setup {
     Canary,
     CanaryManual,
     BlueGreen,
+    AbTesting,
     ReplicaRatio,
 }
 
@@ -63,10 +65,13 @@ fn spec(setup: Setup) -> CanarySpec {
             "strategy: {canary: {stepWeights: [10, 50]}}"
         }
         Setup::BlueGreen => "strategy: {blueGreen: {iterations: 2}}",
+        Setup::AbTesting => {
+            "strategy: {abTesting: {iterations: 2, match: [{headers: [{name: x-canary, value: '1'}]}]}}"
+        }
     };
     let router = match setup {
         Setup::ReplicaRatio => "router: {none: {}}",
-        Setup::Canary | Setup::CanaryManual | Setup::BlueGreen => {
+        Setup::Canary | Setup::CanaryManual | Setup::BlueGreen | Setup::AbTesting => {
             "router: {gatewayAPI: {httpRoute: {name: web}}}"
         }
     };
@@ -102,7 +107,7 @@ impl Oracle {
         self.passed_steps.iter().any(|((rev, _), steps)| {
             rev == revision
                 && match setup {
-                    Setup::BlueGreen => steps.len() >= 2,
+                    Setup::BlueGreen | Setup::AbTesting => steps.len() >= 2,
                     Setup::Canary | Setup::CanaryManual | Setup::ReplicaRatio => {
                         steps.contains(&0) && steps.contains(&1)
                     }
@@ -120,6 +125,8 @@ struct World {
     canary: Option<WorkloadState>,
     healthy: bool,
     router: Option<i32>,
+    /// The route sends header-matched requests to the canary (A/B).
+    matched: bool,
     sample: SampleKind,
     status: CanaryStatus,
     rv: u64,
@@ -154,6 +161,7 @@ impl World {
             canary: None,
             healthy: true,
             router: None,
+            matched: false,
             sample: SampleKind::Pass,
             status: CanaryStatus::default(),
             rv: 1,
@@ -178,6 +186,7 @@ impl World {
             }),
             router: RouterState {
                 canary_weight: self.router,
+                matched: self.matched,
                 missing: false,
             },
             ..Observations::default()
@@ -265,8 +274,17 @@ impl World {
                     }
                 }
                 Action::ApplyCanaryService | Action::RemoveFinalizer => {}
-                Action::SetRoute { canary_weight, .. } => self.router = Some(*canary_weight),
-                Action::RemoveRoute => self.router = None,
+                Action::SetRoute {
+                    canary_weight,
+                    matches,
+                } => {
+                    self.router = Some(*canary_weight);
+                    self.matched = !matches.is_empty();
+                }
+                Action::RemoveRoute => {
+                    self.router = None;
+                    self.matched = false;
+                }
                 Action::DeleteCanary => self.canary = None,
             }
         }
@@ -322,15 +340,27 @@ impl World {
             c.ready_replicas >= 1 && c.revision.as_deref() == Some(target.revision.as_str())
         });
         let mut set_targets = 0;
+        // Whether header-matched requests go to the canary once the decision is carried out.
+        let mut matched = observed.router.matched;
         for action in &decision.actions {
             match action {
-                Action::SetRoute { canary_weight, .. } => {
+                Action::SetRoute {
+                    canary_weight,
+                    matches,
+                } => {
                     prop_assert!(
                         *canary_weight == 0 || ready_canary,
                         "I1: weight {canary_weight} with no ready canary pods of {}: {:?}",
                         target.revision,
                         observed.canary
                     );
+                    prop_assert!(
+                        matches.is_empty() || ready_canary,
+                        "I1: a header match to a canary with no ready pods of {}: {:?}",
+                        target.revision,
+                        observed.canary
+                    );
+                    matched = !matches.is_empty();
                     prop_assert!(
                         !matches!(self.setup, Setup::ReplicaRatio),
                         "the replica-ratio router never routes"
@@ -353,10 +383,10 @@ impl World {
                         );
                     }
                 }
+                Action::RemoveRoute => matched = false,
                 Action::ApplyCanary { .. }
                 | Action::ScaleCanary { .. }
                 | Action::ApplyCanaryService
-                | Action::RemoveRoute
                 | Action::DeleteCanary
                 | Action::RemoveFinalizer => {}
             }
@@ -364,6 +394,17 @@ impl World {
         prop_assert!(
             set_targets <= 1,
             "I6: {set_targets} SetTarget in one decision"
+        );
+        // A/B: a decision made seeing the canary without ready pods leaves no header match to it.
+        let canary_has_ready_pods = observed
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.ready_replicas >= 1);
+        prop_assert!(
+            !matched || canary_has_ready_pods,
+            "I1: a header match left to a canary with no ready pods of {}: {:?}",
+            target.revision,
+            observed.canary
         );
         let before = &self.status;
         let after = &decision.status;
@@ -432,6 +473,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         Just(Setup::Canary),
         Just(Setup::CanaryManual),
         Just(Setup::BlueGreen),
+        Just(Setup::AbTesting),
         Just(Setup::ReplicaRatio),
     ]
 }

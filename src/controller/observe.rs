@@ -117,6 +117,7 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
         };
         observations.router = RouterState {
             canary_weight: router.canary_weight(inputs, applied.as_ref(), ready),
+            matched: router.canary_matched(inputs, applied.as_ref()),
             missing: router.source(inputs).is_some() && router_source.is_none(),
         };
     }

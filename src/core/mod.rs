@@ -125,6 +125,8 @@ pub struct RouterState {
     /// Canary weight found in the router object; `None` when the router object carries no canary
     /// route (not yet ensured, or removed).
     pub canary_weight: Option<i32>,
+    /// The router object sends header-matched requests to the canary (A/B).
+    pub matched: bool,
     /// The router object the spec names does not exist (a user error, reported, never created).
     pub missing: bool,
 }

@@ -17,8 +17,9 @@
 //!   Warning, sets the `Progressing` condition's reason to it, and keeps waiting.
 //! - `pause` is accepted while the canary is analysed or waits for promotion; `resume` returns to
 //!   `Progressing` with a fresh step clock, so the current step is checked again before moving.
-//! - A canary losing its ready pods mid-step gets its traffic withdrawn (I1) and the step restarts
-//!   when it is ready again (no deadline applies to that wait).
+//! - A canary losing its ready pods mid-step gets its traffic withdrawn (I1), an A/B header match
+//!   included, even while paused; the step restarts when it is ready again (no deadline applies to
+//!   that wait), and a paused rollout gets its traffic back when resumed.
 //! - Finalising happens within one decision (route to stable, re-hold per mode, scale to zero);
 //!   if any of it fails, the at-rest convergence of the next reconcile completes it.
 //! - `abort` during promotion holds the stable Deployment where its rollout stands (sluice never
@@ -352,7 +353,7 @@ impl<'a> Machine<'a> {
             Phase::Progressing => self.progressing(resolved, target),
             Phase::WaitingPromotion => self.waiting_promotion(resolved, target),
             Phase::Promoting => self.promoting(resolved, target),
-            Phase::Paused => self.paused(),
+            Phase::Paused => self.paused(resolved),
             // recover_from_invalid has already left this phase; rest is the harmless fallback.
             Phase::Invalid => self.at_rest(resolved, target),
         }
@@ -497,7 +498,8 @@ impl<'a> Machine<'a> {
         }
         let revision = self.revision();
         if !ready {
-            if self.status.canary_weight > 0 {
+            // A/B sends header-matched requests to the canary at weight 0: the match goes too.
+            if self.status.canary_weight > 0 || self.observed.router.matched {
                 self.route_to_stable(resolved);
                 self.status.canary_weight = 0;
                 self.event(
@@ -516,7 +518,7 @@ impl<'a> Machine<'a> {
         }
         let want = step_weight(resolved, &self.status);
         if self.status.canary_weight != want || !carries(resolved, self.observed, target, want) {
-            if self.status.canary_weight != want {
+            if self.status.canary_weight != want || withdrawn_match(resolved, self.observed) {
                 // Traffic was withdrawn (or never set): the step's clock starts again (I4).
                 self.status.step_started_at = Some(Time(self.now));
                 self.event(
@@ -1140,8 +1142,26 @@ impl<'a> Machine<'a> {
         self.start(resolved, target);
     }
 
-    fn paused(&mut self) {
+    fn paused(&mut self, resolved: &Resolved) {
         let revision = self.revision();
+        // Nothing moves, except traffic off a canary that lost its ready pods (I1); resuming puts
+        // it back with a fresh step clock.
+        if !canary_ready(&self.status, self.observed)
+            && (self.status.canary_weight > 0 || self.observed.router.matched)
+        {
+            self.route_to_stable(resolved);
+            self.status.canary_weight = 0;
+            self.event(
+                true,
+                "CanaryNotReady",
+                format!("the canary of revision {revision} has no ready pods; its traffic goes back to stable"),
+            );
+            self.say(format!(
+                "revision {revision}: paused, and the canary has no ready pods: traffic is back on stable until `kubectl sluice resume`"
+            ));
+            self.requeue_in(CLUSTER_RETRY);
+            return;
+        }
         self.say(format!(
             "revision {revision}: paused; nothing moves until `kubectl sluice resume`"
         ));
@@ -1263,7 +1283,7 @@ impl<'a> Machine<'a> {
                     "Paused",
                     format!("revision {current}: paused by a person"),
                 );
-                self.paused();
+                self.paused(resolved);
                 true
             }
             CommandAction::Resume => {
@@ -1574,7 +1594,15 @@ fn canary_ready(status: &CanaryStatus, observed: &Observations) -> bool {
     })
 }
 
-/// The canary carries `weight` as read back from the cluster (I2).
+/// An A/B canary whose header match is not in place (withdrawn while it had no ready pods, or
+/// removed by someone else): putting it back restarts the step's clock (I4).
+fn withdrawn_match(resolved: &Resolved, observed: &Observations) -> bool {
+    matches!(&resolved.strategy, Strategy::AbTesting { matches, .. } if !matches.is_empty())
+        && resolved.router != Router::None
+        && !observed.router.matched
+}
+
+/// The canary carries `weight` as read back from the cluster (I2), and for A/B its header match.
 fn carries(
     resolved: &Resolved,
     observed: &Observations,
@@ -1591,7 +1619,10 @@ fn carries(
         | Router::Istio(_)
         | Router::Smi(_)
         | Router::Traefik(_)
-        | Router::Service => observed.router.canary_weight.unwrap_or(0) == weight,
+        | Router::Service => {
+            observed.router.canary_weight.unwrap_or(0) == weight
+                && !withdrawn_match(resolved, observed)
+        }
     }
 }
 

@@ -139,6 +139,18 @@ pub fn http_route_weight(route: &Value, inputs: &RouteInputs) -> Option<i32> {
     weight
 }
 
+/// Whether the route has an A/B rule: one whose every backend is the canary Service.
+pub fn http_route_matched(route: &Value, inputs: &RouteInputs) -> bool {
+    let namespace = route["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(&inputs.canary.namespace);
+    route["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|rule| is_ab_rule(rule, inputs, namespace))
+}
+
 /// A backendRef's weight (default 1, as the schema defaults it).
 fn ref_weight(backend: &Value) -> i64 {
     backend["weight"].as_i64().unwrap_or(1)

@@ -144,6 +144,15 @@ fn is_canary(destination: &Value, inputs: &RouteInputs) -> bool {
 }
 
 /// A route sluice added for A/B: every destination is the canary.
+/// Whether the VirtualService has an A/B route: one whose every destination is the canary.
+pub fn virtual_service_matched(vs: &Value, inputs: &RouteInputs) -> bool {
+    vs["spec"]["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|route| is_ab_route(route, inputs))
+}
+
 fn is_ab_route(route: &Value, inputs: &RouteInputs) -> bool {
     route["route"].as_array().is_some_and(|destinations| {
         !destinations.is_empty() && destinations.iter().all(|d| is_canary(d, inputs))

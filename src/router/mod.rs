@@ -36,9 +36,9 @@ use crate::api::names::canary_name;
 use crate::api::{HttpMatch, ObjectRef, RouterSpec};
 use crate::workload::{CanaryIdentity, PodLabels};
 
-pub use gateway::{http_route_patch, http_route_weight};
-pub use istio::{virtual_service_patch, virtual_service_weight};
-pub use nginx::{canary_ingress, ingress_weight, warnings as ingress_warnings};
+pub use gateway::{http_route_matched, http_route_patch, http_route_weight};
+pub use istio::{virtual_service_matched, virtual_service_patch, virtual_service_weight};
+pub use nginx::{canary_ingress, ingress_matched, ingress_weight, warnings as ingress_warnings};
 pub use service::{service_switch_patch, service_weight};
 pub use smi::{traffic_split, traffic_split_weight};
 pub use traefik::{traefik_service, traefik_service_weight};
@@ -411,6 +411,22 @@ impl Router {
             Router::Smi { .. } => applied.and_then(|v| traffic_split_weight(v, inputs)),
             Router::Traefik { .. } => applied.and_then(|v| traefik_service_weight(v, inputs)),
             Router::ReplicaRatio => Some(replica_ratio_weight(ready)),
+        }
+    }
+
+    /// Whether the live [`Router::applied`] object sends header-matched requests to the canary
+    /// (A/B); only the routers that can express matches ever do.
+    pub fn canary_matched(&self, inputs: &RouteInputs, applied: Option<&Value>) -> bool {
+        match self {
+            Router::GatewayApi { .. } => applied.is_some_and(|v| http_route_matched(v, inputs)),
+            Router::Istio { .. } => applied.is_some_and(|v| virtual_service_matched(v, inputs)),
+            Router::Nginx { .. } => applied
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .is_some_and(|ingress| ingress_matched(&ingress)),
+            Router::Service
+            | Router::Smi { .. }
+            | Router::Traefik { .. }
+            | Router::ReplicaRatio => false,
         }
     }
 

@@ -155,6 +155,16 @@ pub fn ingress_weight(ingress: &Ingress) -> Option<i32> {
     }
 }
 
+/// Whether the canary Ingress routes by header (A/B).
+pub fn ingress_matched(ingress: &Ingress) -> bool {
+    ingress_weight(ingress).is_some()
+        && ingress
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(nginx::CANARY_BY_HEADER))
+}
+
 /// What will surprise about the user's Ingress: with ingress-nginx's default
 /// `--metrics-per-host=true`, a rule without `host` produces no request metrics at all (METRICS.md;
 /// ingress-nginx issues 3713 and 4657), so analysis of the canary would get no data.

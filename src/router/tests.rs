@@ -1036,3 +1036,37 @@ fn the_owned_routers_keep_their_object_at_weight_zero_with_the_canary_at_zero() 
     let ingress = nginx_object(0, &[]);
     assert_eq!(ingress["metadata"]["annotations"][ann::CANARY_WEIGHT], "0");
 }
+
+#[test]
+fn a_header_match_to_the_canary_reads_back_as_matched_for_every_router_that_has_one() {
+    let gateway = Router::GatewayApi {
+        http_route: ObjectRef {
+            name: "checkout".into(),
+            namespace: None,
+        },
+    };
+    for (router, with, without) in [
+        (
+            &gateway,
+            gateway_patch(&http_route(), 0, &ab_matches()),
+            gateway_patch(&http_route(), 0, &[]),
+        ),
+        (
+            &istio_router(),
+            istio_patch(&virtual_service(), 0, &ab_matches()),
+            istio_patch(&virtual_service(), 0, &[]),
+        ),
+        (
+            &nginx_router(),
+            nginx_object(0, &ab_matches()[..1]),
+            nginx_object(0, &[]),
+        ),
+    ] {
+        assert!(router.canary_matched(&inputs(), Some(&with)), "{with}");
+        assert!(
+            !router.canary_matched(&inputs(), Some(&without)),
+            "{without}"
+        );
+        assert!(!router.canary_matched(&inputs(), None));
+    }
+}

@@ -54,6 +54,8 @@ pub struct World {
     pub target: Target,
     pub canary: Option<CanaryPods>,
     pub route: Option<i32>,
+    /// The route sends header-matched requests to the canary (A/B).
+    pub matched: bool,
     ready_after: ReadyAfter,
     /// Checks run so far per metric and segment, for `values` lists.
     checks_in_segment: std::collections::BTreeMap<(String, usize), usize>,
@@ -77,6 +79,7 @@ impl World {
             },
             canary: None,
             route: None,
+            matched: false,
             ready_after: scenario.canary_pods.ready_after,
             checks_in_segment: Default::default(),
         }
@@ -181,6 +184,7 @@ impl World {
             }),
             router: RouterState {
                 canary_weight: self.route,
+                matched: self.matched,
                 missing: false,
             },
             ..Observations::default()
@@ -231,12 +235,20 @@ impl World {
             }
             Action::ScaleCanary { replicas } => Ok(self.scale(*replicas)),
             Action::ApplyCanaryService | Action::RemoveFinalizer => Ok(false),
-            Action::SetRoute { canary_weight, .. } => {
-                let changed = self.route != Some(*canary_weight);
+            Action::SetRoute {
+                canary_weight,
+                matches,
+            } => {
+                let changed =
+                    self.route != Some(*canary_weight) || self.matched == matches.is_empty();
                 self.route = Some(*canary_weight);
+                self.matched = !matches.is_empty();
                 Ok(changed)
             }
-            Action::RemoveRoute => Ok(self.route.take().is_some()),
+            Action::RemoveRoute => {
+                self.matched = false;
+                Ok(self.route.take().is_some())
+            }
             Action::DeleteCanary => Ok(self.canary.take().is_some()),
         }
     }
