@@ -146,26 +146,30 @@ async fn set_target(
     paused: bool,
 ) -> Result<(), Error> {
     let target = &observed.canary.spec.target_ref.name;
-    let body = workload::target_hold_patch(
-        target,
-        resource_version,
-        labelled,
-        paused,
-        &observed.identity.name,
-    );
     // Forced: a GitOps manager may own `paused` from a manifest that set it; sluice's hold must
     // win, and the resourceVersion in the body still makes the write conditional (I6).
-    let written = apply(
-        ctx,
-        "apps/v1",
-        "Deployment",
-        namespace(observed),
-        target,
-        &body,
-        true,
-    )
-    .await;
-    let Err(conflict) = written else {
+    let write = |resource_version: &str| {
+        let body = workload::target_hold_patch(
+            target,
+            resource_version,
+            labelled,
+            paused,
+            &observed.identity.name,
+        );
+        async move {
+            apply(
+                ctx,
+                "apps/v1",
+                "Deployment",
+                namespace(observed),
+                target,
+                &body,
+                true,
+            )
+            .await
+        }
+    };
+    let Err(conflict) = write(resource_version).await else {
         return Ok(());
     };
     if !conflict.is_conflict() {
@@ -188,23 +192,7 @@ async fn set_target(
     if !same || fresh.resource_version == resource_version {
         return Err(conflict);
     }
-    let body = workload::target_hold_patch(
-        target,
-        &fresh.resource_version,
-        labelled,
-        paused,
-        &observed.identity.name,
-    );
-    apply(
-        ctx,
-        "apps/v1",
-        "Deployment",
-        namespace(observed),
-        target,
-        &body,
-        true,
-    )
-    .await?;
+    write(&fresh.resource_version).await?;
     Ok(())
 }
 

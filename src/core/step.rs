@@ -499,15 +499,7 @@ impl<'a> Machine<'a> {
         let revision = self.revision();
         if !ready {
             // A/B sends header-matched requests to the canary at weight 0: the match goes too.
-            if self.status.canary_weight > 0 || self.observed.router.matched {
-                self.route_to_stable(resolved);
-                self.status.canary_weight = 0;
-                self.event(
-                    true,
-                    "CanaryNotReady",
-                    format!("the canary of revision {revision} has no ready pods; its traffic goes back to stable"),
-                );
-            }
+            self.withdraw_traffic(resolved);
             self.ensure_canary(resolved, target);
             self.say(format!(
                 "revision {revision}: the canary has no ready pods; step {} holds",
@@ -1142,20 +1134,28 @@ impl<'a> Machine<'a> {
         self.start(resolved, target);
     }
 
+    /// Takes all traffic off a canary that has no ready pods (I1): its weight and, for A/B, the
+    /// header match that sends requests to it even at weight 0. Returns whether it carried any.
+    fn withdraw_traffic(&mut self, resolved: &Resolved) -> bool {
+        if self.status.canary_weight == 0 && !self.observed.router.matched {
+            return false;
+        }
+        let revision = self.revision();
+        self.route_to_stable(resolved);
+        self.status.canary_weight = 0;
+        self.event(
+            true,
+            "CanaryNotReady",
+            format!("the canary of revision {revision} has no ready pods; its traffic goes back to stable"),
+        );
+        true
+    }
+
     fn paused(&mut self, resolved: &Resolved) {
         let revision = self.revision();
         // Nothing moves, except traffic off a canary that lost its ready pods (I1); resuming puts
         // it back with a fresh step clock.
-        if !canary_ready(&self.status, self.observed)
-            && (self.status.canary_weight > 0 || self.observed.router.matched)
-        {
-            self.route_to_stable(resolved);
-            self.status.canary_weight = 0;
-            self.event(
-                true,
-                "CanaryNotReady",
-                format!("the canary of revision {revision} has no ready pods; its traffic goes back to stable"),
-            );
+        if !canary_ready(&self.status, self.observed) && self.withdraw_traffic(resolved) {
             self.say(format!(
                 "revision {revision}: paused, and the canary has no ready pods: traffic is back on stable until `kubectl sluice resume`"
             ));
