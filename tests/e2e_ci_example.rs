@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use sluice::cli::ExitCode;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
 use support::plugin::{canary_manifest, template_revision};
 use support::{Env, Hold, NAMESPACE, app_manifests, phase};
@@ -109,4 +110,25 @@ fn the_actions_job_runs_the_same_script_with_pipefail() {
     let script = Path::new(SCRIPT);
     let mode = std::os::unix::fs::PermissionsExt::mode(&script.metadata().unwrap().permissions());
     assert!(mode & 0o111 != 0, "the script is executable");
+}
+
+#[test]
+fn the_script_tells_every_outcome_of_wait_apart() {
+    let script = std::fs::read_to_string(SCRIPT).expect("the script is readable");
+    for outcome in ExitCode::ALL {
+        // `wait` never refuses, and usage errors are the script's own.
+        if matches!(outcome, ExitCode::Refused | ExitCode::Usage) {
+            continue;
+        }
+        assert!(
+            script.contains(&format!("\n  {}) echo \"deploy: ", outcome.code())),
+            "deploy-and-gate.sh has no message for exit {} ({})",
+            outcome.code(),
+            outcome.name()
+        );
+    }
+    assert!(
+        script.contains("9) echo \"deploy: $image rolled back unmeasured"),
+        "exit 9 is told apart from a measured failure"
+    );
 }

@@ -285,3 +285,140 @@ async fn invalid_specs_missing_canaries_unreachable_clusters_and_bad_flags_each_
         "{lost:?}"
     );
 }
+
+/// The analysis interval of [`canary_manifest`] (`"1s"` in [`env_with`]).
+const INTERVAL: Duration = Duration::from_secs(1);
+/// Time for what the spec does not bound: the controller seeing the new template, the canary's
+/// pods becoming ready (300 ms in the test kubelet), watch and process start-up latency.
+const ALLOWANCE: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_unknown_until_the_unknown_deadline_exit_9_unmeasured_not_1() {
+    const UNKNOWN_DEADLINE: Duration = Duration::from_secs(4);
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let env = env_with(&prometheus, "    unknownDeadline: 4s", "").await;
+
+    // Prometheus answers, but with no data: every check is Unknown (onNoData defaults to Hold),
+    // none fails. The revision is never measured.
+    prometheus.set_default(Answer::no_data());
+    let started = std::time::Instant::now();
+    env.set_image("web", "registry.local/web:2").await;
+    let bound = template_revision(&env, "web").await;
+    let run = plugin::run(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(run.code, code(ExitCode::Unmeasured), "{run:?}");
+    assert_eq!(run.code, 9, "{run:?}");
+    let summary = run.json();
+    assert_eq!(summary["outcome"], "Unmeasured");
+    assert_eq!(summary["exitCode"], 9);
+    assert_eq!(summary["revision"], bound.as_str());
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .contains("stayed Unknown"),
+        "{run:?}"
+    );
+    // Not before the unknown deadline; by the first check after it (one interval), the first
+    // check of the step (one more) and the allowance.
+    assert!(
+        elapsed >= UNKNOWN_DEADLINE && elapsed <= UNKNOWN_DEADLINE + 2 * INTERVAL + ALLOWANCE,
+        "wait ended after {elapsed:?}"
+    );
+
+    // It ended on the controller's rollback for Unknown checks, with no failed check recorded.
+    let canary = env.canary("web").await.expect("canary");
+    assert_eq!(phase(&canary), "Failed", "{canary}");
+    let failed = canary["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Failed"))
+        .expect("a Failed condition");
+    assert_eq!(failed["reason"], "UnknownDeadlineExceeded", "{canary}");
+    let checks = canary["status"]["analysis"].as_array().expect("checks");
+    assert!(
+        !checks.is_empty()
+            && checks
+                .iter()
+                .filter(|c| c["revision"] == bound.as_str())
+                .all(|c| c["verdict"] == "Unknown"),
+        "only Unknown checks for {bound}: {canary}"
+    );
+    assert_ne!(canary["status"]["stableRevision"], bound.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_paused_at_the_unknown_deadline_keeps_wait_waiting_until_its_timeout_exit_6() {
+    const UNKNOWN_DEADLINE: Duration = Duration::from_secs(3);
+    // Long enough that the pause (by UNKNOWN_DEADLINE + 2 intervals + ALLOWANCE = 20 s) comes
+    // well before it.
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let prometheus = FakePrometheus::start().await.expect("fake prometheus");
+    prometheus.set_default(Answer::value(0.0));
+    let env = env_with(
+        &prometheus,
+        "    unknownDeadline: 3s\n    onUnknownDeadline: Pause",
+        "",
+    )
+    .await;
+
+    prometheus.set_default(Answer::no_data());
+    let started = std::time::Instant::now();
+    env.set_image("web", "registry.local/web:2").await;
+    let bound = template_revision(&env, "web").await;
+    let timeout = format!("{}s", TIMEOUT.as_secs());
+    let mut waiting = plugin::spawn(&env, &["wait", "web", "--timeout", &timeout, "-o", "json"]);
+
+    let paused = env
+        .eventually(
+            "the rollout to pause at the unknown deadline",
+            UNKNOWN_DEADLINE + 2 * INTERVAL + ALLOWANCE,
+            || async {
+                let canary = env.canary("web").await?;
+                if phase(&canary) != "Paused" {
+                    return None;
+                }
+                let events = support::events_about(env.client(), "web").await;
+                events
+                    .iter()
+                    .any(|(reason, _)| reason == "UnknownDeadlinePaused")
+                    .then_some(canary)
+            },
+        )
+        .await;
+    assert_eq!(paused["status"]["revision"], bound.as_str());
+    assert!(
+        started.elapsed() >= UNKNOWN_DEADLINE,
+        "paused before the deadline"
+    );
+    assert!(
+        waiting.try_wait().expect("wait pollable").is_none(),
+        "wait ended when the rollout paused at the unknown deadline"
+    );
+
+    let run = plugin::finish(waiting, TIMEOUT + ALLOWANCE).await;
+    let elapsed = started.elapsed();
+    assert_eq!(run.code, code(ExitCode::TimedOut), "{run:?}");
+    let summary = run.json();
+    assert_eq!(summary["outcome"], "TimedOut");
+    assert_eq!(summary["revision"], bound.as_str());
+    assert!(
+        summary["message"].as_str().unwrap().contains("Paused"),
+        "{run:?}"
+    );
+    // The gate saw the pause at the deadline and kept waiting through it.
+    assert!(
+        run.stderr.lines().any(|line| line.contains("] Paused ")
+            && line.contains("checks stayed Unknown past the deadline")),
+        "{run:?}"
+    );
+    assert!(
+        elapsed >= TIMEOUT && elapsed <= TIMEOUT + ALLOWANCE,
+        "wait ended after {elapsed:?}, its timeout is {TIMEOUT:?}"
+    );
+    // Still paused: the pause is not a rollback, and the gate did not call it one.
+    let canary = env.canary("web").await.expect("canary");
+    assert_eq!(phase(&canary), "Paused", "{canary}");
+    assert_ne!(canary["status"]["stableRevision"], bound.as_str());
+}

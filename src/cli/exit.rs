@@ -11,9 +11,11 @@ pub enum ExitCode {
     /// The command did what it was asked; for `wait`: the bound revision was promoted and the
     /// stable Deployment serves it.
     Promoted,
-    /// The revision was rolled back because its checks failed (failed checks reached the
-    /// threshold, checks stayed Unknown past the unknown deadline, or a pre-rollout/rollout hook
-    /// failed).
+    /// The revision was rolled back because it was measured bad: failed checks (metrics or
+    /// pre-rollout/rollout hooks) reached the threshold. Also a revision the controller holds as
+    /// failed from an earlier attempt whose cause it no longer records (`Failed` reason
+    /// `RolledBack`): it stays rejected until `kubectl sluice retry` or a new revision, and `wait`
+    /// does not call it unmeasured without the controller saying so.
     FailedAnalysis,
     /// The revision was rolled back because its canary was not ready within the progress deadline.
     FailedProgressDeadline,
@@ -23,21 +25,28 @@ pub enum ExitCode {
     Superseded,
     /// The Canary's spec cannot be acted on (the `InvalidSpec` condition says why).
     InvalidSpec,
-    /// The timeout ran out while the revision was still rolling out (or paused); for commands:
-    /// the controller did not acknowledge the command in time.
+    /// The timeout ran out while the revision was still rolling out or paused (by a person, or
+    /// by `onUnknownDeadline: Pause` when its checks stayed Unknown); for commands: the
+    /// controller did not acknowledge the command in time.
     TimedOut,
     /// Could not ask: the cluster was unreachable (at the start, or still when the timeout ran
     /// out), the kubeconfig unusable, or no such Canary.
     CouldNotAsk,
     /// The controller refused the command (wrong revision or phase); its message says why.
     Refused,
+    /// The revision was rolled back without a verdict: its checks stayed Unknown (no data, NaN,
+    /// Prometheus unreachable, a hook not called) until `unknownDeadline` (`Failed` reason
+    /// `UnknownDeadlineExceeded`). Nothing measured it bad; fix the measuring, then retry it. With
+    /// `onUnknownDeadline: Pause` there is no rollback: the rollout is paused and `wait` keeps
+    /// waiting until its timeout ([`ExitCode::TimedOut`]).
+    Unmeasured,
     /// The command line itself was wrong (unknown flag, missing argument).
     Usage,
 }
 
 impl ExitCode {
     /// Every code, in the order of the documented table.
-    pub const ALL: [ExitCode; 10] = [
+    pub const ALL: [ExitCode; 11] = [
         ExitCode::Promoted,
         ExitCode::FailedAnalysis,
         ExitCode::FailedProgressDeadline,
@@ -47,6 +56,7 @@ impl ExitCode {
         ExitCode::TimedOut,
         ExitCode::CouldNotAsk,
         ExitCode::Refused,
+        ExitCode::Unmeasured,
         ExitCode::Usage,
     ];
 
@@ -62,6 +72,7 @@ impl ExitCode {
             ExitCode::TimedOut => 6,
             ExitCode::CouldNotAsk => 7,
             ExitCode::Refused => 8,
+            ExitCode::Unmeasured => 9,
             ExitCode::Usage => 64,
         }
     }
@@ -78,6 +89,7 @@ impl ExitCode {
             ExitCode::TimedOut => "TimedOut",
             ExitCode::CouldNotAsk => "CouldNotAsk",
             ExitCode::Refused => "Refused",
+            ExitCode::Unmeasured => "Unmeasured",
             ExitCode::Usage => "Usage",
         }
     }
@@ -89,7 +101,7 @@ impl ExitCode {
                 "promoted: the stable Deployment serves the revision (other commands: done)"
             }
             ExitCode::FailedAnalysis => {
-                "rolled back by analysis: failed checks, Unknown past the deadline, or a failed hook"
+                "rolled back by analysis: failed checks or hooks (or held as failed from an earlier attempt)"
             }
             ExitCode::FailedProgressDeadline => {
                 "rolled back: the canary was not ready within the progress deadline"
@@ -100,12 +112,15 @@ impl ExitCode {
             }
             ExitCode::InvalidSpec => "invalid spec: see the Canary's InvalidSpec condition",
             ExitCode::TimedOut => {
-                "timed out while still progressing (commands: not acknowledged in time)"
+                "timed out while still progressing or paused (commands: not acknowledged in time)"
             }
             ExitCode::CouldNotAsk => {
                 "could not ask: cluster unreachable, bad kubeconfig, or no such Canary"
             }
             ExitCode::Refused => "the controller refused the command (wrong revision or phase)",
+            ExitCode::Unmeasured => {
+                "rolled back unmeasured: checks stayed Unknown until the unknown deadline"
+            }
             ExitCode::Usage => "usage error: unknown flag or missing argument",
         }
     }
@@ -169,6 +184,7 @@ mod tests {
                 (6, "TimedOut"),
                 (7, "CouldNotAsk"),
                 (8, "Refused"),
+                (9, "Unmeasured"),
                 (64, "Usage"),
             ]
         );

@@ -14,10 +14,16 @@
 //!   superseded;
 //! - `status.revision` is the bound one and phase `Succeeded`/`Idle` with it stable: promoted;
 //! - phase `Failed` for the bound revision: `Aborted` -> aborted, `ProgressDeadlineExceeded` ->
-//!   progress deadline, anything else (`AnalysisFailed`, `UnknownDeadlineExceeded`, a hook) ->
-//!   failed by analysis;
-//! - anything else is progress (including `Paused`, and a promotion past its deadline, which the
-//!   controller keeps waiting on).
+//!   progress deadline, `UnknownDeadlineExceeded` -> unmeasured (rolled back because the checks
+//!   stayed Unknown: nothing measured the revision bad), `AnalysisFailed` (failed checks, metric
+//!   or hook) -> failed by analysis;
+//! - a plain `RolledBack` (the controller holds the revision as failed from an earlier attempt
+//!   and no longer records why, e.g. after another revision came and went) and any reason this
+//!   version does not know -> failed by analysis: the revision stays rejected until a retry, and
+//!   "unmeasured" is only said when the controller says the checks stayed Unknown;
+//! - anything else is progress (including `Paused`, whether by a person or by
+//!   `onUnknownDeadline: Pause`, and a promotion past its deadline, which the controller keeps
+//!   waiting on): the caller's timeout ends those.
 //!
 //! Must not do I/O or read the clock; the timeout is the caller's.
 
@@ -69,13 +75,20 @@ impl fmt::Display for Progress {
     }
 }
 
+/// The `Failed` reason of a revision held as failed from an earlier attempt whose cause the
+/// controller no longer records.
+const HELD_FAILED: &str = "RolledBack";
+
 /// The exit code for a `Failed` condition's reason.
 pub fn failure_code(reason: &str) -> ExitCode {
     match reason {
         "Aborted" => ExitCode::Aborted,
         "ProgressDeadlineExceeded" => ExitCode::FailedProgressDeadline,
-        // AnalysisFailed, UnknownDeadlineExceeded, and a plain RolledBack (a revision held as
-        // failed from an earlier attempt) are all "the revision did not pass".
+        // Rolled back because nothing could be measured: no verdict on the revision.
+        "UnknownDeadlineExceeded" => ExitCode::Unmeasured,
+        // AnalysisFailed (failed checks or hooks), and a plain RolledBack (held as failed from an
+        // earlier attempt, cause no longer recorded): the revision did not pass and stays
+        // rejected; only the controller's own word makes it "unmeasured".
         _ => ExitCode::FailedAnalysis,
     }
 }
@@ -148,6 +161,17 @@ pub fn assess(canary: Option<&Canary>, target: Option<&Deployment>, bound: &str)
             let failed = condition(condition::FAILED).filter(|c| c.status == "True");
             let code = failed.map_or(ExitCode::FailedAnalysis, |c| failure_code(&c.reason));
             let why = failed.map_or(message, |c| c.message.clone());
+            if failed.is_none_or(|c| c.reason == HELD_FAILED) {
+                let held = format!(
+                    "revision {bound} is held as failed from an earlier attempt; the cause is no longer recorded on the Canary"
+                );
+                let why = if why.is_empty() {
+                    held
+                } else {
+                    format!("{why} ({held})")
+                };
+                return done(code, &why);
+            }
             done(code, &why)
         }
         Phase::Initializing
@@ -294,7 +318,7 @@ mod tests {
         let new = hash("web:2");
         for (reason, expected) in [
             ("AnalysisFailed", ExitCode::FailedAnalysis),
-            ("UnknownDeadlineExceeded", ExitCode::FailedAnalysis),
+            ("UnknownDeadlineExceeded", ExitCode::Unmeasured),
             ("RolledBack", ExitCode::FailedAnalysis),
             ("ProgressDeadlineExceeded", ExitCode::FailedProgressDeadline),
             ("Aborted", ExitCode::Aborted),
@@ -309,6 +333,99 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    fn outcome(assessment: Assessment) -> Outcome {
+        match assessment {
+            Assessment::Done(outcome) => outcome,
+            Assessment::Progress(progress) => panic!("still progressing: {progress}"),
+        }
+    }
+
+    #[test]
+    fn a_rollback_at_the_unknown_deadline_is_unmeasured_not_failed_analysis() {
+        let new = hash("web:2");
+        let ended = outcome(assess(
+            Some(&failed(&new, "UnknownDeadlineExceeded")),
+            Some(&deployment("web:2")),
+            &new,
+        ));
+        assert_eq!(ended.code, ExitCode::Unmeasured);
+        assert_ne!(ended.code.code(), ExitCode::FailedAnalysis.code());
+        assert_eq!(ended.code.code(), 9);
+        assert_eq!(ended.code.name(), "Unmeasured");
+        assert_eq!(ended.message, format!("revision {new}: why"));
+    }
+
+    #[test]
+    fn measured_failures_of_checks_and_hooks_keep_exit_1() {
+        let new = hash("web:2");
+        let ended = outcome(assess(
+            Some(&failed(&new, "AnalysisFailed")),
+            Some(&deployment("web:2")),
+            &new,
+        ));
+        assert_eq!(ended.code, ExitCode::FailedAnalysis);
+        assert_eq!(ended.code.code(), 1);
+        assert_eq!(ended.message, format!("revision {new}: why"));
+    }
+
+    #[test]
+    fn a_revision_held_failed_from_an_earlier_attempt_exits_1_and_says_the_cause_is_not_recorded() {
+        let new = hash("web:2");
+        let ended = outcome(assess(
+            Some(&failed(&new, "RolledBack")),
+            Some(&deployment("web:2")),
+            &new,
+        ));
+        assert_eq!(ended.code, ExitCode::FailedAnalysis);
+        assert!(
+            ended.message.contains("earlier attempt")
+                && ended.message.contains("no longer recorded"),
+            "{}",
+            ended.message
+        );
+        // Without any Failed condition at all, the same: rejected, not "unmeasured".
+        let bare = canary(json!({
+            "phase": "Failed", "observedGeneration": 1, "revision": new,
+            "stableRevision": OLD, "failedRevision": new,
+        }));
+        let ended = outcome(assess(Some(&bare), Some(&deployment("web:2")), &new));
+        assert_eq!(ended.code, ExitCode::FailedAnalysis);
+        assert!(
+            ended
+                .message
+                .starts_with(&format!("revision {new} is held")),
+            "{}",
+            ended.message
+        );
+    }
+
+    #[test]
+    fn a_rollout_paused_at_the_unknown_deadline_is_still_progress() {
+        let new = hash("web:2");
+        // What `onUnknownDeadline: Pause` leaves: phase Paused, weight and step kept, Failed
+        // False (the UnknownDeadlinePaused event is not a condition).
+        let paused = canary(json!({
+            "phase": "Paused", "observedGeneration": 1, "revision": new, "stableRevision": OLD,
+            "paused": true, "canaryWeight": 20, "stepIndex": 0, "stepCount": 2,
+            "unknownSince": "2026-01-01T00:00:00Z",
+            "message": format!("revision {new}: paused, checks stayed Unknown past the deadline (error-rate: no data)"),
+            "conditions": [
+                {"type": "Failed", "status": "False", "reason": "NotFailed",
+                 "message": "paused", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Progressing", "status": "Unknown", "reason": "Paused",
+                 "message": "paused", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ]
+        }));
+        let Assessment::Progress(progress) =
+            assess(Some(&paused), Some(&deployment("web:2")), &new)
+        else {
+            panic!("a rollout paused at the unknown deadline ended the wait");
+        };
+        assert_eq!(progress.phase, "Paused");
+        assert_eq!(progress.step, Some(StepView { index: 1, count: 2 }));
+        assert!(progress.message.contains("stayed Unknown"), "{progress}");
     }
 
     #[test]
