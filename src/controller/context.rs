@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
 use kube::api::{ApiResource, GroupVersionKind};
-use kube::runtime::events::Recorder;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::analysis::Analysis;
@@ -137,6 +137,18 @@ impl Superseded {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The controller's event recorder, reporting as `sluice` (instance: `POD_NAME`). One per process:
+/// its cache is what counts a repeated event as one series.
+pub fn recorder(client: Client) -> Recorder {
+    Recorder::new(
+        client,
+        Reporter {
+            controller: "sluice".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    )
 }
 
 /// Everything a reconcile needs besides the Canary.

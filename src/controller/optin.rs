@@ -294,6 +294,11 @@ async fn delete(api: &Api<CachedCanary>, name: &str, namespace: &str) -> Result<
 }
 
 /// Publishes a Warning event on the Deployment unless the same one was the last published.
+///
+/// kube-runtime's `Recorder` counts an event as a repeat of an earlier one (the first note kept)
+/// when type, reason, action and Deployment match, whatever the note says; the action carries a
+/// digest of the message (see [`optin_action`]) so that a different warning is never shown as a
+/// repeat of an earlier one.
 async fn warn_once(ctx: &Context, deployment: &DeploymentMeta, reason: &str, message: String) {
     let namespace = deployment.namespace().unwrap_or_default();
     let name = deployment.name_any();
@@ -304,8 +309,8 @@ async fn warn_once(ctx: &Context, deployment: &DeploymentMeta, reason: &str, mes
     let event = KubeEvent {
         type_: EventType::Warning,
         reason: reason.to_owned(),
+        action: optin_action(&message),
         note: Some(message),
-        action: "OptIn".to_owned(),
         secondary: None,
     };
     if let Err(error) = ctx
@@ -315,4 +320,15 @@ async fn warn_once(ctx: &Context, deployment: &DeploymentMeta, reason: &str, mes
     {
         warn!(reason, error = %error, "failed to publish an event");
     }
+}
+
+/// The opt-in warnings' Event `action`: `OptIn/` and a digest (64-bit FNV-1a) of the message, the
+/// same for the same message in every process.
+fn optin_action(message: &str) -> String {
+    let digest = message
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("OptIn/{digest:016x}")
 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -22,6 +23,7 @@ use super::execute::execute;
 use super::metrics::{CanaryLabels, ErrorLabels, VerdictLabels};
 use super::observe::{self, Observed};
 use crate::api::names::{self, FIELD_MANAGER, FINALIZER};
+use crate::api::status_time;
 use crate::api::{CanaryStatus, CheckRecord, Phase};
 use crate::core::conditions::{self, Status, Update};
 use crate::core::{self, Action, Decision};
@@ -110,11 +112,13 @@ async fn reconcile_inner(object: &CachedCanary, ctx: &Context) -> Result<Requeue
     }
 
     let mut observed = observe::observe(canary, &ctx.stores, ctx.hold_mode);
+    // The core's `now` comes at the precision status keeps, so that a time it writes reads back
+    // exactly as decided (a clock that read back earlier would end a step early: I4).
     let due = core::due(
         &observed.canary.spec,
         &observed.status,
         &observed.observations,
-        Timestamp::now(),
+        status_time::now(),
     );
     // Checks and hooks are observations: gathered together, each bounded by its own budget
     // (a hook's is at most half the interval).
@@ -130,14 +134,16 @@ async fn reconcile_inner(object: &CachedCanary, ctx: &Context) -> Result<Requeue
     );
     observed.observations.checks = checks;
     observed.observations.hooks = hooks;
-    let decision = core::step(
+    let mut decision = core::step(
         &observed.canary.spec,
         &observed.status,
         &observed.observations,
-        Timestamp::now(),
+        status_time::now(),
     );
 
-    execute(ctx, &observed, &decision.actions).await?;
+    // Clocks that acknowledged writes start are stamped into the status before it is persisted,
+    // in the same single status write.
+    execute(ctx, &observed, &decision.actions, &mut decision.status).await?;
     if deleting {
         if decision.actions.contains(&Action::RemoveFinalizer) {
             remove_finalizer(&api, object).await?;
@@ -167,7 +173,13 @@ async fn reconcile_inner(object: &CachedCanary, ctx: &Context) -> Result<Requeue
             source: Box::new(source),
         })?;
     }
-    publish(ctx, object, &observed, &decision).await;
+    publish(
+        &ctx.recorder,
+        &object.object_ref(&()),
+        &observed.status,
+        &decision,
+    )
+    .await;
     if !deleting {
         super::hooks::tell(ctx, &observed, &decision);
     }
@@ -365,15 +377,28 @@ async fn finalizer_patch(
 
 /// Emits the decision's events, after the status they describe is persisted. An event that
 /// cannot be published is logged, never retried into a second decision.
-async fn publish(ctx: &Context, object: &CachedCanary, observed: &Observed, decision: &Decision) {
+///
+/// kube-runtime's `Recorder` counts an event as a repeat of an earlier one (one Event object, its
+/// series count bumped, the first note kept) when the type, reason, action and regarding object
+/// match, whatever the note says. The action therefore names the revision the transition is about
+/// (see [`event_action`]): each revision's `CanaryStarted`, `Promoted`, `RolledBack`... is an Event
+/// of its own with its own message, while the same transition of the same revision repeating is
+/// still counted as one series.
+async fn publish(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    before: &CanaryStatus,
+    decision: &Decision,
+) {
     if decision.events.is_empty() {
         return;
     }
-    let reference = object.object_ref(&());
+    let name = regarding.name.as_deref().unwrap_or_default();
+    let namespace = regarding.namespace.as_deref().unwrap_or_default();
     for event in &decision.events {
         info!(
-            canary = %observed.identity.name,
-            namespace = %observed.identity.namespace,
+            canary = %name,
+            namespace = %namespace,
             reason = %event.reason,
             "{}",
             event.message
@@ -386,13 +411,42 @@ async fn publish(ctx: &Context, object: &CachedCanary, observed: &Observed, deci
             },
             reason: event.reason.clone(),
             note: Some(event.message.clone()),
-            action: event.reason.clone(),
+            action: event_action(
+                &event.reason,
+                before.revision.as_deref(),
+                decision.status.revision.as_deref(),
+            ),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&kube_event, &reference).await {
+        if let Err(error) = recorder.publish(&kube_event, regarding).await {
             warn!(reason = %event.reason, error = %error, "failed to publish an event");
         }
     }
+}
+
+/// The API's limit on an Event's `action`, in bytes.
+const ACTION_MAX_LEN: usize = 128;
+
+/// An Event's `action`: the reason and the revision the decision leaves the Canary at, written
+/// `Reason/from->to` when the decision moves it from another revision (a new revision started,
+/// superseded, reverted to stable), so that a transition is told apart from the same transition
+/// between other revisions. `before` and `after` are the observed and decided `status.revision`.
+fn event_action(reason: &str, before: Option<&str>, after: Option<&str>) -> String {
+    let before = before.filter(|r| !r.is_empty());
+    let after = after.filter(|r| !r.is_empty()).or(before);
+    let mut action = match (before, after) {
+        (_, None) => reason.to_owned(),
+        (Some(from), Some(to)) if from != to => format!("{reason}/{from}->{to}"),
+        (_, Some(to)) => format!("{reason}/{to}"),
+    };
+    if action.len() > ACTION_MAX_LEN {
+        let mut end = ACTION_MAX_LEN;
+        while !action.is_char_boundary(end) {
+            end -= 1;
+        }
+        action.truncate(end);
+    }
+    action
 }
 
 fn record_metrics(ctx: &Context, observed: &Observed, decision: &Decision) {
@@ -422,5 +476,173 @@ fn record_metrics(ctx: &Context, observed: &Observed, decision: &Decision) {
                 verdict: format!("{verdict:?}"),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::events::v1::Event as ApiEvent;
+    use kube::api::ListParams;
+    use sluice_testcluster::TestCluster;
+
+    use super::*;
+    use crate::api::Canary;
+    use crate::core::Event;
+
+    #[test]
+    fn the_action_names_the_revision_a_transition_is_about() {
+        let a = Some("2b01a6d3e1");
+        let b = Some("7c4e9f0a12");
+        assert_eq!(event_action("CheckFailed", b, b), "CheckFailed/7c4e9f0a12");
+        assert_eq!(
+            event_action("CanaryStarted", a, b),
+            "CanaryStarted/2b01a6d3e1->7c4e9f0a12"
+        );
+        assert_eq!(
+            event_action("Initialized", None, a),
+            "Initialized/2b01a6d3e1"
+        );
+        assert_eq!(
+            event_action("Initialized", Some(""), a),
+            "Initialized/2b01a6d3e1"
+        );
+        assert_eq!(event_action("OptedOut", a, None), "OptedOut/2b01a6d3e1");
+        assert_eq!(event_action("InvalidSpec", None, None), "InvalidSpec");
+        let long = "é".repeat(100);
+        let action = event_action("Promoted", None, Some(&long));
+        assert!(action.len() <= ACTION_MAX_LEN && action.starts_with("Promoted/é"));
+    }
+
+    fn status(revision: &str) -> CanaryStatus {
+        CanaryStatus {
+            revision: Some(revision.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    fn decision(revision: &str, events: &[(bool, &str, &str)]) -> Decision {
+        Decision {
+            actions: Vec::new(),
+            status: status(revision),
+            requeue_after: None,
+            events: events
+                .iter()
+                .map(|(warning, reason, message)| Event {
+                    warning: *warning,
+                    reason: (*reason).to_owned(),
+                    message: (*message).to_owned(),
+                })
+                .collect(),
+        }
+    }
+
+    /// `kubectl events` must show each revision's transition with its own message. Through the
+    /// controller's publish path and recorder against the test cluster (or `SLUICE_E2E_KUBECONFIG`):
+    /// `CanaryStarted` of two revisions is two Events, each with its note; a repeated transition of
+    /// one revision is one Event whose series counts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_revision_has_its_own_event_and_a_repeat_is_counted_in_one_series() {
+        let cluster = TestCluster::start().await.expect("test cluster starts");
+        let namespace = "sluice-events";
+        let name = format!(
+            "web-{:x}",
+            jiff::Timestamp::now().as_nanosecond() % 0xffff_ffff
+        );
+        let applied = cluster
+            .apply_yaml(&format!(
+                r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {namespace}}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Canary
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  targetRef: {{name: web}}
+  service: {{port: 8080}}
+  router: {{gatewayAPI: {{httpRoute: {{name: web}}}}}}
+  strategy: {{canary: {{stepWeights: [20, 50]}}}}
+  analysis:
+    interval: 1s
+    threshold: 2
+    provider: {{prometheus: {{address: "http://127.0.0.1:9"}}}}
+    metrics:
+    - name: error-rate
+      query: 'sum(rate(http_requests_total[1m]))'
+      max: 0.05
+"#
+            ))
+            .await
+            .expect("namespace and Canary apply");
+        let canary: Canary = serde_json::from_value(applied[1].clone()).expect("a Canary");
+        let object = CachedCanary::Parsed(Box::new(canary));
+        let regarding = object.object_ref(&());
+        assert!(regarding.uid.is_some(), "the reference names the object");
+        let recorder = super::super::context::recorder(cluster.client());
+
+        let (stable, a, b) = ("0f1e2d3c4b", "2b01a6d3e1", "7c4e9f0a12");
+        let started_a =
+            format!("revision {a} started beside stable revision {stable} with 1 canary replicas");
+        let superseded = format!("revision {a} superseded by {b}");
+        let started_b =
+            format!("revision {b} started beside stable revision {stable} with 1 canary replicas");
+        let failed_1 = format!("revision {b}: failed check 1/2: error-rate 0.3 > 0.05");
+        let failed_2 = format!("revision {b}: failed check 2/2: error-rate 0.4 > 0.05");
+        let steps = [
+            (stable, decision(a, &[(false, "CanaryStarted", &started_a)])),
+            (
+                a,
+                decision(
+                    b,
+                    &[
+                        (false, "Superseded", &superseded),
+                        (false, "CanaryStarted", &started_b),
+                    ],
+                ),
+            ),
+            (b, decision(b, &[(true, "CheckFailed", &failed_1)])),
+            (b, decision(b, &[(true, "CheckFailed", &failed_2)])),
+        ];
+        for (before, decided) in &steps {
+            publish(&recorder, &regarding, &status(before), decided).await;
+        }
+
+        let events: Vec<ApiEvent> = Api::<ApiEvent>::namespaced(cluster.client(), namespace)
+            .list(&ListParams::default())
+            .await
+            .expect("events list")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_ref()) == regarding.uid.as_ref())
+            .collect();
+        let with_reason = |reason: &str| -> Vec<(String, i32)> {
+            let mut found: Vec<(String, i32)> = events
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| {
+                    (
+                        e.note.clone().unwrap_or_default(),
+                        e.series.as_ref().map_or(1, |s| s.count),
+                    )
+                })
+                .collect();
+            found.sort();
+            found
+        };
+        let mut started = vec![(started_a.clone(), 1), (started_b.clone(), 1)];
+        started.sort();
+        assert_eq!(
+            with_reason("CanaryStarted"),
+            started,
+            "one CanaryStarted Event per revision, each with its own message"
+        );
+        assert_eq!(with_reason("Superseded"), vec![(superseded.clone(), 1)]);
+        assert_eq!(
+            with_reason("CheckFailed"),
+            vec![(failed_1.clone(), 2)],
+            "the same transition of the same revision is one series, counted twice"
+        );
+        assert_eq!(events.len(), 4, "four Event objects: {events:#?}");
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -93,6 +94,9 @@ pub struct Store {
     objects: HashMap<ObjKey, Objects>,
     history: VecDeque<Arc<WatchEvent>>,
     history_cap: usize,
+    /// When each resourceVersion was committed (the last [`COMMIT_TIMES_LEN`]), so a test can
+    /// time a write as the server saw it, before any answer or watch event left.
+    commits: VecDeque<(u64, SystemTime)>,
     /// Watches from a resourceVersion below this are answered with 410 Expired.
     compacted_rv: u64,
     tx: broadcast::Sender<Arc<WatchEvent>>,
@@ -106,6 +110,9 @@ pub struct Store {
 }
 
 const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// How many commit times the store keeps.
+const COMMIT_TIMES_LEN: usize = 1 << 16;
 
 pub fn now() -> String {
     jiff::Timestamp::now()
@@ -267,6 +274,7 @@ impl Store {
             objects: HashMap::new(),
             history: VecDeque::new(),
             history_cap,
+            commits: VecDeque::new(),
             compacted_rv: 0,
             tx,
             counter: 0,
@@ -278,6 +286,15 @@ impl Store {
 
     pub fn current_rv(&self) -> u64 {
         self.rv
+    }
+
+    /// When the change with resourceVersion `rv` was committed, if it is recent enough to be kept.
+    pub fn committed_at(&self, rv: u64) -> Option<SystemTime> {
+        let i = self.commits.partition_point(|(r, _)| *r < rv);
+        self.commits
+            .get(i)
+            .filter(|(r, _)| *r == rv)
+            .map(|(_, at)| *at)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
@@ -417,6 +434,10 @@ impl Store {
             object,
             prev,
         });
+        if self.commits.len() == COMMIT_TIMES_LEN {
+            self.commits.pop_front();
+        }
+        self.commits.push_back((rv, SystemTime::now()));
         self.history.push_back(ev.clone());
         while self.history.len() > self.history_cap {
             if let Some(old) = self.history.pop_front() {
@@ -978,6 +999,7 @@ impl Store {
                     "Required value".into(),
                 ));
             }
+            causes.extend(super::events::validate_v1(&new, old.as_deref()));
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(
