@@ -20,6 +20,13 @@ use crate::core::{TargetState, WorkloadState};
 pub const CANARY_ROLE_LABEL: &str = "sluice.dev/role";
 /// Value of [`CANARY_ROLE_LABEL`] on canary pods.
 pub const CANARY_ROLE_VALUE: &str = "canary";
+/// Annotation on the canary Deployment, set (to the revision) by the write that sets its pod
+/// template ([`canary_deployment`]). sluice's replica changes re-apply only the live labels and
+/// spec, so server-side apply removes it there (sluice is its only field manager). Present: the
+/// latest generation may carry a template the Deployment controller has not seen. Absent: every
+/// spec change sluice made since it wrote the template changed `spec.replicas` only (see
+/// [`workload_state`]).
+pub const TEMPLATE_APPLIED_ANNOTATION: &str = "sluice.dev/template-applied";
 
 /// The controller-owned `<target>-canary` Deployment running `revision` (the hash of the target's
 /// current pod template) with `replicas` replicas.
@@ -79,6 +86,10 @@ pub fn canary_deployment(
             name: Some(canary_name(&target_name)),
             namespace: Some(canary.namespace.clone()),
             labels: Some(meta_labels),
+            annotations: Some(BTreeMap::from([(
+                TEMPLATE_APPLIED_ANNOTATION.to_owned(),
+                revision.to_owned(),
+            )])),
             owner_references: Some(vec![canary.owner_reference()]),
             ..ObjectMeta::default()
         },
@@ -156,10 +167,22 @@ pub fn target_state(target: &Deployment, canary_name: &str, revision: String) ->
 /// [`canary_deployment`] put on it.
 ///
 /// Ready and available pods count only pods of its current template (the revision in the
-/// label): right after the template changes, `status.readyReplicas` still counts the previous
-/// revision's pods, which must not carry the new revision's weight or analysis (I1). The status
-/// does not split readiness by revision, so this is the lower bound: nothing until the
-/// Deployment controller has seen the latest spec, then ready pods less the pods not updated.
+/// label), from the status: ready pods less the pods not updated, a lower bound, since the status
+/// does not split readiness by revision. The status describes the spec of
+/// `status.observedGeneration`, and every spec change moves `metadata.generation`, a replica
+/// change as much as a template change (apiserver recordings 03 and 12). So:
+///
+/// - While the write that set the template is sluice's latest ([`TEMPLATE_APPLIED_ANNOTATION`]
+///   present), nothing counts until the Deployment controller has seen the latest generation:
+///   right after a template change the status still counts the previous revision's pods as ready
+///   and even as updated (recording 12), and they must not carry the new revision's weight or
+///   analysis (I1).
+/// - Once sluice has since changed only `spec.replicas` (annotation gone), a status the
+///   Deployment controller has not brought up to date still counts pods of the current template:
+///   sluice scales the canary only after its template's pods were counted ready here, so the
+///   controller had seen the template by then. Those pods stay ready while it catches up with the
+///   replica change; waiting for it would take the route off the canary and put it back (a flap).
+///   The count is capped at `spec.replicas`, as a scale-down's surplus pods are going.
 pub fn workload_state(canary: &Deployment) -> WorkloadState {
     let status = canary.status.as_ref();
     let revision = canary
@@ -168,23 +191,32 @@ pub fn workload_state(canary: &Deployment) -> WorkloadState {
         .as_ref()
         .and_then(|labels| labels.get(REVISION_LABEL))
         .cloned();
+    let replicas = spec_replicas(canary);
     let observed_latest = status
         .and_then(|s| s.observed_generation)
         .unwrap_or_default()
         >= canary.metadata.generation.unwrap_or_default();
+    let template_just_applied = canary
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|annotations| annotations.contains_key(TEMPLATE_APPLIED_ANNOTATION));
     let not_updated = status.map_or(0, |s| {
         s.replicas.unwrap_or_default() - s.updated_replicas.unwrap_or_default()
     });
     let of_current = |count: Option<i32>| {
+        let of_template = (count.unwrap_or_default() - not_updated).max(0);
         if observed_latest {
-            (count.unwrap_or_default() - not_updated).max(0)
-        } else {
+            of_template
+        } else if template_just_applied {
             0
+        } else {
+            of_template.min(replicas)
         }
     };
     WorkloadState {
         revision,
-        replicas: spec_replicas(canary),
+        replicas,
         ready_replicas: of_current(status.and_then(|s| s.ready_replicas)),
         available_replicas: of_current(status.and_then(|s| s.available_replicas)),
     }

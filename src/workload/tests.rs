@@ -420,6 +420,119 @@ fn ready_pods_of_the_canary_previous_revision_do_not_count_as_ready_for_the_new_
     assert_eq!(workload_state(&deployment).ready_replicas, 1);
 }
 
+/// A canary Deployment's status as the Deployment controller writes it.
+fn canary_status(
+    observed: i64,
+    replicas: i32,
+    updated: i32,
+    ready: i32,
+) -> k8s_openapi::api::apps::v1::DeploymentStatus {
+    k8s_openapi::api::apps::v1::DeploymentStatus {
+        observed_generation: Some(observed),
+        replicas: Some(replicas),
+        updated_replicas: Some(updated),
+        ready_replicas: Some(ready),
+        available_replicas: Some(ready),
+        ..Default::default()
+    }
+}
+
+/// The canary Deployment as the API server holds it after sluice changed its replicas: the
+/// executor re-applies the live labels and spec with the new count and no annotations, so server-
+/// side apply drops the annotation sluice alone set, and the spec change moves the generation. The
+/// status is the Deployment controller's, not brought up to date yet.
+fn scaled_by_sluice(live: &Deployment, replicas: i32) -> Deployment {
+    let mut scaled = live.clone();
+    scaled.metadata.annotations = None;
+    scaled.metadata.generation = live.metadata.generation.map(|g| g + 1);
+    if let Some(spec) = scaled.spec.as_mut() {
+        spec.replicas = Some(replicas);
+    }
+    scaled
+}
+
+#[test]
+fn the_write_that_sets_the_canary_template_marks_it() {
+    let deployment = canary(PodLabels::Separate);
+    let annotations = deployment.metadata.annotations.expect("annotations");
+    assert_eq!(
+        annotations.get(super::deployment::TEMPLATE_APPLIED_ANNOTATION),
+        Some(&"7f9c2b".to_owned())
+    );
+}
+
+#[test]
+fn ready_canary_pods_stay_ready_while_the_deployment_controller_catches_up_with_a_replica_change() {
+    let mut live = canary(PodLabels::Separate);
+    live.metadata.generation = Some(3);
+    live.status = Some(canary_status(3, 2, 2, 2));
+    assert_eq!(workload_state(&live).ready_replicas, 2);
+
+    // sluice scales 2 -> 5 for the next step; the status still describes generation 3.
+    let scaled = scaled_by_sluice(&live, 5);
+    assert_eq!(
+        workload_state(&scaled),
+        crate::core::WorkloadState {
+            revision: Some("7f9c2b".into()),
+            replicas: 5,
+            ready_replicas: 2,
+            available_replicas: 2,
+        }
+    );
+    // The controller has seen it: three new pods, not ready yet.
+    let mut seen = scaled.clone();
+    seen.status = Some(canary_status(4, 5, 5, 2));
+    assert_eq!(workload_state(&seen).ready_replicas, 2);
+    // A second replica change before the controller caught up with the first one.
+    let again = scaled_by_sluice(&scaled, 6);
+    assert_eq!(workload_state(&again).ready_replicas, 2);
+    // Scaled to zero (after the route left it): the pods going do not count.
+    let emptied = scaled_by_sluice(&seen, 0);
+    assert_eq!(workload_state(&emptied).ready_replicas, 0);
+    assert_eq!(workload_state(&emptied).available_replicas, 0);
+}
+
+#[test]
+fn a_template_change_after_replica_changes_still_waits_for_the_deployment_controller() {
+    // Revision 7f9c2b ran scaled to 5, all ready, and its marker went with the scale.
+    let mut live = scaled_by_sluice(&canary(PodLabels::Separate), 5);
+    live.metadata.generation = Some(6);
+    live.status = Some(canary_status(6, 5, 5, 5));
+    assert_eq!(workload_state(&live).ready_replicas, 5);
+
+    // sluice applies the next revision's template (and its first step's size) in place. The
+    // status still counts revision 7f9c2b's five pods as ready and updated (recording 12).
+    let mut target = target();
+    if let Some(container) = target
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|s| s.containers.first_mut())
+    {
+        container.image = Some("shop/checkout:3.0".into());
+    }
+    let mut next = canary_deployment(
+        &target,
+        &stable_selector(),
+        &identity(),
+        "c41d07",
+        2,
+        PodLabels::Separate,
+    )
+    .expect("builds");
+    next.metadata.generation = Some(7);
+    next.status = live.status.clone();
+    assert_eq!(workload_state(&next).revision.as_deref(), Some("c41d07"));
+    assert_eq!(workload_state(&next).ready_replicas, 0);
+    assert_eq!(workload_state(&next).available_replicas, 0);
+    // Seen: the new ReplicaSet surges one pod beside the old five; none of the new is ready.
+    next.status = Some(canary_status(7, 6, 1, 5));
+    assert_eq!(workload_state(&next).ready_replicas, 0);
+    // The new pod is ready.
+    next.status = Some(canary_status(7, 6, 1, 6));
+    assert_eq!(workload_state(&next).ready_replicas, 1);
+}
+
 #[test]
 fn a_deployment_is_rolled_out_only_when_every_count_matches_and_the_generation_was_seen() {
     assert!(is_rolled_out(&target()));
