@@ -163,7 +163,26 @@ fn every_template_renders_with_realistic_variables() {
             .compare
             .as_ref()
             .is_some_and(|c| c.method == api::ComparisonMethod::TwoProportion);
-        assert_eq!(rendered.canary_total.is_some(), two_proportion, "{stem}");
+        // Every template declares the count its verdicts need, with a floor.
+        assert!(rendered.canary_total.is_some(), "{stem}: no totalQuery");
+        assert_eq!(
+            rendered.stable_total.is_some(),
+            spec.compare.is_some(),
+            "{stem}"
+        );
+        assert!(
+            spec.min_samples.is_some_and(|n| n >= 50),
+            "{stem}: minSamples"
+        );
+        let _ = two_proportion;
+        // Every query parses as PromQL and reads exactly the interval back.
+        for query in all.into_iter().flatten() {
+            assert_eq!(
+                sluice::core::query::parse_window(query),
+                Ok(Duration::from_secs(10)),
+                "{stem}: {query}"
+            );
+        }
         if stem.starts_with("nginx") {
             assert!(rendered.canary.contains(r#"canary!="""#), "{stem}");
             assert!(!rendered.canary.contains("upstream_latency"), "{stem}");
@@ -230,7 +249,7 @@ async fn hostile_values_reach_prometheus_as_exactly_the_label_value_they_were() 
         .query(r#"label_replace(vector(1), "v", "it\'s", "", "")"#)
         .await;
     assert!(
-        matches!(&over_escaped, Sample::Error(reason) if reason.contains("bad_data")),
+        matches!(&over_escaped, Sample::Invalid(reason) if reason.contains("parse error")),
         "{over_escaped:?}"
     );
     for value in hostile {
@@ -428,8 +447,6 @@ async fn templates_measure_the_simulated_error_rate_and_latency_on_a_real_promet
         let q = rendered(name, &[], &ghost);
         assert_eq!(provider.query(&q.canary).await, Sample::NoData, "{name}");
     }
-    let too_few = rendered("app-error-rate", &[("min-requests", "1000000")], &vars);
-    assert_eq!(provider.query(&too_few.canary).await, Sample::NoData);
 
     // A query that forgets to aggregate is reported as several series, never averaged.
     let per_pod = r#"rate(http_requests_total{namespace="shop", code="200"}[10s])"#;
@@ -479,4 +496,101 @@ async fn the_app_templates_read_the_kubernetes_pods_job_labels_through_their_arg
     // With the ServiceMonitor label names there is nothing to find: no data, never 0.
     let defaults = rendered("app-error-rate", &[], &vars);
     assert_eq!(provider.query(&defaults.canary).await, Sample::NoData);
+}
+
+/// Evaluates `query` at `time` (Unix seconds) on `prometheus`: the value, or `None` for no data.
+async fn value_at(prometheus: &PrometheusServer, query: &str, time: f64) -> Option<f64> {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/query", prometheus.url()))
+        .form(&[("query", query.to_owned()), ("time", format!("{time:.3}"))])
+        .send()
+        .await
+        .expect("Prometheus answers")
+        .json()
+        .await
+        .expect("a JSON answer");
+    assert_eq!(answer["status"], "success", "{query}: {answer}");
+    answer["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(|v| v.parse().expect("a number"))
+}
+
+/// The trap the error templates used to fall into, pinned on the real Prometheus: a canary that
+/// has served good requests for a while starts failing, and its 5xx series is born at its first
+/// error. Evaluated at the instant of that series' first sample, `rate()` sees the requests but
+/// not the errors (a series needs two samples), and `... or vector(0)` read that as "no errors".
+/// The templates must give no data there instead, and the error rate once the window has moved
+/// past the birth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_error_series_is_no_data_never_zero_errors() {
+    let canary = TestApp::start(AppConfig::canary("shop", "web"))
+        .await
+        .unwrap();
+    let Some(prometheus) = start_prometheus(&[canary.scrape_target("apps")]).await else {
+        return;
+    };
+    let traffic = load::spawn(canary.addr(), LoadConfig::new(50.0, 100_000)).unwrap();
+    let provider = provider(&prometheus);
+    let vars = variables();
+    let window = 10.0;
+    // Good requests first: the 200 series is mature before any error exists.
+    let twos = r#"count_over_time(http_requests_total{namespace="shop", code="200"}[10s])"#;
+    poll(
+        &provider,
+        twos,
+        Duration::from_secs(20),
+        |s| matches!(s, Sample::Value(n) if *n >= 4.0),
+    )
+    .await;
+    canary.set_error_rate(0.3);
+    let errors = r#"http_requests_total{namespace="shop", code="500"}"#;
+    poll(&provider, errors, Duration::from_secs(20), |s| {
+        matches!(s, Sample::Value(_))
+    })
+    .await;
+    // The first sample of the 5xx series, read back raw: its birth as Prometheus saw it.
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/query", prometheus.url()))
+        .form(&[("query", format!("{errors}[1h]"))])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = answer["data"]["result"][0]["values"][0][0]
+        .as_f64()
+        .expect("the 5xx series' first sample");
+    let old_rate = r#"(sum(rate(http_requests_total{namespace="shop", pod=~"web-canary-[a-z0-9]+-[a-z0-9]+", code=~"5.."}[10s])) or vector(0)) / sum(rate(http_requests_total{namespace="shop", pod=~"web-canary-[a-z0-9]+-[a-z0-9]+"}[10s]))"#;
+    assert_eq!(
+        value_at(&prometheus, old_rate, first).await,
+        Some(0.0),
+        "the trap as it was: the old form reads the young series as no errors"
+    );
+    for name in ["app-error-rate", "app-error-counts"] {
+        let q = rendered(name, &[], &vars);
+        assert_eq!(
+            value_at(&prometheus, &q.canary, first).await,
+            None,
+            "{name}: a young 5xx series is no data at its birth"
+        );
+    }
+    // Once the window has moved past the birth, the rate is the canary's 30%.
+    let after = first + window + 2.0;
+    poll(
+        &provider,
+        "time()",
+        Duration::from_secs(30),
+        |s| matches!(s, Sample::Value(now) if *now >= after),
+    )
+    .await;
+    let q = rendered("app-error-rate", &[], &vars);
+    let rate = value_at(&prometheus, &q.canary, after)
+        .await
+        .expect("a rate");
+    assert!(
+        (0.2..0.4).contains(&rate),
+        "the canary's error rate: {rate}"
+    );
+    traffic.stop();
 }

@@ -251,6 +251,7 @@ impl World {
                     resource_version,
                     labelled,
                     paused,
+                    ..
                 } => {
                     if *resource_version != self.target.resource_version {
                         break; // 409: the next reconcile decides again.
@@ -260,7 +261,9 @@ impl World {
                     self.bump();
                     self.roll();
                 }
-                Action::ApplyCanary { revision, replicas } => {
+                Action::ApplyCanary {
+                    revision, replicas, ..
+                } => {
                     self.canary = Some(WorkloadState {
                         revision: Some(revision.clone()),
                         replicas: *replicas,
@@ -268,7 +271,7 @@ impl World {
                         available_replicas: 0,
                     });
                 }
-                Action::ScaleCanary { replicas } => {
+                Action::ScaleCanary { replicas, .. } => {
                     if let Some(canary) = &mut self.canary {
                         canary.replicas = *replicas;
                     }
@@ -277,6 +280,7 @@ impl World {
                 Action::SetRoute {
                     canary_weight,
                     matches,
+                    ..
                 } => {
                     self.router = Some(*canary_weight);
                     self.matched = !matches.is_empty();
@@ -347,6 +351,7 @@ impl World {
                 Action::SetRoute {
                     canary_weight,
                     matches,
+                    ..
                 } => {
                     prop_assert!(
                         *canary_weight == 0 || ready_canary,

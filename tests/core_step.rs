@@ -261,6 +261,11 @@ fn every_fixture_file_has_a_test() {
 
 fixtures! {
 first_sight_adopts_the_template_as_stable_and_labels_the_target,
+    a_first_check_waits_until_its_query_window_lies_inside_the_step,
+    checks_of_a_step_never_read_overlapping_windows,
+    a_query_the_provider_refuses_is_an_invalid_spec_not_an_unknown,
+    a_refused_query_stays_invalid_until_the_query_changes,
+    a_changed_query_lifts_the_refusal,
     a_missing_target_waits_with_ready_false,
     at_rest_converges_a_stray_canary_and_route_to_the_rest_state,
     a_failed_revision_stays_held_in_both_modes,

@@ -186,7 +186,66 @@ const CASES: &[(&str, &str, &str)] = &[
         "spec.notifications[0].events",
         "at most once",
     ),
+    (
+        "analysis: {metrics: [{name: errors, query: 'sum(rate(x[{{ interval }}])'}]}",
+        "spec.analysis.metrics[0].query",
+        "PromQL does not parse",
+    ),
+    (
+        "analysis: {metrics: [{name: errors, query: 'rate(x)', max: 1}]}",
+        "spec.analysis.metrics[0].query",
+        "of metric \"errors\"",
+    ),
+    (
+        "analysis: {metrics: [{name: errors, query: 'sum(x)', totalQuery: 'sum(increase(y[1m]) by', max: 1}]}",
+        "spec.analysis.metrics[0].totalQuery",
+        "PromQL does not parse",
+    ),
+    (
+        "analysis: {metrics: [{name: errors, templateRef: {name: error-rate}, args: {job: web, min-requests: '20'}}]}",
+        "spec.analysis.metrics[0].templateRef.name",
+        "set `minSamples` instead",
+    ),
 ];
+
+#[test]
+fn a_metrics_window_is_what_its_rendered_queries_read_and_min_samples_is_layered() {
+    let resolved = validate::resolve(
+        &spec(
+            "analysis: {interval: 30s, metrics: [\
+             {name: a, templateRef: {name: error-rate}, args: {job: web}},\
+             {name: b, query: 'sum(rate(x[2m] offset 1m))', totalQuery: 'sum(increase(x[30s]))', minSamples: 7},\
+             {name: c, query: 'up{w=\"{{ workload }}\"}', compare: {method: Difference, maxDifference: 1, minSamples: 9}}]}",
+        ),
+        &observed_with_template(),
+    )
+    .expect("valid");
+    let by = |name: &str| {
+        resolved
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .expect("metric")
+    };
+    assert_eq!(
+        by("a").window,
+        Duration::from_secs(30),
+        "{{ interval }} is 30s"
+    );
+    assert_eq!(
+        by("b").window,
+        Duration::from_secs(180),
+        "range plus offset"
+    );
+    assert_eq!(
+        by("c").window,
+        Duration::ZERO,
+        "an instant query reads no range"
+    );
+    assert_eq!(by("a").min_samples, 50, "the default");
+    assert_eq!(by("b").min_samples, 7, "the metric's own");
+    assert_eq!(by("c").min_samples, 9, "the comparison's");
+}
 
 #[test]
 fn every_bound_the_schema_states_is_checked_again_with_its_field_path() {

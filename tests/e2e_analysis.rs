@@ -19,7 +19,7 @@ use kube::runtime::watcher;
 use serde_json::Value;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
 use sluice_testcluster::prometheus::server::{PrometheusServer, StartPrometheusError};
-use sluice_testcluster::traffic::app::AppConfig;
+use sluice_testcluster::traffic::app::{AppConfig, ErrorSeries};
 use sluice_testcluster::traffic::ingress::IngressConfig;
 use sluice_testcluster::traffic::load::{self, LoadConfig};
 use sluice_testcluster::traffic::stack::TrafficStack;
@@ -188,6 +188,8 @@ fn watch_route_weights(env: &Env) -> (WeightLog, tokio::task::JoinHandle<()>) {
 struct Passed {
     at: Instant,
     value: Option<f64>,
+    /// The query was the metric's count query (`totalQuery`), not its value query.
+    count: bool,
 }
 
 struct RecordingProxy {
@@ -217,6 +219,8 @@ impl RecordingProxy {
                         "{upstream}{}",
                         uri.path_and_query().map_or("/", |p| p.as_str())
                     );
+                    let count = form_urlencoded_query(&body)
+                        .is_some_and(|q| q.trim_start().starts_with("sum(increase("));
                     let mut request = http.request(method, target).body(body);
                     if let Some(kind) = headers.get("content-type") {
                         request = request.header("content-type", kind.clone());
@@ -235,6 +239,7 @@ impl RecordingProxy {
                     record.lock().expect("answers").push(Passed {
                         at: Instant::now(),
                         value,
+                        count,
                     });
                     let mut answer = (
                         StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -259,13 +264,21 @@ impl RecordingProxy {
     }
 }
 
+/// The `query` parameter of a form-encoded Prometheus query body.
+fn form_urlencoded_query(body: &[u8]) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(key, _)| key == "query")
+        .map(|(_, value)| value.into_owned())
+}
+
 // ---- 1. A bad revision, judged by the real Prometheus ----------------------------------------
 
 fn template_canary(prometheus: &str) -> String {
     // The analysis interval is 1 s, but the query window (the metric's `interval`) is 5 s: with
     // a 1 s scrape interval a `rate()` needs at least two samples, and a window of fewer than
-    // about four scrapes often has none. At 200 requests/s and 20 % weight the canary serves
-    // about 40 requests/s, so `min-requests: 20` is met within the first second or two.
+    // about four scrapes often has none. So checks run every 5 s, the first 5 s after the route
+    // write (a window wholly inside the canary's traffic). At 200 requests/s and 20 % weight the
+    // canary serves about 40 requests/s, so `minSamples: 20` is met by every window.
     format!(
         r#"
 apiVersion: sluice.dev/v1alpha1
@@ -286,18 +299,22 @@ spec:
       templateRef: {{name: app-error-rate, kind: ClusterAnalysisTemplate}}
       interval: 5s
       max: 0.05
-      args: {{min-requests: "20"}}
+      minSamples: 20
 "#
     )
 }
 
-async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold) {
+/// `errors`: whether the canary creates its 5xx series at its first error (as most apps do; the
+/// young series once read as "no errors" and let a bad canary advance) or at start.
+async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold, errors: ErrorSeries) {
     let mut env = Env::start(hold).await;
     env.apply(&app_manifests("web", STABLE_IMAGE, 2)).await;
     env.apply(APP_ERROR_RATE).await;
     let stack = TrafficStack::start_with(
         AppConfig::stable(NAMESPACE, "web"),
-        AppConfig::canary(NAMESPACE, "web").error_rate(0.3),
+        AppConfig::canary(NAMESPACE, "web")
+            .error_rate(0.3)
+            .error_series(errors),
         IngressConfig::new(NAMESPACE, "web"),
         HttpRouteWeights {
             client: env.client(),
@@ -381,7 +398,14 @@ async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold) {
         .iter()
         .find(|(_, w)| *w == 0)
         .expect("weight back to 0");
-    let answers = proxy.answers.lock().expect("answers").clone();
+    let answers: Vec<Passed> = proxy
+        .answers
+        .lock()
+        .expect("answers")
+        .iter()
+        .filter(|a| !a.count)
+        .cloned()
+        .collect();
     let deciding = answers
         .iter()
         .rev()
@@ -391,6 +415,16 @@ async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold) {
         .iter()
         .filter(|a| a.at <= back_on_stable && a.value.is_some_and(|v| v > 0.05))
         .count();
+    // Every value the proxy passed back for the canary was above the limit or no value at all:
+    // the real Prometheus never read the bad canary as healthy.
+    let passing: Vec<&Passed> = answers
+        .iter()
+        .filter(|a| a.value.is_some_and(|v| v <= 0.05))
+        .collect();
+    assert!(
+        passing.is_empty(),
+        "a bad canary read as healthy: {passing:?}"
+    );
     assert_eq!(
         failing_answers, 2,
         "rolled back on the second failing answer (threshold 2): {answers:?}"
@@ -464,13 +498,17 @@ async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_revision_is_rolled_back_within_a_second_with_the_admission_policy_hold() {
-    a_bad_revision_is_rolled_back_on_the_real_prometheus(Hold::AdmissionPolicy).await;
+async fn a_bad_revision_whose_errors_start_late_is_rolled_back_within_a_second_with_the_admission_policy_hold()
+ {
+    a_bad_revision_is_rolled_back_on_the_real_prometheus(Hold::AdmissionPolicy, ErrorSeries::Late)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_revision_is_rolled_back_within_a_second_with_the_paused_at_rest_hold() {
-    a_bad_revision_is_rolled_back_on_the_real_prometheus(Hold::PausedAtRest).await;
+async fn a_bad_revision_with_pre_registered_errors_is_rolled_back_within_a_second_with_the_paused_at_rest_hold()
+ {
+    a_bad_revision_is_rolled_back_on_the_real_prometheus(Hold::PausedAtRest, ErrorSeries::Early)
+        .await;
 }
 
 // ---- 2. Prometheus unreachable ----------------------------------------------------------------

@@ -32,7 +32,7 @@ spec:
     interval: 1m
     provider: {{prometheus: {{address: "{prometheus}"}}}}
     metrics:
-    - {{name: error-rate, query: 'sum(rate(errors{{pod=~"{{{{ workload }}}}-.*"}}[1m]))', max: 0.05}}
+    - {{name: error-rate, query: 'sum(rate(errors{{pod=~"{{{{ workload }}}}-.*"}}[{{{{ interval }}}}]))', max: 0.05}}
 "#
     )
 }
@@ -254,7 +254,7 @@ spec:
     interval: 1s
     provider: {{prometheus: {{address: "{}"}}}}
     metrics:
-    - {{name: error-rate, query: 'sum(rate(errors[1m]))', max: 0.05}}
+    - {{name: error-rate, query: 'sum(rate(errors[{{{{ interval }}}}]))', max: 0.05}}
 "#,
         prometheus.url()
     ))

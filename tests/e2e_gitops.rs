@@ -43,7 +43,7 @@ spec:
     interval: 1s
     provider: {{prometheus: {{address: "{prometheus}"}}}}
     metrics:
-    - {{name: error-rate, query: 'sum(rate(errors{{pod=~"{{{{ workload }}}}-.*"}}[1m]))', max: 0.05}}
+    - {{name: error-rate, query: 'sum(rate(errors{{pod=~"{{{{ workload }}}}-.*"}}[{{{{ interval }}}}]))', max: 0.05}}
 "#
     )
 }

@@ -200,14 +200,14 @@ async fn every_api_call_the_controller_makes_is_granted_by_the_shipped_rbac() {
         "web",
         "{gatewayAPI: {httpRoute: {name: web}}}",
         &url,
-        "sum(rate(errors{app=\"web\"}[1m]))",
+        "sum(rate(errors{app=\"web\"}[{{ interval }}]))",
     ))
     .await;
     env.apply(&canary_manifest(
         "checkout",
         "{nginx: {ingress: {name: checkout}}}",
         &url,
-        "sum(rate(errors{app=\"checkout\"}[1m]))",
+        "sum(rate(errors{app=\"checkout\"}[{{ interval }}]))",
     ))
     .await;
     env.start_controller(&[]);

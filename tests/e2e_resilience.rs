@@ -74,7 +74,7 @@ impl Scene {
         let mut env = Env::start(hold).await;
         let prometheus = FakePrometheus::start().await.expect("fake prometheus");
         prometheus.set_default(Answer::value(0.0));
-        let history = History::record(env.client());
+        let history = History::record_on(&env.cluster);
         env.apply(&app_manifests("web", IMAGE_1, 2)).await;
         env.apply(&canary_manifest(&prometheus.url())).await;
         env.start_controller(&[]);

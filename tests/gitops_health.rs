@@ -677,7 +677,7 @@ spec:
     threshold: 1
     provider: {{prometheus: {{address: "{prometheus}"}}}}
     metrics:
-    - {{name: error-rate, query: 'sum(rate(errors{{pod=~"{{{{ workload }}}}-.*"}}[1m]))', max: 0.05}}
+    - {{name: error-rate, query: 'sum(rate(errors{{pod=~"{{{{ workload }}}}-.*"}}[{{{{ interval }}}}]))', max: 0.05}}
 "#
     )
 }

@@ -67,13 +67,29 @@ async fn an_http_error_from_a_proxy_is_an_error_with_its_status() {
 #[tokio::test]
 async fn a_prometheus_error_body_is_an_error_with_its_type_and_message() {
     let sample = answer_of(Answer::prometheus_error(
+        ErrorType::Execution,
+        "query processing would load too many samples into memory",
+    ))
+    .await;
+    assert_eq!(
+        sample,
+        Sample::Error(
+            "Prometheus answered execution: query processing would load too many samples into memory"
+                .into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn bad_data_is_the_query_refused_not_a_failure_to_measure() {
+    let sample = answer_of(Answer::prometheus_error(
         ErrorType::BadData,
         "parse error: unexpected end of input",
     ))
     .await;
     assert_eq!(
         sample,
-        Sample::Error("Prometheus answered bad_data: parse error: unexpected end of input".into())
+        Sample::Invalid("parse error: unexpected end of input".into())
     );
 }
 

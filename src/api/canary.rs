@@ -487,8 +487,10 @@ pub struct MetricSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 8192))]
     pub query: Option<String>,
-    /// With `compare.method: TwoProportion`: the query for the total request count, `query` being
-    /// the failed request count.
+    /// The count query: how many requests the check's window holds, rendered like `query` (for
+    /// example `sum(increase(http_requests_total{...}[{{ interval }}]))`). A check whose count is
+    /// below `minSamples` is Unknown, not Pass or Fail. With `compare.method: TwoProportion` it is
+    /// also the total the failure count (`query`) is divided by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 8192))]
     pub total_query: Option<String>,
@@ -501,6 +503,12 @@ pub struct MetricSpec {
     /// The highest passing value. Overrides the template's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
+    /// Fewest requests (as `totalQuery` counts them; with a comparison, on each side) for a
+    /// verdict; fewer is Unknown. Overrides the template's and `compare.minSamples`. Default 50
+    /// when the metric has a `totalQuery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_samples: Option<i64>,
     /// Range window substituted for `{{ interval }}` (default: the analysis interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
@@ -569,8 +577,8 @@ pub struct Comparison {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.5, max = 0.9999))]
     pub confidence: Option<f64>,
-    /// Fewest canary requests (for `TwoProportion`, the canary total) for a verdict; fewer is
-    /// Unknown (default 50).
+    /// Fewest requests on each side (as `totalQuery` counts them) for a verdict; fewer is
+    /// Unknown (default 50). The metric's own `minSamples` wins over this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub min_samples: Option<i64>,
@@ -807,21 +815,43 @@ pub struct CanaryStatus {
     /// Number of steps in the plan.
     #[serde(default)]
     pub step_count: i32,
-    /// When the current step (or phase wait) started; steps never advance before an interval has
-    /// passed since then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the current step (or the promotion) started: the moment the write that started it (the
+    /// route's new weight, the target's release) was acknowledged by the API server. Steps never
+    /// advance before an interval has passed since then. Microsecond precision.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::status_time::optional"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub step_started_at: Option<Time>,
-    /// When the current revision's canary started; the progress deadline counts from here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the current revision's canary was created; the progress deadline counts from here.
+    /// Microsecond precision.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::status_time::optional"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub revision_started_at: Option<Time>,
-    /// When the last check ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the last check ran. Microsecond precision.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::status_time::optional"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub last_check_at: Option<Time>,
     /// Failed checks so far for this revision.
     #[serde(default)]
     pub failed_checks: i32,
-    /// Since when checks have been Unknown without a break.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Since when checks have been Unknown without a break. Microsecond precision.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::status_time::optional"
+    )]
+    #[schemars(with = "Option<Time>")]
     pub unknown_since: Option<Time>,
     /// Passing analysis intervals so far (blue/green and A/B).
     #[serde(default)]
@@ -838,6 +868,11 @@ pub struct CanaryStatus {
     /// The last result of each hook.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
+    /// Metric queries the metrics provider refused as invalid (Prometheus `bad_data`), each kept
+    /// until the metric's query changes: the spec stays `InvalidSpec` meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub rejected_queries: Vec<RejectedQuery>,
     /// A command from `kubectl sluice` (written under its own field manager), for one revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Command>,
@@ -862,6 +897,19 @@ pub enum HoldMode {
     AdmissionPolicy,
     /// The Deployment is kept at `spec.paused: true` whenever no promotion is running.
     PausedAtRest,
+}
+
+/// A metric query the provider refused as invalid.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedQuery {
+    /// The metric's name.
+    pub metric: String,
+    /// The metric's query (with its `{{ ... }}` variables) and, after a blank line, its count
+    /// query: a change to either lifts the refusal.
+    pub query: String,
+    /// What the provider said.
+    pub reason: String,
 }
 
 /// One analysis check of one metric.
@@ -891,7 +939,9 @@ pub struct CheckRecord {
     /// Why, in words (the test, the counts, the error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// When the check ran.
+    /// When the check ran (the `lastCheckAt` of its check). Microsecond precision.
+    #[serde(with = "super::status_time::required")]
+    #[schemars(with = "Time")]
     pub time: Time,
 }
 

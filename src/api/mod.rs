@@ -5,6 +5,7 @@
 pub mod canary;
 pub mod duration;
 pub mod names;
+pub mod status_time;
 pub mod template;
 
 pub use canary::*;

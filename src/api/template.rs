@@ -83,7 +83,9 @@ pub struct TemplateSpec {
     /// `{{ workload }}` and the `args` below, each substituted escaped.
     #[schemars(length(min = 1, max = 8192))]
     pub query: String,
-    /// For the `TwoProportion` comparison: the total count, `query` being the failure count.
+    /// The count query: how many requests the check's window holds. A check whose count is
+    /// below `minSamples` is Unknown. For the `TwoProportion` comparison it is also the total,
+    /// `query` being the failure count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 8192))]
     pub total_query: Option<String>,
@@ -98,6 +100,10 @@ pub struct TemplateSpec {
     /// Default highest passing value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
+    /// Default fewest requests (as `totalQuery` counts them) for a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_samples: Option<i64>,
     /// Default meaning of no data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_no_data: Option<OnNoData>,

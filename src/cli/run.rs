@@ -35,7 +35,7 @@ use crate::api::{
 };
 use crate::core::validate::{self, ResolvedMetric};
 use crate::core::{Observations, PolicyLookup, verdict};
-use crate::metrics::{CheckKey, InFlight, Prometheus, PrometheusAuth, Variables, check, queries};
+use crate::metrics::{CheckKey, InFlight, Prometheus, PrometheusAuth, Variables, check};
 
 /// Asking the cluster failed; every variant exits [`ExitCode::CouldNotAsk`].
 #[derive(Debug, thiserror::Error)]
@@ -771,19 +771,7 @@ impl Session {
             verdict: crate::api::Verdict::Unknown,
             reason,
         };
-        let spec = MetricSpec {
-            name: metric.name.clone(),
-            template_ref: None,
-            query: Some(metric.query.clone()),
-            total_query: metric.total_query.clone(),
-            args: metric.args.clone(),
-            min: metric.min,
-            max: metric.max,
-            interval: Some(metric.interval.into()),
-            on_no_data: Some(metric.on_no_data),
-            compare: metric.compare.clone(),
-        };
-        let queries = match queries(&spec, None, vars) {
+        let queries = match metric.queries(vars) {
             Ok(queries) => queries,
             Err(error) => return unknown(metric.query.clone(), error.to_string()),
         };

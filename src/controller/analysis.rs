@@ -10,11 +10,11 @@ use kube::Client;
 use kube::api::Api;
 
 use super::observe::Observed;
+use crate::api::PrometheusProvider;
 use crate::api::names::canary_name;
-use crate::api::{MetricSpec, PrometheusProvider};
 use crate::core::validate::ResolvedMetric;
 use crate::core::{MetricResult, Sample};
-use crate::metrics::{CheckKey, InFlight, Prometheus, PrometheusAuth, Variables, check, queries};
+use crate::metrics::{CheckKey, InFlight, Prometheus, PrometheusAuth, Variables, check};
 
 /// Shared analysis state: the default Prometheus and the in-flight registry.
 #[derive(Clone, Debug)]
@@ -87,19 +87,7 @@ impl Analysis {
             canary_total: None,
             stable_total: None,
         };
-        let spec = MetricSpec {
-            name: metric.name.clone(),
-            template_ref: None,
-            query: Some(metric.query.clone()),
-            total_query: metric.total_query.clone(),
-            args: metric.args.clone(),
-            min: metric.min,
-            max: metric.max,
-            interval: Some(metric.interval.into()),
-            on_no_data: Some(metric.on_no_data),
-            compare: metric.compare.clone(),
-        };
-        let queries = match queries(&spec, None, vars) {
+        let queries = match metric.queries(vars) {
             Ok(queries) => queries,
             Err(error) => return failed(metric.query.clone(), error.to_string()),
         };

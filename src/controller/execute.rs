@@ -5,7 +5,15 @@
 //! Two writes carry guards the core relies on: the target's `spec.paused` and opt-in label go in
 //! one apply conditional on the resourceVersion the decision was made on (I6), and every route
 //! write is read back from the API server's answer and compared with the weight written (I2).
+//!
+//! A write the core marked as starting a clock (`starts_clock`: a step's route write, the
+//! target's release, the canary's creation) stamps that clock, in the status about to be
+//! persisted, with the moment the API server's answer arrived, rounded up to status precision
+//! ([`Clock`](crate::core::Clock)): a step is measured from when its traffic was in place, not
+//! from when it was decided (I4), and the stamp costs no status write of its own. Which write
+//! starts which clock is the core's decision; the executor only knows when it happened.
 
+use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -15,36 +23,55 @@ use super::context::{Context, ROUTER_KINDS, router_resource};
 use super::error::Error;
 use super::metrics::ApiCallLabels;
 use super::observe::Observed;
+use crate::api::CanaryStatus;
 use crate::api::names::{FIELD_MANAGER, canary_name};
 use crate::core::Action;
 use crate::router::{ReadyReplicas, Removal};
 use crate::workload;
 
-/// Executes `actions` in order. `RemoveFinalizer` is left to the caller, which owns the finalizer.
-pub async fn execute(ctx: &Context, observed: &Observed, actions: &[Action]) -> Result<(), Error> {
+/// Executes `actions` in order, starting in `status` (the status the decision will persist) each
+/// clock an acknowledged write starts. `RemoveFinalizer` is left to the caller, which owns the
+/// finalizer.
+pub async fn execute(
+    ctx: &Context,
+    observed: &Observed,
+    actions: &[Action],
+    status: &mut CanaryStatus,
+) -> Result<(), Error> {
     for action in actions {
         match action {
             Action::SetTarget {
                 resource_version,
                 labelled,
                 paused,
+                ..
             } => {
                 set_target(ctx, observed, resource_version, *labelled, *paused).await?;
             }
-            Action::ApplyCanary { revision, replicas } => {
+            Action::ApplyCanary {
+                revision, replicas, ..
+            } => {
                 apply_canary(ctx, observed, revision, *replicas).await?;
             }
-            Action::ScaleCanary { replicas } => scale_canary(ctx, observed, *replicas).await?,
+            Action::ScaleCanary { replicas, .. } => {
+                scale_canary(ctx, observed, *replicas).await?;
+            }
             Action::ApplyCanaryService => apply_canary_service(ctx, observed).await?,
             Action::SetRoute {
                 canary_weight,
                 matches,
+                ..
             } => {
                 set_route(ctx, observed, *canary_weight, matches).await?;
             }
             Action::RemoveRoute => remove_route(ctx, observed).await?,
             Action::DeleteCanary => delete_canary(ctx, observed).await?,
             Action::RemoveFinalizer => {}
+        }
+        // The write is acknowledged: the API server's answer has arrived (each write above
+        // returns only then). A clock it starts starts now.
+        if let Some(clock) = action.starts_clock() {
+            clock.start(status, Timestamp::now());
         }
     }
     Ok(())

@@ -17,7 +17,7 @@ use crate::api::{
 };
 use crate::core::annotations;
 use crate::core::validate::{self, FieldError, Resolved};
-use crate::core::{Observations, PolicyLookup, RouterState, revision};
+use crate::core::{CanaryServiceState, Observations, PolicyLookup, RouterState, revision};
 use crate::router::{ReadyReplicas, RouteInputs, Router};
 use crate::workload::{self, CanaryIdentity};
 
@@ -79,6 +79,7 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
         target: target_state,
         canary: canary_deployment.as_ref().map(workload::workload_state),
         router: RouterState::default(),
+        canary_service: CanaryServiceState::Unknown,
         checks: None,
         hooks: Vec::new(),
         annotation_errors: Vec::new(),
@@ -94,6 +95,20 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
     let stable_service = resolved
         .as_ref()
         .and_then(|r| stores.service(&namespace, &r.service.name));
+    observations.canary_service = match (&stable_service, &resolved) {
+        (Some(stable), Some(r)) => match workload::canary_service(stable, &identity) {
+            Ok(desired) => {
+                let live = stores.service(&namespace, &canary_name(&r.service.name));
+                if live.is_some_and(|live| workload::is_in_place(&desired, &live)) {
+                    CanaryServiceState::Current
+                } else {
+                    CanaryServiceState::Stale
+                }
+            }
+            Err(_) => CanaryServiceState::Unknown,
+        },
+        (None, _) | (_, None) => CanaryServiceState::Unknown,
+    };
     let router = resolved.as_ref().map(|r| {
         let inputs = RouteInputs {
             canary: identity.clone(),

@@ -16,6 +16,7 @@
 pub mod annotations;
 pub mod conditions;
 pub mod plan;
+pub mod query;
 pub mod revision;
 pub mod validate;
 pub mod verdict;
@@ -54,6 +55,8 @@ pub struct Observations {
     pub canary: Option<WorkloadState>,
     /// The router's weights as read back from the cluster.
     pub router: RouterState,
+    /// The controller-owned `<service>-canary` Service, compared with what sluice would write.
+    pub canary_service: CanaryServiceState,
     /// Results of the checks [`due`] asked for; `None` when no check ran this time.
     pub checks: Option<Vec<MetricResult>>,
     /// Results of the hooks [`due`] asked for (empty when none ran).
@@ -131,6 +134,20 @@ pub struct RouterState {
     pub missing: bool,
 }
 
+/// The `<service>-canary` Service as observed. It is written once per Canary (when it is adopted,
+/// or when a rollout finds it missing or stale), not at every rollout: applying it unchanged would
+/// be a write that changes nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CanaryServiceState {
+    /// Not known: the stable Service it is built from is not there (yet).
+    #[default]
+    Unknown,
+    /// Missing, or different from what sluice would write now.
+    Stale,
+    /// As sluice would write it.
+    Current,
+}
+
 /// One value from a metrics provider, as data; the core gives the verdict.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -145,6 +162,9 @@ pub enum Sample {
     Several(usize),
     /// The provider was unreachable, slow, or answered an error.
     Error(String),
+    /// The provider refused the query itself (Prometheus's `bad_data`): the spec is wrong, and
+    /// waiting will not help. The core reports it as `InvalidSpec` naming the metric.
+    Invalid(String),
 }
 
 /// The samples of one metric's check. Comparison and two-proportion metrics carry the stable side
@@ -205,6 +225,40 @@ pub struct Decision {
     pub events: Vec<Event>,
 }
 
+/// A clock in status that starts when a write is acknowledged, not when it is decided: the step
+/// clock `stepStartedAt` (also the promotion's clock) and the revision clock `revisionStartedAt`
+/// (the progress deadline's).
+///
+/// The core stays the single source of truth: it decides which write starts which clock, says so
+/// on that action (`starts_clock`), and sets the clock to its decision time. The executor, once
+/// the API server has answered that write, moves the clock to the moment the answer arrived
+/// (rounded up to the microsecond status keeps) before the status is persisted, in the same
+/// status write. So a step is measured from the moment its traffic was in place (I4) and a
+/// deadline never counts from before the write it waits on. A decision whose clock-starting write
+/// fails is not persisted at all, so a clock never names a write that did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Clock {
+    /// `stepStartedAt`.
+    Step,
+    /// `revisionStartedAt`.
+    Revision,
+}
+
+impl Clock {
+    /// Starts this clock in `status` at `acknowledged`, the moment the API server's answer to the
+    /// write that starts it arrived, rounded up to status precision. Never earlier than the
+    /// decision set it: rounding and clocks may only delay a step.
+    pub fn start(self, status: &mut CanaryStatus, acknowledged: Timestamp) {
+        let field = match self {
+            Clock::Step => &mut status.step_started_at,
+            Clock::Revision => &mut status.revision_started_at,
+        };
+        let at = crate::api::status_time::round_up(acknowledged);
+        let at = field.as_ref().map_or(at, |decided| decided.0.max(at));
+        *field = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+    }
+}
+
 /// One change to the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all_fields = "camelCase")]
@@ -213,24 +267,40 @@ pub enum Action {
     /// `spec.paused` together, in one server-side apply conditional on `resource_version`: a
     /// template that landed after the decision makes the write fail with 409 instead of releasing
     /// it (I6). At most one per decision, because a second write with the same resourceVersion
-    /// would fail.
+    /// would fail. Releasing the target to promote starts the promotion's clock.
     SetTarget {
         resource_version: String,
         labelled: bool,
         paused: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        starts_clock: Option<Clock>,
     },
     /// Create or update the canary Deployment from the target's current template (which has hash
-    /// `revision`) with `replicas` replicas.
-    ApplyCanary { revision: String, replicas: i32 },
-    /// Set the canary Deployment's replicas (0 to scale it down).
-    ScaleCanary { replicas: i32 },
+    /// `revision`) with `replicas` replicas. Creating it for a new revision starts the revision's
+    /// clock.
+    ApplyCanary {
+        revision: String,
+        replicas: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        starts_clock: Option<Clock>,
+    },
+    /// Set the canary Deployment's replicas (0 to scale it down). With the replica-ratio router
+    /// this moves the traffic, so it can start a step's clock.
+    ScaleCanary {
+        replicas: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        starts_clock: Option<Clock>,
+    },
     /// Create or update the `<service>-canary` Service.
     ApplyCanaryService,
     /// Route `canary_weight` percent to the canary (and, for A/B, requests matching `matches`).
+    /// The route write that puts a step's traffic in place starts the step's clock.
     SetRoute {
         canary_weight: i32,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         matches: Vec<HttpMatch>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        starts_clock: Option<Clock>,
     },
     /// Remove every trace of sluice from the router (all traffic to stable).
     RemoveRoute,
@@ -238,6 +308,37 @@ pub enum Action {
     DeleteCanary,
     /// Remove sluice's finalizer from the Canary (the last action of a deletion).
     RemoveFinalizer,
+}
+
+impl Action {
+    /// The clock this action's acknowledged write starts, if any.
+    pub fn starts_clock(&self) -> Option<Clock> {
+        match self {
+            Action::SetTarget { starts_clock, .. }
+            | Action::ApplyCanary { starts_clock, .. }
+            | Action::ScaleCanary { starts_clock, .. }
+            | Action::SetRoute { starts_clock, .. } => *starts_clock,
+            Action::ApplyCanaryService
+            | Action::RemoveRoute
+            | Action::DeleteCanary
+            | Action::RemoveFinalizer => None,
+        }
+    }
+
+    /// Marks this action's write as the one that starts `clock`. Actions that write nothing a
+    /// clock could wait on are left as they are.
+    fn start_clock(&mut self, clock: Clock) {
+        match self {
+            Action::SetTarget { starts_clock, .. }
+            | Action::ApplyCanary { starts_clock, .. }
+            | Action::ScaleCanary { starts_clock, .. }
+            | Action::SetRoute { starts_clock, .. } => *starts_clock = Some(clock),
+            Action::ApplyCanaryService
+            | Action::RemoveRoute
+            | Action::DeleteCanary
+            | Action::RemoveFinalizer => {}
+        }
+    }
 }
 
 /// A Kubernetes Event to emit once the status is persisted.

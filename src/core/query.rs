@@ -69,9 +69,10 @@ pub struct Queries {
     pub canary: String,
     /// With a comparison: the same query with `{{ workload }}` = stable.
     pub stable: Option<String>,
-    /// With `TwoProportion`: the total query for the canary.
+    /// The count query (`totalQuery`) for the canary, when the metric declares one: how many
+    /// requests the check's window holds (for `TwoProportion`, the denominator too).
     pub canary_total: Option<String>,
-    /// With `TwoProportion`: the total query for stable.
+    /// With a comparison and a count query: the count query for stable.
     pub stable_total: Option<String>,
 }
 
@@ -82,7 +83,12 @@ pub enum RenderQueryError {
     UnknownVariable { name: String },
     #[error("failed to render query: argument {name:?} has no value and no default")]
     MissingArgument { name: String },
-    #[error("failed to render query: argument {name:?} is not declared by the template")]
+    #[error("failed to render query: argument {name:?} is not declared by the template{}",
+        if name == "min-requests" {
+            " (the shipped templates' min-requests is now the metric's minSamples: set `minSamples` instead)"
+        } else {
+            ""
+        })]
     UndeclaredArgument { name: String },
     #[error("failed to render query: `{{{{` at byte {offset} is never closed by `}}}}`")]
     UnclosedPlaceholder { offset: usize },
@@ -375,21 +381,26 @@ pub fn queries(
             metric: metric.name.clone(),
         });
     }
-    let (canary_total, stable_total) = match method {
-        Some(ComparisonMethod::TwoProportion) => {
-            let total = metric
-                .total_query
-                .as_deref()
-                .or(template.and_then(|t| t.total_query.as_deref()))
-                .ok_or_else(|| RenderQueryError::NoTotalQuery {
-                    metric: metric.name.clone(),
-                })?;
-            (
-                Some(render(total, &vars, Workload::Canary, &args)?),
-                Some(render(total, &vars, Workload::Stable, &args)?),
-            )
-        }
-        Some(ComparisonMethod::Difference | ComparisonMethod::Ratio) | None => (None, None),
+    // The count query is the evidence a verdict stands on: the canary's count for every metric
+    // that declares one, and with a comparison the stable side's too.
+    let total = metric
+        .total_query
+        .as_deref()
+        .or(template.and_then(|t| t.total_query.as_deref()));
+    if method == Some(ComparisonMethod::TwoProportion) && total.is_none() {
+        return Err(RenderQueryError::NoTotalQuery {
+            metric: metric.name.clone(),
+        });
+    }
+    let (canary_total, stable_total) = match total {
+        Some(total) => (
+            Some(render(total, &vars, Workload::Canary, &args)?),
+            match method {
+                Some(_) => Some(render(total, &vars, Workload::Stable, &args)?),
+                None => None,
+            },
+        ),
+        None => (None, None),
     };
     Ok(Queries {
         canary,
@@ -397,6 +408,55 @@ pub fn queries(
         canary_total,
         stable_total,
     })
+}
+
+/// A query that does not parse as PromQL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("PromQL does not parse: {reason}")]
+pub struct ParseQueryError {
+    pub reason: String,
+}
+
+/// Parses a rendered query and returns how far back in time it reads: the largest
+/// `offset + range` over its range selectors and subqueries (an instant selector reads the newest
+/// sample, so only its offset counts). This is the query's *window*: a check's evidence lies in
+/// `[now - window, now]`.
+///
+/// Parsed with the `promql-parser` crate (the Prometheus grammar, with its type checks: `rate()`
+/// of an instant vector is refused). Where that grammar and the server disagree, the server's
+/// `bad_data` answer counts the same way (see `Sample::Invalid`).
+pub fn parse_window(promql: &str) -> Result<std::time::Duration, ParseQueryError> {
+    let expr = promql_parser::parser::parse(promql).map_err(|reason| ParseQueryError {
+        reason: reason.trim().to_owned(),
+    })?;
+    Ok(lookback(&expr))
+}
+
+fn lookback(expr: &promql_parser::parser::Expr) -> std::time::Duration {
+    use promql_parser::parser::{Expr, Offset};
+    use std::time::Duration as Std;
+    let shifted = |offset: &Option<Offset>, span: Std| match offset {
+        None => span,
+        Some(Offset::Pos(by)) => span.saturating_add(*by),
+        Some(Offset::Neg(by)) => span.saturating_sub(*by),
+    };
+    match expr {
+        Expr::Aggregate(e) => lookback(&e.expr).max(e.param.as_deref().map_or(Std::ZERO, lookback)),
+        Expr::Unary(e) => lookback(&e.expr),
+        Expr::Binary(e) => lookback(&e.lhs).max(lookback(&e.rhs)),
+        Expr::Paren(e) => lookback(&e.expr),
+        Expr::Subquery(e) => shifted(&e.offset, e.range.saturating_add(lookback(&e.expr))),
+        Expr::MatrixSelector(e) => shifted(&e.vs.offset, e.range),
+        Expr::VectorSelector(e) => shifted(&e.offset, Std::ZERO),
+        Expr::Call(e) => e
+            .args
+            .args
+            .iter()
+            .map(|a| lookback(a))
+            .max()
+            .unwrap_or(Std::ZERO),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => Std::ZERO,
+    }
 }
 
 #[cfg(test)]
@@ -769,6 +829,59 @@ mod tests {
         );
         assert_eq!(q.stable.as_deref(), Some(r#"e{w="checkout"}"#));
         assert_eq!(q.canary_total, None);
+    }
+
+    #[test]
+    fn a_count_query_is_rendered_for_every_metric_that_declares_one() {
+        let plain = MetricSpec {
+            name: "errors".into(),
+            ..MetricSpec::default()
+        };
+        let t = template(r#"e{w="{{ workload }}"}"#, Some(r#"t{w="{{ workload }}"}"#));
+        let q = queries(&plain, Some(&t), &vars()).unwrap();
+        assert_eq!(q.canary_total.as_deref(), Some(r#"t{w="checkout-canary"}"#));
+        assert_eq!(q.stable_total, None, "no comparison: no stable side");
+        let compared = MetricSpec {
+            compare: Some(Comparison {
+                method: ComparisonMethod::Difference,
+                max_difference: Some(0.01),
+                ..Comparison::default()
+            }),
+            ..plain
+        };
+        let q = queries(&compared, Some(&t), &vars()).unwrap();
+        assert_eq!(q.stable_total.as_deref(), Some(r#"t{w="checkout"}"#));
+    }
+
+    #[test]
+    fn the_window_is_the_furthest_back_a_query_reads() {
+        let secs = std::time::Duration::from_secs;
+        for (query, window) in [
+            ("up", secs(0)),
+            ("sum(rate(x[30s]))", secs(30)),
+            ("sum(rate(x[30s] offset 1m)) / sum(rate(y[2m]))", secs(120)),
+            ("rate(x[30s] offset 1m)", secs(90)),
+            ("max_over_time(rate(x[1m])[5m:30s])", secs(360)),
+            (
+                "histogram_quantile(0.99, sum by (le) (rate(b[45s])))",
+                secs(45),
+            ),
+            (
+                "(a or vector(0)) and on () (sum(increase(t[10s])) >= 100)",
+                secs(10),
+            ),
+            ("x offset 2m", secs(120)),
+        ] {
+            assert_eq!(parse_window(query), Ok(window), "{query}");
+        }
+    }
+
+    #[test]
+    fn a_query_that_is_not_promql_is_refused_with_the_parsers_reason() {
+        for query in ["sum(rate(x[1m])", "rate(x)", "x{a=}", "sum(x) by", "1 +"] {
+            let error = parse_window(query).expect_err(query);
+            assert!(!error.reason.is_empty(), "{query}");
+        }
     }
 
     #[test]

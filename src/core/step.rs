@@ -10,6 +10,17 @@
 //! (I3) or one that is stable; no step advances before its interval since `stepStartedAt` (I4);
 //! at most one `SetTarget` per decision, carrying the observed resourceVersion (I6).
 //!
+//! Clocks: the write that starts a step (the route's new weight, or the canary's new size with the
+//! replica-ratio router), the promotion (the target's release) or a revision (its canary's
+//! creation) carries `starts_clock`; the decision sets the clock to `now`, and the executor moves
+//! it to the moment that write was acknowledged before the status is persisted ([`super::Clock`]).
+//! `now` comes at the microsecond precision status keeps, so a clock read back is the clock decided.
+//!
+//! Status writes: a decision that writes nothing, tells nothing and changes no field of status
+//! keeps the message and conditions it found (see `settle_message`), so waiting (for pods, for the
+//! next check, for a rollout to finish) costs no status write; each transition says its own
+//! message.
+//!
 //! Choices worth knowing:
 //! - Promotion reuses `stepStartedAt` as its clock. A promotion still rolling after
 //!   `progressDeadline` is not rolled back (the stable Deployment already runs part of the new
@@ -38,11 +49,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{self, Status, Update};
 use super::validate::{self, FieldError, Resolved, Router, Strategy};
-use super::{Action, Decision, Due, Event, Observations, TargetState, plan, verdict};
+use super::{Action, Decision, Due, Event, Observations, Sample, TargetState, plan, verdict};
 use crate::api::names::condition;
 use crate::api::{
     CanarySpec, CanaryStatus, CommandAck, CommandAction, HoldMode, HookRecord, HookType, Phase,
-    UnknownOutcome, Verdict,
+    RejectedQuery, UnknownOutcome, Verdict,
 };
 
 /// Checks kept in `status.analysis`.
@@ -62,6 +73,9 @@ pub fn due(
     let Ok(resolved) = validate::resolve(spec, observed) else {
         return Due::default();
     };
+    if !refused_queries(&resolved, status).is_empty() {
+        return Due::default();
+    }
     let Some(target) = &observed.target else {
         return Due::default();
     };
@@ -147,6 +161,12 @@ pub fn step(
             return machine.decision();
         }
     };
+    let refused = refused_queries(&resolved, &machine.status);
+    if !refused.is_empty() {
+        machine.invalid(&refused);
+        return machine.decision();
+    }
+    machine.status.rejected_queries.clear();
     machine.status.step_count = step_count(&resolved.strategy);
     if machine.phase() == Phase::Invalid {
         machine.recover_from_invalid();
@@ -154,6 +174,7 @@ pub fn step(
     let Some(target) = observed.target.clone() else {
         machine.target_missing(&resolved);
         machine.conditions(Some("TargetNotFound"));
+        machine.settle_message();
         return machine.decision();
     };
     if observed.router.missing {
@@ -163,17 +184,24 @@ pub fn step(
         );
         machine.requeue_in(MISSING_RETRY);
         machine.conditions(Some("RouterNotFound"));
+        machine.settle_message();
         return machine.decision();
     }
     if !machine.command(&resolved, &target) {
         machine.dispatch(&resolved, &target);
     }
-    machine.conditions(None);
+    // A check whose query the provider refused made the spec invalid: its conditions are set.
+    if machine.phase() != Phase::Invalid {
+        machine.conditions(None);
+    }
+    machine.settle_message();
     machine.decision()
 }
 
 struct Machine<'a> {
     status: CanaryStatus,
+    /// The status as found, before this decision.
+    found: &'a CanaryStatus,
     observed: &'a Observations,
     now: Timestamp,
     actions: Vec<Action>,
@@ -186,12 +214,13 @@ struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
-    fn new(status: &CanaryStatus, observed: &'a Observations, now: Timestamp) -> Self {
-        let mut status = status.clone();
+    fn new(found: &'a CanaryStatus, observed: &'a Observations, now: Timestamp) -> Self {
+        let mut status = found.clone();
         status.observed_generation = Some(observed.generation);
         status.hold_mode = Some(observed.hold_mode);
         Self {
             status,
+            found,
             observed,
             now,
             actions: Vec::new(),
@@ -242,8 +271,45 @@ impl<'a> Machine<'a> {
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
+    /// Looks again at `at`, to the moment when it is still ahead (a step or deadline must not wait
+    /// a second longer than it lasts); when it has passed, as [`Self::requeue_in`] would.
     fn requeue_at(&mut self, at: Timestamp) {
-        self.requeue_in(until(self.now, at));
+        let after = until(self.now, at);
+        if after.is_zero() {
+            self.requeue_in(after);
+        } else {
+            let after = after.max(StdDuration::from_millis(1));
+            self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+        }
+    }
+
+    /// Starts `clock` at this decision, and marks the last action pushed since `from` (the write
+    /// that puts the step's traffic in place, releases the target or creates the canary) as the
+    /// write whose acknowledgement starts it; the executor moves the clock to that moment. With
+    /// no such write (the traffic was already in place) the clock starts at the decision.
+    fn start_clock(&mut self, clock: super::Clock, from: usize) {
+        let at = Some(Time(self.now));
+        match clock {
+            super::Clock::Step => self.status.step_started_at = at,
+            super::Clock::Revision => self.status.revision_started_at = at,
+        }
+        if let Some(write) = self.actions.get_mut(from..).and_then(<[Action]>::last_mut) {
+            write.start_clock(clock);
+        }
+    }
+
+    /// A decision that writes nothing to the cluster, emits no event and changes no field of
+    /// status but the message keeps the message (and the conditions that repeat it) it found:
+    /// waiting for pods, for the next check or for a rollout to finish is not news, and a message
+    /// that changed with a pod count or a time would make every reconcile a status write.
+    fn settle_message(&mut self) {
+        if !self.actions.is_empty() || !self.events.is_empty() {
+            return;
+        }
+        if without_messages(&self.status) == without_messages(self.found) {
+            self.status.message = self.found.message.clone();
+            self.status.conditions = self.found.conditions.clone();
+        }
     }
 
     fn hold_paused_at_rest(&self) -> bool {
@@ -264,6 +330,7 @@ impl<'a> Machine<'a> {
             resource_version: target.resource_version.clone(),
             labelled,
             paused,
+            starts_clock: None,
         });
     }
 
@@ -285,6 +352,7 @@ impl<'a> Machine<'a> {
                 self.actions.push(Action::SetRoute {
                     canary_weight: weight,
                     matches,
+                    starts_clock: None,
                 });
             }
         }
@@ -303,6 +371,7 @@ impl<'a> Machine<'a> {
             | Router::Service => self.actions.push(Action::SetRoute {
                 canary_weight: 0,
                 matches: Vec::new(),
+                starts_clock: None,
             }),
         }
     }
@@ -314,7 +383,10 @@ impl<'a> Machine<'a> {
             .as_ref()
             .is_some_and(|c| c.replicas > 0)
         {
-            self.actions.push(Action::ScaleCanary { replicas: 0 });
+            self.actions.push(Action::ScaleCanary {
+                replicas: 0,
+                starts_clock: None,
+            });
         }
     }
 
@@ -326,7 +398,10 @@ impl<'a> Machine<'a> {
         match &resolved.router {
             Router::None => {
                 if current != replicas {
-                    self.actions.push(Action::ScaleCanary { replicas });
+                    self.actions.push(Action::ScaleCanary {
+                        replicas,
+                        starts_clock: None,
+                    });
                 }
             }
             Router::GatewayApi(_)
@@ -336,7 +411,10 @@ impl<'a> Machine<'a> {
             | Router::Traefik(_)
             | Router::Service => {
                 if current < replicas {
-                    self.actions.push(Action::ScaleCanary { replicas });
+                    self.actions.push(Action::ScaleCanary {
+                        replicas,
+                        starts_clock: None,
+                    });
                 }
                 self.route(resolved, weight);
             }
@@ -364,6 +442,11 @@ impl<'a> Machine<'a> {
     /// First sight: the current template is adopted as stable without analysis.
     fn initialize(&mut self, resolved: &Resolved, target: &TargetState) {
         if self.status.stable_revision.is_none() {
+            // The canary Service belongs to the Canary, not to a rollout: written here once, a
+            // rollout finds it in place.
+            if self.observed.canary_service == super::CanaryServiceState::Stale {
+                self.actions.push(Action::ApplyCanaryService);
+            }
             self.status.stable_revision = Some(target.revision.clone());
             self.status.revision = Some(target.revision.clone());
             self.event(
@@ -455,7 +538,6 @@ impl<'a> Machine<'a> {
         let status = &mut self.status;
         status.phase = Some(Phase::Progressing);
         status.revision = Some(revision.clone());
-        status.revision_started_at = Some(Time(self.now));
         status.step_index = 0;
         status.canary_weight = 0;
         status.step_started_at = None;
@@ -466,11 +548,17 @@ impl<'a> Machine<'a> {
         status.paused = false;
         status.hooks.clear();
         let replicas = canary_replicas(resolved, target, first_weight(resolved));
-        self.actions.push(Action::ApplyCanaryService);
+        if self.observed.canary_service != super::CanaryServiceState::Current {
+            self.actions.push(Action::ApplyCanaryService);
+        }
+        let from = self.actions.len();
         self.actions.push(Action::ApplyCanary {
             revision: revision.clone(),
             replicas,
+            starts_clock: None,
         });
+        // The progress deadline counts from the canary's creation.
+        self.start_clock(super::Clock::Revision, from);
         self.event(
             false,
             "CanaryStarted",
@@ -510,16 +598,20 @@ impl<'a> Machine<'a> {
         }
         let want = step_weight(resolved, &self.status);
         if self.status.canary_weight != want || !carries(resolved, self.observed, target, want) {
-            if self.status.canary_weight != want || withdrawn_match(resolved, self.observed) {
-                // Traffic was withdrawn (or never set): the step's clock starts again (I4).
-                self.status.step_started_at = Some(Time(self.now));
+            let restored =
+                self.status.canary_weight != want || withdrawn_match(resolved, self.observed);
+            let from = self.actions.len();
+            self.set_traffic(resolved, target, want);
+            if restored {
+                // Traffic was withdrawn (or never set): the step's clock starts again, once the
+                // route carries it (I4).
+                self.start_clock(super::Clock::Step, from);
                 self.event(
                     false,
                     "TrafficRestored",
                     format!("revision {revision}: {want}% of traffic to the canary again"),
                 );
             }
-            self.set_traffic(resolved, target, want);
             self.say(format!(
                 "revision {revision}: setting the canary weight to {want}%"
             ));
@@ -581,6 +673,7 @@ impl<'a> Machine<'a> {
             self.actions.push(Action::ApplyCanary {
                 revision,
                 replicas: canary_replicas(resolved, target, first_weight(resolved)),
+                starts_clock: None,
             });
         }
     }
@@ -649,8 +742,9 @@ impl<'a> Machine<'a> {
         }
         let weight = first_weight(resolved);
         self.status.step_index = 0;
-        self.status.step_started_at = Some(Time(self.now));
+        let from = self.actions.len();
         self.set_traffic(resolved, target, weight);
+        self.start_clock(super::Clock::Step, from);
         self.event(
             false,
             "TrafficShifted",
@@ -729,6 +823,37 @@ impl<'a> Machine<'a> {
     fn judge_checks(&mut self, resolved: &Resolved, target: &TargetState) {
         let revision = self.revision();
         let results = self.observed.checks.clone().unwrap_or_default();
+        // A query the provider refused is a spec error, not a measurement to wait out.
+        let rejected: Vec<RejectedQuery> = resolved
+            .metrics
+            .iter()
+            .filter_map(|metric| {
+                let result = results.iter().find(|r| r.metric == metric.name)?;
+                let reason = [
+                    Some(&result.canary),
+                    result.stable.as_ref(),
+                    result.canary_total.as_ref(),
+                    result.stable_total.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                .find_map(|sample| match sample {
+                    Sample::Invalid(reason) => Some(reason.clone()),
+                    _ => None,
+                })?;
+                Some(RejectedQuery {
+                    metric: metric.name.clone(),
+                    query: query_fingerprint(metric),
+                    reason,
+                })
+            })
+            .collect();
+        if !rejected.is_empty() {
+            self.status.rejected_queries = rejected;
+            let errors = refused_queries(resolved, &self.status);
+            self.invalid(&errors);
+            return;
+        }
         let mut failures = Vec::new();
         let mut unknowns = Vec::new();
         for metric in &resolved.metrics {
@@ -891,8 +1016,9 @@ impl<'a> Machine<'a> {
 
     fn advance(&mut self, resolved: &Resolved, target: &TargetState, next: usize, weight: i32) {
         self.status.step_index = i32::try_from(next).unwrap_or(i32::MAX);
-        self.status.step_started_at = Some(Time(self.now));
+        let from = self.actions.len();
         self.set_traffic(resolved, target, weight);
+        self.start_clock(super::Clock::Step, from);
         let revision = self.revision();
         self.event(
             false,
@@ -979,8 +1105,10 @@ impl<'a> Machine<'a> {
     fn begin_promotion(&mut self, target: &TargetState, why: &str) {
         let revision = self.revision();
         self.status.phase = Some(Phase::Promoting);
-        self.status.step_started_at = Some(Time(self.now));
+        let from = self.actions.len();
         self.set_target(target, true, false);
+        // The promotion's clock (the progress deadline) starts when the target is released.
+        self.start_clock(super::Clock::Step, from);
         self.event(
             false,
             "PromotionStarted",
@@ -1042,7 +1170,10 @@ impl<'a> Machine<'a> {
         let revision = self.revision();
         self.route_to_stable(resolved);
         self.set_target(target, true, self.hold_paused_at_rest());
-        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        self.actions.push(Action::ScaleCanary {
+            replicas: 0,
+            starts_clock: None,
+        });
         self.status.canary_weight = 0;
         self.status.stable_revision = Some(revision.clone());
         self.status.phase = Some(Phase::Succeeded);
@@ -1065,7 +1196,10 @@ impl<'a> Machine<'a> {
     ) {
         let revision = self.revision();
         self.route_to_stable(resolved);
-        self.actions.push(Action::ScaleCanary { replicas: 0 });
+        self.actions.push(Action::ScaleCanary {
+            replicas: 0,
+            starts_clock: None,
+        });
         self.set_target(target, true, true);
         self.status.canary_weight = 0;
         self.status.failed_revision = Some(revision.clone());
@@ -1357,6 +1491,7 @@ impl<'a> Machine<'a> {
                 resource_version: target.resource_version.clone(),
                 labelled: false,
                 paused: false,
+                starts_clock: None,
             });
         }
         self.actions.push(Action::RemoveFinalizer);
@@ -1534,6 +1669,16 @@ impl<'a> Machine<'a> {
 
 // ---- Shared predicates (used by both `due` and `step`, so they cannot disagree) -----------------
 
+/// A status with its message, and the conditions' messages that repeat it, left out.
+fn without_messages(status: &CanaryStatus) -> CanaryStatus {
+    let mut status = status.clone();
+    status.message = None;
+    for condition in &mut status.conditions {
+        condition.message.clear();
+    }
+    status
+}
+
 fn ts(time: &Option<Time>) -> Option<Timestamp> {
     time.as_ref().map(|t| t.0)
 }
@@ -1626,12 +1771,67 @@ fn carries(
     }
 }
 
+/// When the next check may run. Its evidence must lie wholly inside the time the canary has
+/// carried its current traffic, and must not overlap the previous check's: so the first check of
+/// a step waits the longest window any metric's query reads, and each later one waits
+/// `max(interval, window)` after the last (a burst of errors is counted once, not by every
+/// window that sees it).
 fn next_check_at(resolved: &Resolved, status: &CanaryStatus) -> Timestamp {
-    let from = match (ts(&status.last_check_at), ts(&status.step_started_at)) {
-        (Some(a), Some(b)) => a.max(b),
-        (a, b) => a.or(b).unwrap_or(Timestamp::MIN),
-    };
-    after(from, resolved.interval)
+    let window = check_window(resolved);
+    let started = ts(&status.step_started_at);
+    let last = ts(&status.last_check_at).filter(|last| started.is_none_or(|s| *last > s));
+    match (last, started) {
+        (Some(last), _) => after(last, resolved.interval.max(window)),
+        (None, Some(started)) => after(started, resolved.interval.max(window)),
+        (None, None) => Timestamp::MIN,
+    }
+}
+
+/// The longest window any metric's queries read.
+fn check_window(resolved: &Resolved) -> StdDuration {
+    resolved
+        .metrics
+        .iter()
+        .map(|m| m.window)
+        .max()
+        .unwrap_or(StdDuration::ZERO)
+}
+
+/// A metric's query as the provider refusals remember it: the query and its count query.
+fn query_fingerprint(metric: &validate::ResolvedMetric) -> String {
+    format!(
+        "{}\n\n{}",
+        metric.query,
+        metric.total_query.as_deref().unwrap_or_default()
+    )
+}
+
+/// The metrics whose current query the provider has refused (and not been changed since), as
+/// spec errors naming each.
+fn refused_queries(resolved: &Resolved, status: &CanaryStatus) -> Vec<FieldError> {
+    resolved
+        .metrics
+        .iter()
+        .enumerate()
+        .filter_map(|(i, metric)| {
+            let refused = status
+                .rejected_queries
+                .iter()
+                .find(|r| r.metric == metric.name && r.query == query_fingerprint(metric))?;
+            let field = if metric.template.is_some() {
+                format!("spec.analysis.metrics[{i}].templateRef.name")
+            } else {
+                format!("spec.analysis.metrics[{i}].query")
+            };
+            Some(FieldError::new(
+                field,
+                format!(
+                    "the metrics provider refused the query of metric {:?} as invalid: {}",
+                    metric.name, refused.reason
+                ),
+            ))
+        })
+        .collect()
 }
 
 fn check_due(

@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_WEIGHT: i32 = 50;
 pub const DEFAULT_HOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Confidence of the two-proportion test when the metric sets none.
 pub const DEFAULT_CONFIDENCE: f64 = 0.95;
-/// Fewest canary requests for a comparison verdict when the metric sets none.
+/// Fewest requests (as the count query counts them) for a verdict when the metric sets none.
 pub const DEFAULT_MIN_SAMPLES: i64 = 50;
 
 /// One reason a spec cannot be acted on.
@@ -135,9 +135,38 @@ pub struct ResolvedMetric {
     pub max: Option<f64>,
     /// The window substituted for `{{ interval }}`.
     pub interval: std::time::Duration,
+    /// How far back the rendered queries read (their largest `offset + range`, parsed): a check
+    /// waits until this much time has passed since the canary began carrying its current
+    /// traffic, and checks of a step never read overlapping windows.
+    pub window: std::time::Duration,
+    /// Fewest requests counted by `total_query` (each side, with a comparison) for a verdict.
+    pub min_samples: i64,
     pub on_no_data: OnNoData,
     pub compare: Option<Comparison>,
     pub provider: Option<ProviderSpec>,
+}
+
+impl ResolvedMetric {
+    /// The queries one check of this metric runs, rendered for `vars`.
+    pub fn queries(
+        &self,
+        vars: &super::query::Variables,
+    ) -> Result<super::query::Queries, super::query::RenderQueryError> {
+        let spec = crate::api::MetricSpec {
+            name: self.name.clone(),
+            template_ref: None,
+            query: Some(self.query.clone()),
+            total_query: self.total_query.clone(),
+            args: self.args.clone(),
+            min: self.min,
+            max: self.max,
+            min_samples: Some(self.min_samples),
+            interval: Some(self.interval.into()),
+            on_no_data: Some(self.on_no_data),
+            compare: self.compare.clone(),
+        };
+        super::query::queries(&spec, None, vars)
+    }
 }
 
 /// Merges the policy into the Canary's spec, applies defaults and checks every bound.
@@ -202,6 +231,7 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
                 }
             },
         };
+        let errors_before = errors.len();
         let mut args = BTreeMap::new();
         if let Some(template) = template {
             for arg in &template.args {
@@ -252,6 +282,31 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
                 "compare.method TwoProportion needs totalQuery (the total request count)",
             ));
         }
+        let metric_interval = metric.interval.map_or(interval, |d| d.as_std());
+        // Only a metric that is otherwise whole is rendered: a missing argument is reported once.
+        let window = if errors.len() > errors_before {
+            std::time::Duration::ZERO
+        } else {
+            match rendered_window(
+                metric,
+                template,
+                &spec.target_ref.name,
+                metric_interval,
+                &path,
+            ) {
+                Ok(window) => window,
+                Err(error) => {
+                    errors.push(error);
+                    continue;
+                }
+            }
+        };
+        let min_samples = metric
+            .min_samples
+            .or(metric.compare.as_ref().and_then(|c| c.min_samples))
+            .or(template.and_then(|t| t.min_samples))
+            .or(compare.as_ref().and_then(|c| c.min_samples))
+            .unwrap_or(DEFAULT_MIN_SAMPLES);
         metrics.push(ResolvedMetric {
             name: metric.name.clone(),
             template: metric.template_ref.clone(),
@@ -260,7 +315,9 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
             args,
             min,
             max,
-            interval: metric.interval.map_or(interval, |d| d.as_std()),
+            interval: metric_interval,
+            window,
+            min_samples,
             on_no_data: metric
                 .on_no_data
                 .or(template.and_then(|t| t.on_no_data))
@@ -316,6 +373,69 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
         manual_promotion: merged.manual_promotion.unwrap_or(false),
         skip_analysis: merged.skip_analysis.unwrap_or(false),
     })
+}
+
+/// Renders the metric's queries as a check would (with placeholder names where the spec has none)
+/// and parses them: a query that does not render or parse is a spec error naming the metric, found
+/// before anything is sent. Returns the window the queries read.
+fn rendered_window(
+    metric: &crate::api::MetricSpec,
+    template: Option<&TemplateSpec>,
+    target: &str,
+    interval: std::time::Duration,
+    path: &str,
+) -> Result<std::time::Duration, FieldError> {
+    use super::query;
+    let target = if target.is_empty() { "target" } else { target };
+    let vars = query::Variables {
+        namespace: "default".into(),
+        target: target.to_owned(),
+        canary: crate::api::names::canary_name(target),
+        stable: target.to_owned(),
+        service: target.to_owned(),
+        interval,
+        revision: "0123456789".into(),
+    };
+    let field = |which: &str, inline: bool| match (&metric.template_ref, inline) {
+        (Some(t), false) => (
+            format!("{path}.templateRef.name"),
+            format!("the {which} of template {:?}", t.name),
+        ),
+        (_, _) => (format!("{path}.{which}"), format!("the {which}")),
+    };
+    let queries = query::queries(metric, template, &vars).map_err(|error| {
+        let (field, _) = field("query", metric.query.is_some());
+        FieldError::new(field, error.to_string())
+    })?;
+    let mut window = std::time::Duration::ZERO;
+    let sides = [
+        ("query", metric.query.is_some(), Some(&queries.canary)),
+        ("query", metric.query.is_some(), queries.stable.as_ref()),
+        (
+            "totalQuery",
+            metric.total_query.is_some(),
+            queries.canary_total.as_ref(),
+        ),
+        (
+            "totalQuery",
+            metric.total_query.is_some(),
+            queries.stable_total.as_ref(),
+        ),
+    ];
+    for (which, inline, rendered) in sides {
+        let Some(rendered) = rendered else { continue };
+        match query::parse_window(rendered) {
+            Ok(read) => window = window.max(read),
+            Err(error) => {
+                let (field, what) = field(which, inline);
+                return Err(FieldError::new(
+                    field,
+                    format!("{what} of metric {:?}: {error}", metric.name),
+                ));
+            }
+        }
+    }
+    Ok(window)
 }
 
 /// Every top-level field set in `own` overrides the policy's; inside `analysis`, each field set.
@@ -735,5 +855,55 @@ pub fn template(spec: &TemplateSpec, prefix: &str) -> Vec<FieldError> {
             );
         }
     }
+    for (field, query) in [
+        ("query", Some(&spec.query)),
+        ("totalQuery", spec.total_query.as_ref()),
+    ] {
+        if let Some(query) = query.filter(|q| !q.is_empty())
+            && let Some(reason) = template_query_error(spec, query)
+        {
+            err(format!("{prefix}.{field}"), reason);
+        }
+    }
     errors
+}
+
+/// Renders a template's query with sample values (each argument's default, else a sample that
+/// fits where a label name or a number goes) and parses it; the reason when no sample parses.
+fn template_query_error(spec: &TemplateSpec, query: &str) -> Option<String> {
+    use super::query;
+    let vars = query::Variables {
+        namespace: "default".into(),
+        target: "web".into(),
+        canary: crate::api::names::canary_name("web"),
+        stable: "web".into(),
+        service: "web".into(),
+        interval: DEFAULT_INTERVAL,
+        revision: "0123456789".into(),
+    };
+    let mut last = None;
+    for sample in ["x", "1"] {
+        let args: BTreeMap<String, String> = spec
+            .args
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.default.clone().unwrap_or_else(|| sample.into()),
+                )
+            })
+            .collect();
+        let rendered = match query::render(query, &vars, query::Workload::Canary, &args) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                last = Some(error.to_string());
+                continue;
+            }
+        };
+        match query::parse_window(&rendered) {
+            Ok(_) => return None,
+            Err(error) => last = Some(error.to_string()),
+        }
+    }
+    last
 }

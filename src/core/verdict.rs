@@ -8,7 +8,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::validate::{DEFAULT_CONFIDENCE, DEFAULT_MIN_SAMPLES, ResolvedMetric};
+use super::validate::{DEFAULT_CONFIDENCE, ResolvedMetric};
 use super::{MetricResult, Sample};
 use crate::api::{CheckRecord, Comparison, ComparisonMethod, OnNoData, Verdict};
 
@@ -38,11 +38,16 @@ impl Judgement {
     }
 }
 
-/// Judges one metric's samples.
+/// Judges one metric's samples. Evidence comes first: with a count query, a side with fewer than
+/// `minSamples` requests in the window gives Unknown whatever its value says.
 pub fn judge(metric: &ResolvedMetric, result: &MetricResult) -> Judgement {
+    if let Some(missing) = thin_evidence(metric, result) {
+        return missing;
+    }
     let value = match read(&result.canary, "canary") {
         Read::Value(v) => v,
-        Read::NoData => return no_data(metric.on_no_data, "canary"),
+        Read::NoData => return no_data(metric.on_no_data, "canary", "no data"),
+        Read::NaN => return no_data(metric.on_no_data, "canary", "NaN"),
         Read::Unknown(reason) => return Judgement::unknown(reason),
     };
     let range = range_verdict(metric.min, metric.max, value);
@@ -109,40 +114,73 @@ fn combine(range: Verdict, compared: Verdict, has_range: bool) -> Verdict {
 enum Read {
     Value(f64),
     NoData,
+    NaN,
     Unknown(String),
 }
 
 fn read(sample: &Sample, side: &str) -> Read {
     match sample {
-        Sample::Value(v) if v.is_nan() => Read::Unknown(nan_reason(side)),
+        Sample::Value(v) if v.is_nan() => Read::NaN,
+        // No limit may pass an infinity (a `min`-only limit would pass +Inf): it is no measurement.
+        Sample::Value(v) if v.is_infinite() => Read::Unknown(format!(
+            "the {side} query returned {} (often x/0: errors counted but no requests in the window)",
+            if *v > 0.0 { "+Inf" } else { "-Inf" }
+        )),
         Sample::Value(v) => Read::Value(*v),
         Sample::NoData => Read::NoData,
-        Sample::NaN => Read::Unknown(nan_reason(side)),
+        Sample::NaN => Read::NaN,
         Sample::Several(n) => Read::Unknown(format!(
             "the {side} query returned {n} series; aggregate it to a single value (for example with sum() or max())"
         )),
         Sample::Error(e) => Read::Unknown(format!(
             "the metrics provider failed for the {side} query: {e}"
         )),
+        Sample::Invalid(e) => Read::Unknown(format!(
+            "the metrics provider refused the {side} query as invalid: {e}"
+        )),
     }
 }
 
-fn nan_reason(side: &str) -> String {
-    format!("the {side} query returned NaN (often 0/0: no traffic in the window)")
+/// With a count query: Unknown unless every side it counts holds at least `minSamples` requests
+/// in the window. A count that is not a number is no evidence either.
+fn thin_evidence(metric: &ResolvedMetric, result: &MetricResult) -> Option<Judgement> {
+    let need = metric.min_samples;
+    let stable = metric.compare.as_ref().and(result.stable_total.as_ref());
+    for (sample, side) in [(result.canary_total.as_ref(), "canary"), (stable, "stable")] {
+        let Some(sample) = sample else { continue };
+        let reason = match read(sample, &format!("{side} count")) {
+            Read::Value(n) if n >= need as f64 => continue,
+            Read::Value(n) => format!(
+                "{} {side} requests in the window, at least {need} needed",
+                n.max(0.0).floor()
+            ),
+            Read::NoData | Read::NaN => format!(
+                "the {side} count query returned no data: no {side} requests in the window, at least {need} needed"
+            ),
+            Read::Unknown(reason) => reason,
+        };
+        return Some(Judgement::unknown(reason));
+    }
+    None
 }
 
-fn no_data(on_no_data: OnNoData, side: &str) -> Judgement {
-    let (verdict, what) = match on_no_data {
+fn no_data(on_no_data: OnNoData, side: &str, what: &str) -> Judgement {
+    let (verdict, meaning) = match on_no_data {
         OnNoData::Hold => (Verdict::Unknown, "held as Unknown (onNoData: Hold)"),
         OnNoData::Fail => (Verdict::Fail, "counted as a failure (onNoData: Fail)"),
         OnNoData::Pass => (Verdict::Pass, "counted as a pass (onNoData: Pass)"),
+    };
+    let why = if what == "NaN" {
+        " (often 0/0: no traffic in the window)"
+    } else {
+        ""
     };
     Judgement {
         verdict,
         value: None,
         stable_value: None,
         limit: None,
-        reason: format!("the {side} query returned no data, {what}"),
+        reason: format!("the {side} query returned {what}{why}, {meaning}"),
     }
 }
 
@@ -163,29 +201,13 @@ fn comparison(compare: &Comparison, canary: f64, result: &MetricResult) -> Judge
     let stable = match result.stable.as_ref().map(|s| read(s, "stable")) {
         None => return Judgement::unknown("no stable value to compare against"),
         Some(Read::Value(v)) => v,
-        Some(Read::NoData) => {
-            return Judgement::unknown("the stable query returned no data; cannot compare");
+        Some(Read::NoData | Read::NaN) => {
+            return Judgement::unknown("the stable query returned no data or NaN; cannot compare");
         }
         Some(Read::Unknown(reason)) => return Judgement::unknown(reason),
     };
-    let min_samples = compare.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES);
     match compare.method {
         ComparisonMethod::Difference | ComparisonMethod::Ratio => {
-            if let Some(total) = &result.canary_total {
-                match read(total, "canary total") {
-                    Read::Value(n) if n < min_samples as f64 => {
-                        return Judgement {
-                            stable_value: Some(stable),
-                            ..Judgement::unknown(format!(
-                                "only {n} canary requests, fewer than minSamples {min_samples}"
-                            ))
-                        };
-                    }
-                    Read::Value(_) => {}
-                    Read::NoData => return Judgement::unknown("the canary total returned no data"),
-                    Read::Unknown(reason) => return Judgement::unknown(reason),
-                }
-            }
             if compare.method == ComparisonMethod::Difference {
                 let max = compare.max_difference.unwrap_or(0.0);
                 let verdict = if canary <= stable + max {
@@ -247,7 +269,7 @@ fn two_proportion(
 ) -> Judgement {
     let total = |sample: &Option<Sample>, side: &str| match sample.as_ref().map(|s| read(s, side)) {
         Some(Read::Value(v)) => Ok(v),
-        None | Some(Read::NoData) => Err(format!("the {side} query returned no data")),
+        None | Some(Read::NoData | Read::NaN) => Err(format!("the {side} query returned no data")),
         Some(Read::Unknown(reason)) => Err(reason),
     };
     let (nc, ns) = match (
@@ -258,7 +280,6 @@ fn two_proportion(
         (Err(reason), _) | (_, Err(reason)) => return Judgement::unknown(reason),
     };
     let confidence = compare.confidence.unwrap_or(DEFAULT_CONFIDENCE);
-    let min_samples = compare.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES);
     let counts = format!("canary {canary}/{nc} failed, stable {stable}/{ns} failed");
     let base = Judgement {
         verdict: Verdict::Unknown,
@@ -269,11 +290,10 @@ fn two_proportion(
         )),
         reason: String::new(),
     };
-    if nc < min_samples as f64 || ns <= 0.0 {
+    // `judge` has already held both totals to minSamples; a zero total is still no evidence.
+    if nc <= 0.0 || ns <= 0.0 {
         return Judgement {
-            reason: format!(
-                "TwoProportion: too few requests for a verdict ({counts}; minSamples {min_samples})"
-            ),
+            reason: format!("TwoProportion: too few requests for a verdict ({counts})"),
             ..base
         };
     }
@@ -399,6 +419,8 @@ mod tests {
             min,
             max,
             interval: std::time::Duration::from_secs(60),
+            window: std::time::Duration::from_secs(60),
+            min_samples: 100,
             on_no_data: OnNoData::Hold,
             compare: None,
             provider: None,
@@ -479,12 +501,91 @@ mod tests {
     }
 
     #[test]
-    fn nan_is_unknown_whether_sent_as_nan_or_as_a_value() {
-        for sample in [Sample::NaN, Sample::Value(f64::NAN)] {
-            let j = judge(&metric(None, Some(1.0)), &result(sample));
-            assert_eq!(j.verdict, Verdict::Unknown);
-            assert!(j.reason.contains("NaN"));
+    fn nan_follows_on_no_data_whether_sent_as_nan_or_as_a_value() {
+        for (on, expected) in [
+            (OnNoData::Hold, Verdict::Unknown),
+            (OnNoData::Fail, Verdict::Fail),
+            (OnNoData::Pass, Verdict::Pass),
+        ] {
+            for sample in [Sample::NaN, Sample::Value(f64::NAN)] {
+                let m = ResolvedMetric {
+                    on_no_data: on,
+                    ..metric(None, Some(1.0))
+                };
+                let j = judge(&m, &result(sample));
+                assert_eq!(j.verdict, expected, "{on:?}");
+                assert!(j.reason.contains("NaN"), "{}", j.reason);
+            }
         }
+    }
+
+    #[test]
+    fn an_infinity_is_unknown_even_where_the_limit_would_pass_it() {
+        for (min, max, value) in [
+            (Some(0.99), None, f64::INFINITY),
+            (None, Some(0.05), f64::NEG_INFINITY),
+            (Some(0.0), Some(1.0), f64::INFINITY),
+            (None, None, f64::INFINITY),
+        ] {
+            let j = judge(&metric(min, max), &result(Sample::Value(value)));
+            assert_eq!(j.verdict, Verdict::Unknown, "{min:?} {max:?} {value}");
+            assert!(j.reason.contains("Inf"), "{}", j.reason);
+        }
+    }
+
+    #[test]
+    fn a_check_with_fewer_requests_than_min_samples_is_unknown_whatever_its_value() {
+        let m = metric(None, Some(0.05));
+        for (count, value) in [(38.0, 0.0), (99.9, 0.0), (38.0, 0.5)] {
+            let r = MetricResult {
+                canary_total: Some(Sample::Value(count)),
+                ..result(Sample::Value(value))
+            };
+            let j = judge(&m, &r);
+            assert_eq!(j.verdict, Verdict::Unknown, "{count} {value}");
+            assert!(
+                j.reason
+                    .contains("canary requests in the window, at least 100 needed"),
+                "{}",
+                j.reason
+            );
+        }
+        let enough = MetricResult {
+            canary_total: Some(Sample::Value(100.0)),
+            ..result(Sample::Value(0.2))
+        };
+        assert_eq!(judge(&m, &enough).verdict, Verdict::Fail);
+        let none = MetricResult {
+            canary_total: Some(Sample::NoData),
+            ..result(Sample::Value(0.0))
+        };
+        let j = judge(&m, &none);
+        assert_eq!(j.verdict, Verdict::Unknown);
+        assert!(j.reason.contains("no canary requests"), "{}", j.reason);
+    }
+
+    #[test]
+    fn a_comparison_needs_min_samples_on_both_sides() {
+        let m = compared(ComparisonMethod::Difference);
+        let with = |nc: f64, ns: f64| MetricResult {
+            stable: Some(Sample::Value(0.0)),
+            canary_total: Some(Sample::Value(nc)),
+            stable_total: Some(Sample::Value(ns)),
+            ..result(Sample::Value(0.0))
+        };
+        let j = judge(&m, &with(500.0, 20.0));
+        assert_eq!(j.verdict, Verdict::Unknown);
+        assert!(j.reason.contains("20 stable requests"), "{}", j.reason);
+        assert_eq!(judge(&m, &with(500.0, 500.0)).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_refused_query_is_never_a_pass() {
+        let j = judge(
+            &metric(None, Some(1.0)),
+            &result(Sample::Invalid("parse error".into())),
+        );
+        assert_eq!(j.verdict, Verdict::Unknown);
     }
 
     #[test]
@@ -590,7 +691,10 @@ mod tests {
         let m = compared(ComparisonMethod::TwoProportion);
         let j = judge(&m, &counts(10.0, 99.0, 0.0, 10000.0));
         assert_eq!(j.verdict, Verdict::Unknown);
-        assert!(j.reason.contains("minSamples 100"));
+        assert!(
+            j.reason
+                .contains("99 canary requests in the window, at least 100 needed")
+        );
     }
 
     #[test]

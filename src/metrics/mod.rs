@@ -3,7 +3,7 @@
 //! never judge it: the core gives the verdict.
 
 pub mod prometheus;
-pub mod template;
+pub use crate::core::query as template;
 
 pub use prometheus::{
     BeginCheckError, CheckKey, CreatePrometheusClientError, Credentials, InFlight, InFlightGuard,

@@ -235,6 +235,11 @@ impl MetricProvider for Prometheus {
         match tokio::time::timeout(self.timeout, request).await {
             Err(_elapsed) => Sample::Error(format!("timed out after {}", Duration(self.timeout))),
             Ok(Ok(result)) => sample(result.data()),
+            // `bad_data` is Prometheus refusing the query itself (it does not parse, or a range
+            // is malformed): no retry will change that, so it is a spec error, not Unknown.
+            Ok(Err(prometheus_http_query::Error::Prometheus(error))) if error.is_bad_data() => {
+                Sample::Invalid(truncate(error.message().to_owned()))
+            }
             Ok(Err(error)) => Sample::Error(reason(&error)),
         }
     }

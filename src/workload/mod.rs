@@ -25,7 +25,7 @@ pub use deployment::{
     CANARY_ROLE_LABEL, CANARY_ROLE_VALUE, canary_deployment, is_rolled_out, target_hold_patch,
     target_state, workload_state,
 };
-pub use service::{STABLE_SELECTOR_ANNOTATION, canary_service, stable_selector_of};
+pub use service::{STABLE_SELECTOR_ANNOTATION, canary_service, is_in_place, stable_selector_of};
 
 /// Longest value a label may have.
 const LABEL_VALUE_MAX: usize = 63;

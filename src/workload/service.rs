@@ -33,6 +33,34 @@ pub fn stable_selector_of(service: &Service) -> BTreeMap<String, String> {
     })
 }
 
+/// Whether `live` already carries everything `desired` sets (labels, owner, selector, ports, as
+/// the fields sluice writes), so applying `desired` again would change nothing.
+pub fn is_in_place(desired: &Service, live: &Service) -> bool {
+    let (Ok(desired), Ok(live)) = (serde_json::to_value(desired), serde_json::to_value(live))
+    else {
+        return false;
+    };
+    ["labels", "ownerReferences"]
+        .iter()
+        .all(|field| contains(&desired["metadata"][field], &live["metadata"][field]))
+        && contains(&desired["spec"], &live["spec"])
+}
+
+/// Every value of `part` is in `whole`: objects key by key, lists element by element (of the same
+/// length), anything else equal. The server's defaults in `whole` are ignored.
+fn contains(part: &serde_json::Value, whole: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (part, whole) {
+        (Value::Object(part), Value::Object(whole)) => part
+            .iter()
+            .all(|(key, value)| whole.get(key).is_some_and(|w| contains(value, w))),
+        (Value::Array(part), Value::Array(whole)) => {
+            part.len() == whole.len() && part.iter().zip(whole).all(|(p, w)| contains(p, w))
+        }
+        (part, whole) => part == whole,
+    }
+}
+
 /// The controller-owned `<service>-canary`: the stable Service's ports and a selector of the
 /// canary pods' rewritten labels.
 ///

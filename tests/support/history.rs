@@ -2,9 +2,13 @@
 //! the invariants can be checked on the whole history instead of on samples a poll may miss.
 //! The test cluster has one global resourceVersion, so sorting by it orders versions of
 //! different kinds as the server wrote them.
+//!
+//! Each version is timed: on the test cluster by the server's commit of it (before the write was
+//! answered, so no later than the moment the writer learnt it was acknowledged), on a real cluster
+//! by the arrival of its watch event.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -22,12 +26,16 @@ pub struct Version {
     pub kind: String,
     pub name: String,
     pub object: Value,
+    /// When its watch event arrived.
+    pub seen: SystemTime,
 }
 
 /// Records Deployments, ReplicaSets, HTTPRoutes and Canaries in the test namespace until dropped.
 pub struct History {
     log: Arc<Mutex<Vec<Version>>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The test cluster's commit times, when the history is of the test cluster.
+    clock: Option<sluice_testcluster::CommitClock>,
 }
 
 impl Drop for History {
@@ -43,6 +51,14 @@ fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource
 }
 
 impl History {
+    /// Records `cluster`, timing versions by the server's commits where it can (the test cluster).
+    pub fn record_on(cluster: &sluice_testcluster::TestCluster) -> History {
+        let mut history = History::record(cluster.client());
+        history.clock = cluster.commit_clock();
+        history
+    }
+
+    /// Records what `client` can watch, timing versions by the arrival of their watch events.
     pub fn record(client: kube::Client) -> History {
         let log = Arc::new(Mutex::new(Vec::new()));
         let resources = [
@@ -79,12 +95,28 @@ impl History {
                             kind: kind.clone(),
                             name,
                             object,
+                            seen: SystemTime::now(),
                         });
                     }
                 })
             })
             .collect();
-        History { log, tasks }
+        History {
+            log,
+            tasks,
+            clock: None,
+        }
+    }
+
+    /// When `version` was written: the server's commit on the test cluster, else the arrival of
+    /// its watch event.
+    pub fn written_at(&self, version: &Version) -> jiff::Timestamp {
+        let at = self
+            .clock
+            .as_ref()
+            .and_then(|clock| clock.committed_at(version.rv))
+            .unwrap_or(version.seen);
+        jiff::Timestamp::try_from(at).expect("a time after 1970")
     }
 
     /// Every version seen so far, in resourceVersion order, each once.
@@ -206,11 +238,32 @@ impl History {
         }
     }
 
-    /// I4 on the whole history: for each revision, step `k+1` starts at least `interval` after
-    /// step `k` started, each step index has one start time, and indices never go back or skip.
+    /// I4 on the whole history, with no tolerance: for each revision, its steps follow one another
+    /// in order (no restart, repeat or skip), and no step ends before `interval` has passed since
+    /// the acknowledged route write that started it. Checked three ways:
+    ///
+    /// - in status: step `k+1`'s `stepStartedAt` is at least `interval` after step `k`'s (both to
+    ///   the microsecond);
+    /// - on the route: the write that put step `k+1`'s weight in place (or, after the last step,
+    ///   the status write that leaves the steps for promotion) comes at least `interval` after the
+    ///   write that put step `k`'s weight in place;
+    /// - on the test cluster, where route writes are timed by the server's commit on the same
+    ///   clock as the controller's: each step's `stepStartedAt` is no earlier than the commit of
+    ///   the route write that started it (the clock starts when the write is acknowledged, not
+    ///   when it is decided), and the next step's route write comes no earlier than that
+    ///   `stepStartedAt` plus `interval`.
     pub fn assert_i4(&self, name: &str, interval: Duration) {
-        let mut starts: Vec<(String, i64, String)> = Vec::new();
-        for v in self.of("Canary", name) {
+        struct Step {
+            revision: String,
+            index: i64,
+            started: String,
+            weight: i32,
+            rv: u64,
+        }
+        let interval_span = jiff::SignedDuration::try_from(interval).expect("interval");
+        let canaries = self.of("Canary", name);
+        let mut steps: Vec<Step> = Vec::new();
+        for v in &canaries {
             let status = &v.object["status"];
             if status["phase"] != "Progressing" {
                 continue;
@@ -222,27 +275,135 @@ impl History {
             ) else {
                 continue;
             };
-            let entry = (revision.to_owned(), index, started.to_owned());
-            if !starts.contains(&entry) {
-                starts.push(entry);
+            let known = steps
+                .iter()
+                .any(|s| s.revision == revision && s.index == index && s.started == started);
+            if !known {
+                steps.push(Step {
+                    revision: revision.to_owned(),
+                    index,
+                    started: started.to_owned(),
+                    weight: status["canaryWeight"].as_i64().unwrap_or(0) as i32,
+                    rv: v.rv,
+                });
             }
         }
-        for pair in starts.windows(2) {
-            let ((rev_a, k_a, at_a), (rev_b, k_b, at_b)) = (&pair[0], &pair[1]);
-            if rev_a != rev_b {
-                continue;
+        let routes = self.of("HTTPRoute", name);
+        // The route write that put `weight` in place last before resourceVersion `rv`.
+        let route_write = |weight: i32, rv: u64| -> Option<&Version> {
+            let mut previous = None;
+            let mut found = None;
+            for route in routes.iter().take_while(|r| r.rv < rv) {
+                let w = route_canary_weight(&route.object, name);
+                if w == weight && previous != Some(weight) {
+                    found = Some(route);
+                }
+                previous = Some(w);
             }
+            found
+        };
+        let started_at =
+            |step: &Step| -> jiff::Timestamp { step.started.parse().expect("stepStartedAt") };
+        let starts: Vec<String> = steps
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} step {} at {} ({}%)",
+                    s.revision, s.index, s.started, s.weight
+                )
+            })
+            .collect();
+        for (i, step) in steps.iter().enumerate() {
+            let route = route_write(step.weight, step.rv);
+            if let (Some(clock), Some(route)) = (&self.clock, route) {
+                let committed = clock
+                    .committed_at(route.rv)
+                    .map(|at| jiff::Timestamp::try_from(at).expect("a time after 1970"));
+                if let Some(committed) = committed {
+                    assert!(
+                        started_at(step) >= committed,
+                        "I4: {} step {} started at {}, before its route write (rv {}) was committed at {committed}",
+                        step.revision,
+                        step.index,
+                        step.started,
+                        route.rv
+                    );
+                }
+            }
+            // What ends this step: the next step of the revision, or the status that leaves the
+            // steps (promotion, or waiting for it).
+            let next = steps.get(i + 1).filter(|n| n.revision == step.revision);
+            let (end_name, end_rv, end_weight) = match next {
+                Some(next) => {
+                    assert!(
+                        next.index == step.index + 1,
+                        "I4: revision {} went from step {} (started {}) to step {} (started {}): a step restarted, repeated or was skipped ({starts:?})",
+                        step.revision,
+                        step.index,
+                        step.started,
+                        next.index,
+                        next.started
+                    );
+                    let lasted = started_at(next).duration_since(started_at(step));
+                    assert!(
+                        lasted >= interval_span,
+                        "I4: step {} of {} lasted {lasted:?} by stepStartedAt, less than {interval:?} ({starts:?})",
+                        step.index,
+                        step.revision
+                    );
+                    (format!("step {}", next.index), next.rv, Some(next.weight))
+                }
+                None => {
+                    let left = canaries.iter().find(|v| {
+                        v.rv > step.rv
+                            && v.object["status"]["revision"] == step.revision.as_str()
+                            && matches!(
+                                v.object["status"]["phase"].as_str(),
+                                Some("Promoting" | "WaitingPromotion")
+                            )
+                    });
+                    match left {
+                        Some(left) => ("promotion".to_owned(), left.rv, None),
+                        None => continue,
+                    }
+                }
+            };
+            let Some(route) = route else {
+                continue;
+            };
+            let ended = match end_weight {
+                Some(weight) => match route_write(weight, end_rv) {
+                    Some(end) if end.rv > route.rv => end,
+                    Some(_) | None => continue,
+                },
+                None => match canaries.iter().find(|v| v.rv == end_rv) {
+                    Some(end) => end,
+                    None => continue,
+                },
+            };
+            let held = self
+                .written_at(ended)
+                .duration_since(self.written_at(route));
             assert!(
-                *k_b == k_a + 1,
-                "I4: revision {rev_a} went from step {k_a} (started {at_a}) to step {k_b} (started {at_b}): a step restarted, repeated or was skipped ({starts:?})"
+                held >= interval_span,
+                "I4: {} step {} held its route write (rv {}) for {held:?} before {end_name} (rv {}), less than {interval:?} ({starts:?})",
+                step.revision,
+                step.index,
+                route.rv,
+                ended.rv
             );
-            let a: jiff::Timestamp = at_a.parse().expect("stepStartedAt");
-            let b: jiff::Timestamp = at_b.parse().expect("stepStartedAt");
-            let lasted = b.duration_since(a);
-            assert!(
-                lasted >= jiff::SignedDuration::try_from(interval).expect("interval"),
-                "I4: step {k_a} of {rev_a} lasted {lasted:?}, less than {interval:?}"
-            );
+            if let Some(clock) = &self.clock
+                && let Some(ended_at) = clock.committed_at(ended.rv)
+            {
+                let ended_at = jiff::Timestamp::try_from(ended_at).expect("a time after 1970");
+                assert!(
+                    ended_at.duration_since(started_at(step)) >= interval_span,
+                    "I4: {} step {} (stepStartedAt {}) ended by {end_name} at {ended_at}, before its interval {interval:?}",
+                    step.revision,
+                    step.index,
+                    step.started
+                );
+            }
         }
     }
 }

@@ -16,8 +16,21 @@ use tokio::process::{Child, Command};
 pub mod history;
 pub mod hooks;
 pub mod plugin;
+pub mod writes;
 
 pub const NAMESPACE: &str = "shop";
+
+/// What sluice's User-Agent starts with: a fault rule meant for sluice's own requests matches
+/// with `RequestMatch::any().client(SLUICE_USER_AGENT)`.
+pub const SLUICE_USER_AGENT: &str = "sluice/";
+/// sluice as the test cluster's request accounting names it (the program part of its User-Agent).
+pub const SLUICE_CLIENT: &str = "sluice";
+
+/// A point in a scenario to count sluice's requests from ([`Env::mark`]).
+pub struct Mark {
+    pub at: std::time::SystemTime,
+    counts: sluice_testcluster::RequestCounts,
+}
 
 /// Whether this run is against a real cluster (`SLUICE_E2E_KUBECONFIG`), which has none of the test
 /// cluster's fault injection or request accounting: a test that needs them is skipped there, saying
@@ -162,6 +175,40 @@ impl Env {
         )
         .await
         .expect("image change applies");
+    }
+
+    /// Marks the start of a scenario's window: sluice's requests are counted from here.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            at: std::time::SystemTime::now(),
+            counts: self
+                .cluster
+                .requests_from(SLUICE_CLIENT)
+                .expect("request accounting"),
+        }
+    }
+
+    /// sluice's requests since `mark` (by verb, resource, subresource and namespace).
+    pub fn sluice_requests_since(&self, mark: &Mark) -> sluice_testcluster::RequestCounts {
+        let mut now = self
+            .cluster
+            .requests_from(SLUICE_CLIENT)
+            .expect("request accounting");
+        for (key, n) in &mut now.0 {
+            *n = n.saturating_sub(mark.counts.0.get(key).copied().unwrap_or(0));
+        }
+        now.0.retain(|_, n| *n > 0);
+        now
+    }
+
+    /// sluice's write requests since `mark`, oldest first, from the test cluster's write log.
+    pub fn sluice_writes_since(&self, mark: &Mark) -> Vec<sluice_testcluster::Write> {
+        self.cluster
+            .writes_from(SLUICE_CLIENT)
+            .expect("request accounting")
+            .into_iter()
+            .filter(|w| w.at >= mark.at)
+            .collect()
     }
 
     /// Polls `probe` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.

@@ -418,16 +418,19 @@ fn describe(action: &core::Action) -> String {
             if *labelled { "labelled" } else { "unlabelled" },
             if *paused { "paused" } else { "unpaused" }
         ),
-        core::Action::ApplyCanary { revision, replicas } => {
+        core::Action::ApplyCanary {
+            revision, replicas, ..
+        } => {
             format!("apply canary Deployment of revision {revision} with {replicas} replica(s)")
         }
-        core::Action::ScaleCanary { replicas } => {
+        core::Action::ScaleCanary { replicas, .. } => {
             format!("scale canary Deployment to {replicas}")
         }
         core::Action::ApplyCanaryService => "apply canary Service".into(),
         core::Action::SetRoute {
             canary_weight,
             matches,
+            ..
         } => {
             if matches.is_empty() {
                 format!("route {canary_weight}% to the canary")

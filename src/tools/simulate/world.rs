@@ -199,6 +199,7 @@ impl World {
                 resource_version,
                 labelled,
                 paused,
+                ..
             } => {
                 let target = &mut self.target;
                 if *resource_version != target.resource_version.to_string() {
@@ -218,7 +219,9 @@ impl World {
                 }
                 Ok(changed)
             }
-            Action::ApplyCanary { revision, replicas } => {
+            Action::ApplyCanary {
+                revision, replicas, ..
+            } => {
                 let same = self
                     .canary
                     .as_ref()
@@ -233,11 +236,12 @@ impl World {
                 }
                 Ok(self.scale(*replicas) || !same)
             }
-            Action::ScaleCanary { replicas } => Ok(self.scale(*replicas)),
+            Action::ScaleCanary { replicas, .. } => Ok(self.scale(*replicas)),
             Action::ApplyCanaryService | Action::RemoveFinalizer => Ok(false),
             Action::SetRoute {
                 canary_weight,
                 matches,
+                ..
             } => {
                 let changed =
                     self.route != Some(*canary_weight) || self.matched == matches.is_empty();
@@ -389,12 +393,14 @@ mod tests {
             .apply(&Action::ApplyCanary {
                 revision: "abc".into(),
                 replicas: 1,
+                starts_clock: None,
             })
             .expect("applied");
         world
             .apply(&Action::SetRoute {
                 canary_weight: 10,
                 matches: Vec::new(),
+                starts_clock: None,
             })
             .expect("applied");
         assert!(world.weight_without_ready_pods().is_some());
@@ -411,6 +417,7 @@ mod tests {
             resource_version: stale,
             labelled: true,
             paused: false,
+            starts_clock: None,
         });
         assert!(result.is_err());
         assert!(!world.target.labelled);
@@ -425,6 +432,7 @@ mod tests {
                 resource_version: rv,
                 labelled: true,
                 paused: false,
+                starts_clock: None,
             })
             .expect("applied");
         world.new_template("abc");
@@ -440,6 +448,7 @@ mod tests {
                 resource_version: rv,
                 labelled: true,
                 paused: false,
+                starts_clock: None,
             })
             .expect("applied");
         assert_eq!(world.next_happening(), Some(Duration::from_secs(660)));

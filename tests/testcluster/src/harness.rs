@@ -13,7 +13,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::Value;
 
-use crate::accounting::RequestCounts;
+use crate::accounting::{RequestCounts, Write};
 use crate::apiserver::{ApiServer, ServerOptions};
 use crate::faults::Faults;
 
@@ -114,6 +114,19 @@ impl TestClusterBuilder {
             tc.install_crds_from(&d).await?;
         }
         Ok(tc)
+    }
+}
+
+/// When the test cluster committed each resourceVersion; see [`TestCluster::commit_clock`].
+#[derive(Clone)]
+pub struct CommitClock {
+    shared: Arc<crate::apiserver::Shared>,
+}
+
+impl CommitClock {
+    /// When the change with resourceVersion `rv` was committed (the last 65,536 are kept).
+    pub fn committed_at(&self, rv: u64) -> Option<std::time::SystemTime> {
+        self.shared.lock().committed_at(rv)
     }
 }
 
@@ -361,6 +374,24 @@ impl TestCluster {
             .shared
             .accounting
             .snapshot_of(client))
+    }
+
+    /// The write requests of one client program (as [`Self::requests_from`] names it) since
+    /// start or the last reset, oldest first, with name, time and body (the last 4096 writes).
+    pub fn writes_from(&self, client: &str) -> Result<Vec<Write>, HarnessError> {
+        Ok(self
+            .server("request accounting")?
+            .shared
+            .accounting
+            .writes_of(client))
+    }
+
+    /// The server's clock of commits: when each resourceVersion was written (on this server's
+    /// clock, before the write was answered or watched). `None` on a real cluster.
+    pub fn commit_clock(&self) -> Option<CommitClock> {
+        self.server.as_ref().map(|server| CommitClock {
+            shared: server.shared.clone(),
+        })
     }
 
     pub fn reset_requests(&self) -> Result<(), HarnessError> {

@@ -16,7 +16,7 @@ pub mod prometheus;
 pub mod schema;
 pub mod traffic;
 
-pub use accounting::{RequestCounts, RequestKey};
+pub use accounting::{RequestCounts, RequestKey, Write};
 pub use backoff::QuickBackoff;
 pub use faults::{Faults, InjectedError, Parked, RequestMatch};
-pub use harness::{HarnessError, TestCluster, TestClusterBuilder};
+pub use harness::{CommitClock, HarnessError, TestCluster, TestClusterBuilder};

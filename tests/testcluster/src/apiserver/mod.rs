@@ -411,16 +411,23 @@ async fn handle(
     {
         let _ = release.await;
     }
-    shared.accounting.record_from(
-        &manager_from_user_agent(&headers),
-        RequestKey {
-            verb: verb.into(),
-            group: target.ri.group.clone(),
-            resource: target.ri.plural.clone(),
-            subresource: target.subresource.clone(),
-            namespace: ns.clone(),
-        },
-    );
+    let client = manager_from_user_agent(&headers);
+    let key = RequestKey {
+        verb: verb.into(),
+        group: target.ri.group.clone(),
+        resource: target.ri.plural.clone(),
+        subresource: target.subresource.clone(),
+        namespace: ns.clone(),
+    };
+    if crate::accounting::is_write(verb) {
+        shared.accounting.log_write(
+            &client,
+            key.clone(),
+            target.name.as_deref().unwrap_or_default(),
+            &body,
+        );
+    }
+    shared.accounting.record_from(&client, key);
     if let Some(e) = shared.faults.take_failure(verb, &target.ri.plural, &ns) {
         return injected(e, &target);
     }

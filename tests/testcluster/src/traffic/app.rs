@@ -8,8 +8,10 @@
 //! - on `/stats/prometheus`, the Istio sidecar's view as the destination,
 //!   `istio_requests_total` and `istio_request_duration_milliseconds` with Envoy's buckets.
 //!
-//! As in production, a series for a status code appears only with the first request answered with
-//! that code: a healthy app has no `code="500"` series at all.
+//! As in most apps in production, a series for a status code appears only with the first request
+//! answered with that code: a healthy app has no `code="500"` series at all
+//! ([`ErrorSeries::Late`], the default). [`ErrorSeries::Early`] is the app that pre-registers its
+//! series at 0 when it starts.
 //!
 //! It must not decide traffic splits (the ingress does) nor talk to anything but its callers.
 
@@ -99,6 +101,18 @@ pub struct AppConfig {
     pub latency: Latency,
     /// How the pod labels are named.
     pub label_style: LabelStyle,
+    /// When the series of `error_status` (and of 200) is created.
+    pub error_series: ErrorSeries,
+}
+
+/// When an app creates the request series of a status code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorSeries {
+    /// At the first request answered with that code (client_golang's `WithLabelValues` on use).
+    #[default]
+    Late,
+    /// At 0 when the app starts, for 200 and the error status (pre-registered).
+    Early,
 }
 
 impl AppConfig {
@@ -124,7 +138,14 @@ impl AppConfig {
             error_status: StatusCode::INTERNAL_SERVER_ERROR,
             latency: Latency::none(),
             label_style: LabelStyle::ServiceMonitor,
+            error_series: ErrorSeries::Late,
         }
+    }
+
+    /// With its request series created when it starts, or at their first use.
+    pub fn error_series(mut self, when: ErrorSeries) -> Self {
+        self.error_series = when;
+        self
     }
 
     /// With this error rate.
@@ -237,6 +258,11 @@ impl TestApp {
                 ),
             }),
         });
+        if state.config.error_series == ErrorSeries::Early {
+            for status in [StatusCode::OK, state.config.error_status] {
+                register(&state, status);
+            }
+        }
         let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/stats/prometheus", get(istio_stats))
@@ -335,9 +361,31 @@ async fn answer(State(state): State<Arc<AppState>>) -> Response {
 }
 
 fn record(state: &AppState, status: StatusCode, took: Duration) {
-    let config = &state.config;
+    let (pod_labels, request_labels, istio_labels) = labels(&state.config, status);
+    state
+        .plain
+        .durations
+        .get_or_create(&pod_labels)
+        .observe(took.as_secs_f64());
+    state.plain.requests.get_or_create(&request_labels).inc();
+    let mut istio = lock(&state.istio);
+    istio
+        .durations
+        .observe(istio_labels.clone(), took.as_secs_f64() * 1000.0);
+    istio.requests.inc(istio_labels);
+}
+
+/// Creates the request series of `status` at 0, as an app that pre-registers them does.
+fn register(state: &AppState, status: StatusCode) {
+    let (_, request_labels, istio_labels) = labels(&state.config, status);
+    let _created = state.plain.requests.get_or_create(&request_labels);
+    lock(&state.istio).requests.touch(istio_labels);
+}
+
+/// The pod's labels, its request series' labels for `status`, and the sidecar's.
+fn labels(config: &AppConfig, status: StatusCode) -> (PodLabels, PodLabels, Labels) {
     let code = status.as_u16().to_string();
-    let mut pod_labels = match config.label_style {
+    let pod_labels = match config.label_style {
         LabelStyle::ServiceMonitor => vec![
             ("namespace".to_owned(), config.namespace.clone()),
             ("pod".to_owned(), config.pod.clone()),
@@ -348,14 +396,8 @@ fn record(state: &AppState, status: StatusCode, took: Duration) {
             ("kubernetes_pod_name".to_owned(), config.pod.clone()),
         ],
     };
-    state
-        .plain
-        .durations
-        .get_or_create(&pod_labels)
-        .observe(took.as_secs_f64());
-    pod_labels.push(("code".to_owned(), code.clone()));
-    state.plain.requests.get_or_create(&pod_labels).inc();
-
+    let mut request_labels = pod_labels.clone();
+    request_labels.push(("code".to_owned(), code.clone()));
     let istio_labels: Labels = vec![
         ("reporter", "destination".to_owned()),
         ("source_workload", "unknown".to_owned()),
@@ -373,11 +415,7 @@ fn record(state: &AppState, status: StatusCode, took: Duration) {
         ("response_flags", "-".to_owned()),
         ("connection_security_policy", "mutual_tls".to_owned()),
     ];
-    let mut istio = lock(&state.istio);
-    istio
-        .durations
-        .observe(istio_labels.clone(), took.as_secs_f64() * 1000.0);
-    istio.requests.inc(istio_labels);
+    (pod_labels, request_labels, istio_labels)
 }
 
 fn encode_plain(state: &AppState) -> String {

@@ -29,6 +29,11 @@ impl CounterFamily {
         }
     }
 
+    /// Creates the series at 0 if it does not exist (a pre-registered counter).
+    pub(crate) fn touch(&mut self, labels: Labels) {
+        self.series.entry(labels).or_insert(0.0);
+    }
+
     pub(crate) fn inc(&mut self, labels: Labels) {
         *self.series.entry(labels).or_insert(0.0) += 1.0;
     }
