@@ -17,10 +17,14 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
+use sluice_testcluster::faults::{FaultedRequest, Injected};
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
 use sluice_testcluster::{InjectedError, RequestMatch};
 use support::history::{History, image};
-use support::{Env, Hold, NAMESPACE, app_manifests, canary_resource, phase, route_canary_weight};
+use support::{
+    Env, Hold, NAMESPACE, SLUICE_USER_AGENT, app_manifests, canary_resource, phase,
+    route_canary_weight,
+};
 
 const IMAGE_1: &str = "registry.local/web:1";
 const IMAGE_2: &str = "registry.local/web:2";
@@ -457,36 +461,107 @@ async fn conflicts_and_server_errors_on_writes_neither_lose_nor_double_a_step() 
     }
     let scene = Scene::start(Hold::AdmissionPolicy).await;
     let faults = scene.env.cluster.faults().expect("local cluster");
+    let mark = scene.env.mark();
+    // sluice's own writes only: the target and canary Deployments and the route (main
+    // resource), the Canary's status; never the stand-in's `deployments/status` patches.
     let patches = |resource: &str| {
+        let subresource = if resource == "canaries" { "status" } else { "" };
         RequestMatch::any()
+            .client(SLUICE_USER_AGENT)
             .verb("patch")
             .resource(resource)
+            .subresource(subresource)
             .namespace(NAMESPACE)
     };
+    let mut injected = Vec::new();
     scene.env.set_image("web", IMAGE_2).await;
-    faults.fail_next(1, patches("deployments"), InjectedError::Conflict);
-    faults.fail_next(1, patches("httproutes"), InjectedError::Internal);
-    faults.fail_next(1, patches("canaries"), InjectedError::Conflict);
+    injected.push(faults.fail_next(1, patches("deployments"), InjectedError::Conflict));
+    injected.push(faults.fail_next(1, patches("httproutes"), InjectedError::Internal));
+    injected.push(faults.fail_next(1, patches("canaries"), InjectedError::Conflict));
     scene.wait_weight(20).await;
-    faults.fail_next(2, patches("httproutes"), InjectedError::Conflict);
-    faults.fail_next(1, patches("canaries"), InjectedError::Internal);
-    faults.fail_next(1, patches("deployments"), InjectedError::Internal);
+    injected.push(faults.fail_next(2, patches("httproutes"), InjectedError::Conflict));
+    injected.push(faults.fail_next(1, patches("canaries"), InjectedError::Internal));
+    injected.push(faults.fail_next(1, patches("deployments"), InjectedError::Internal));
     scene.wait_weight(50).await;
-    faults.fail_next(1, patches("deployments"), InjectedError::Conflict);
-    faults.fail_next(1, patches("canaries"), InjectedError::Conflict);
-    faults.fail_next(1, patches("httproutes"), InjectedError::Internal);
+    injected.push(faults.fail_next(1, patches("deployments"), InjectedError::Conflict));
+    injected.push(faults.fail_next(1, patches("canaries"), InjectedError::Conflict));
+    injected.push(faults.fail_next(1, patches("httproutes"), InjectedError::Internal));
     scene.wait_phase("Succeeded", Some(IMAGE_2)).await;
     assert_eq!(
         scene.weights(),
         vec![0, 20, 50, 0],
         "the spec's steps exactly"
     );
-    let requests = scene.env.cluster.requests().expect("local cluster");
+    // Every injected failure landed on sluice's own write it was meant for.
+    for rule in &injected {
+        assert_taken_by_sluice(&scene, rule).await;
+    }
+    // Each failed route write was made again with the same weight, and the three weights
+    // (20, 50, 0) also went through: sluice's route writes in this scenario, not the run's.
+    let route_writes: Vec<_> = scene
+        .env
+        .sluice_writes_since(&mark)
+        .into_iter()
+        .filter(|w| w.key.verb == "patch" && w.key.resource == "httproutes")
+        .collect();
+    let route_faults: Vec<_> = injected
+        .iter()
+        .filter(|rule| rule.matcher().resource.as_deref() == Some("httproutes"))
+        .flat_map(|rule| rule.hits())
+        .collect();
+    assert_eq!(route_faults.len(), 4);
+    for hit in &route_faults {
+        let weight = route_canary_weight(&hit.request.body_json(), "web");
+        assert!(
+            route_writes.iter().any(|w| w.at > hit.at
+                && serde_json::from_str(&w.body)
+                    .is_ok_and(|body: Value| route_canary_weight(&body, "web") == weight)),
+            "the failed route write of weight {weight} was retried:\n{}",
+            support::writes::listing(&route_writes, mark.at)
+        );
+    }
     assert!(
-        requests.count("patch", "httproutes") >= 4,
-        "the failed route writes were retried"
+        route_writes.len() >= route_faults.len() + 3,
+        "the failed route writes were retried:\n{}",
+        support::writes::listing(&route_writes, mark.at)
     );
     scene.assert_invariants();
+}
+
+/// The fault log of the scene's cluster, one line per injected fault taken.
+fn fault_log(scene: &Scene) -> String {
+    let faults = scene.env.cluster.faults().expect("local cluster");
+    faults.hits().iter().map(|h| format!("  {h}\n")).collect()
+}
+
+/// Waits until every failure of `rule` has been taken, and asserts that each was taken by a
+/// request of sluice's, of the verb, resource, subresource and namespace the rule names.
+async fn assert_taken_by_sluice(scene: &Scene, rule: &Injected) {
+    let m = rule.matcher();
+    assert!(
+        rule.taken(Duration::from_secs(10)).await,
+        "every {:?} meant for sluice's {:?} {:?}/{:?} was taken; fault log:\n{}",
+        rule.error(),
+        m.verb,
+        m.resource,
+        m.subresource,
+        fault_log(scene)
+    );
+    let hits = rule.hits();
+    assert_eq!(hits.len(), rule.count() as usize, "{hits:?}");
+    for hit in hits {
+        let r = &hit.request;
+        assert!(
+            r.is_from(SLUICE_USER_AGENT)
+                && m.verb.as_deref().is_none_or(|v| v == r.verb)
+                && m.resource.as_deref().is_none_or(|v| v == r.resource)
+                && m.subresource.as_deref().is_none_or(|v| v == r.subresource)
+                && r.namespace == NAMESPACE,
+            "the injected {:?} went to sluice's own write, not to {r}",
+            rule.error()
+        );
+        eprintln!("injected fault landed: {hit}");
+    }
 }
 
 /// A cache that lags the API server makes every guarded write of the target carry an old
@@ -504,6 +579,7 @@ async fn a_lagging_deployment_cache_does_not_hold_up_a_guarded_write(hold: Hold)
     assert!(labelled(&before), "adopted: {:?}", before.metadata.labels);
 
     // From here on the controller's Deployment cache stops at the version it has.
+    let mark = scene.env.mark();
     faults.hold_watch_events("deployments");
     let touched = api
         .patch(
@@ -545,14 +621,14 @@ async fn a_lagging_deployment_cache_does_not_hold_up_a_guarded_write(hold: Hold)
         Some("yes"),
         "written on top of the newer version, not over it"
     );
-    let controller = scene
-        .env
-        .cluster
-        .requests_from("sluice")
-        .expect("local cluster");
+    // sluice's own reads in this scenario: the target, read once after its write was refused.
+    let controller = scene.env.sluice_requests_since(&mark);
     assert!(
-        controller.count("get", "deployments") >= 1,
-        "the controller read the target after the conflict"
+        controller.count_where(|k| k.verb == "get"
+            && k.resource == "deployments"
+            && k.subresource.is_empty())
+            >= 1,
+        "the controller read the target after the conflict: {controller:?}"
     );
 
     faults.release_watch_events("deployments");
@@ -585,29 +661,72 @@ async fn race_the_unpause(scene: &Scene, new_image: &str) {
     land_while_parked(scene, parked, new_image).await;
 }
 
-/// Parks the controller's next PATCH of the target (with the count of patches before it).
-fn park_target_write(scene: &Scene) -> (sluice_testcluster::Parked, u64) {
+/// Parks the controller's next PATCH of the target (the main resource, from sluice's User-Agent:
+/// never the stand-in's `deployments/status` patch), with a mark taken before it.
+fn park_target_write(scene: &Scene) -> (sluice_testcluster::Parked, support::Mark) {
     let faults = scene.env.cluster.faults().expect("local cluster");
-    let before = faults_patch_count(scene);
-    let parked = faults.park_next(
-        RequestMatch::any()
-            .verb("patch")
-            .resource("deployments")
-            .namespace(NAMESPACE),
-        "web",
+    let mark = scene.env.mark();
+    let parked = faults.park_next(sluice_target_patch(), "web");
+    (parked, mark)
+}
+
+/// sluice's own PATCH of a Deployment itself (not of its status).
+fn sluice_target_patch() -> RequestMatch {
+    RequestMatch::any()
+        .client(SLUICE_USER_AGENT)
+        .verb("patch")
+        .resource("deployments")
+        .main_resource()
+        .namespace(NAMESPACE)
+}
+
+/// Asserts that `parked` holds sluice's own PATCH of the target `web` itself, and returns it.
+fn assert_parked_sluice_target_write(
+    scene: &Scene,
+    parked: &sluice_testcluster::Parked,
+) -> FaultedRequest {
+    let request = parked.request().expect("a parked request").clone();
+    assert!(
+        request.is_from(SLUICE_USER_AGENT)
+            && request.verb == "patch"
+            && request.resource_path() == "deployments"
+            && request.namespace == NAMESPACE
+            && request.name == "web",
+        "the parked request is sluice's write of the target, not {request}; fault log:\n{}",
+        fault_log(scene)
     );
-    (parked, before)
+    assert!(
+        scene
+            .env
+            .cluster
+            .faults()
+            .expect("local cluster")
+            .hits()
+            .iter()
+            .any(|h| h.rule == parked.id() && h.request == request),
+        "the fault log has the park"
+    );
+    eprintln!("parked: {request}: {}", request.body);
+    request
 }
 
 /// The second half of [`race_the_unpause`].
 async fn land_while_parked(
     scene: &Scene,
-    (mut parked, before): (sluice_testcluster::Parked, u64),
+    (mut parked, mark): (sluice_testcluster::Parked, support::Mark),
     new_image: &str,
 ) {
     assert!(
         parked.arrived(Duration::from_secs(30)).await,
-        "the controller wrote the target"
+        "the controller wrote the target; fault log:\n{}",
+        fault_log(scene)
+    );
+    let request = assert_parked_sluice_target_write(scene, &parked);
+    assert_eq!(
+        request.body_json()["spec"]["paused"],
+        false,
+        "the parked write is the one that lets the target roll: {}",
+        request.body
     );
     scene.replace_image(new_image).await;
     let landed = scene.target().await;
@@ -617,7 +736,14 @@ async fn land_while_parked(
         .eventually(
             "the parked write to be answered",
             Duration::from_secs(10),
-            || async { (faults_patch_count(scene) > before).then_some(()) },
+            || async {
+                scene
+                    .env
+                    .sluice_writes_since(&mark)
+                    .iter()
+                    .any(|w| w.key.resource == "deployments" && w.body == request.body)
+                    .then_some(())
+            },
         )
         .await;
     let after = scene.target().await;
@@ -648,15 +774,6 @@ fn rv_of(d: &Deployment) -> u64 {
         .as_deref()
         .and_then(|rv| rv.parse().ok())
         .expect("rv")
-}
-
-fn faults_patch_count(scene: &Scene) -> u64 {
-    scene
-        .env
-        .cluster
-        .requests()
-        .expect("local cluster")
-        .count_where(|k| k.verb == "patch" && k.resource == "deployments")
 }
 
 fn image_of(d: &Deployment) -> Option<&str> {
@@ -745,19 +862,22 @@ async fn a_template_landing_before_the_opt_out_write_is_decided_again(hold: Hold
     let api: Api<DynamicObject> =
         Api::namespaced_with(scene.env.client(), NAMESPACE, &canary_resource());
     let faults = scene.env.cluster.faults().expect("local cluster");
-    let mut parked = faults.park_next(
-        RequestMatch::any()
-            .verb("patch")
-            .resource("deployments")
-            .namespace(NAMESPACE),
-        "web",
-    );
+    let mark = scene.env.mark();
+    let mut parked = faults.park_next(sluice_target_patch(), "web");
     api.delete("web", &DeleteParams::default())
         .await
         .expect("canary deleted");
     assert!(
         parked.arrived(Duration::from_secs(30)).await,
-        "the controller opted the target out"
+        "the controller opted the target out; fault log:\n{}",
+        fault_log(&scene)
+    );
+    let request = assert_parked_sluice_target_write(&scene, &parked);
+    let body = request.body_json();
+    assert!(
+        body["spec"]["paused"] == false && body["metadata"]["labels"].is_null(),
+        "the parked write is the opt-out (unlabelled, unpaused): {}",
+        request.body
     );
     scene.replace_image(IMAGE_3).await;
     let landed = scene.target().await;
@@ -786,10 +906,22 @@ async fn a_template_landing_before_the_opt_out_write_is_decided_again(hold: Hold
         .expect("the controller opted out after the refusal");
     assert_eq!(image(&next.object), Some(IMAGE_3));
     assert!(landed_paused, "the new template was held when it landed");
-    let requests = scene.env.cluster.requests().expect("local cluster");
+    // sluice's own writes of the target in this scenario: the refused one, then the new one.
+    let target_writes: Vec<_> = scene
+        .env
+        .sluice_writes_since(&mark)
+        .into_iter()
+        .filter(|w| {
+            w.key.verb == "patch"
+                && w.key.resource == "deployments"
+                && w.key.subresource.is_empty()
+                && w.name == "web"
+        })
+        .collect();
     assert!(
-        requests.count("patch", "deployments") >= 2,
-        "the refused write was made again after a new decision"
+        target_writes.len() >= 2 && target_writes[0].body == request.body,
+        "the refused write was made again after a new decision:\n{}",
+        support::writes::listing(&target_writes, mark.at)
     );
     scene.assert_invariants();
 }

@@ -406,8 +406,25 @@ async fn handle(
         _ => return ApiError::method_not_allowed().into_response(),
     };
     let ns = target.namespace.clone().unwrap_or_default();
-    if let Some(name) = target.name.as_deref()
-        && let Some(release) = shared.faults.take_park(verb, &target.ri.plural, &ns, name)
+    // What fault rules match on: the request and the client that sent it.
+    let request = crate::faults::Request {
+        verb,
+        resource: &target.ri.plural,
+        subresource: &target.subresource,
+        namespace: &ns,
+        name: target.name.as_deref().unwrap_or_default(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+        field_manager: query
+            .get("fieldManager")
+            .map(String::as_str)
+            .unwrap_or_default(),
+        body: &body,
+    };
+    if target.name.is_some()
+        && let Some(release) = shared.faults.take_park(&request)
     {
         let _ = release.await;
     }
@@ -428,7 +445,7 @@ async fn handle(
         );
     }
     shared.accounting.record_from(&client, key);
-    if let Some(e) = shared.faults.take_failure(verb, &target.ri.plural, &ns) {
+    if let Some(e) = shared.faults.take_failure(&request) {
         return injected(e, &target);
     }
     if verb == "watch" {
