@@ -359,6 +359,10 @@ async fn a_newer_revision_during_promotion_is_held_and_analysed_paused_at_rest()
 
 // 2. The controller killed mid-step.
 
+/// SIGKILL while a step runs, then a new controller process. The whole watch history must read as
+/// if nothing had happened: the route went 0 -> 20 -> 50 -> 0, each weight written once; steps 0
+/// (20%) and 1 (50%) each started once, in order, the killed one keeping its start; and every step,
+/// the killed one included, held its weight for the interval from its acknowledged route write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_mid_step_resumes_the_same_step_after_a_restart() {
     let mut scene = Scene::start(Hold::AdmissionPolicy).await;
@@ -377,40 +381,198 @@ async fn a_controller_killed_mid_step_resumes_the_same_step_after_a_restart() {
         )
         .await;
     scene.env.kill_controller().await;
+    // No earlier than the moment the process died.
+    let killed_at = jiff::Timestamp::now();
     let at_kill = scene.env.canary("web").await.expect("canary");
     scene.env.start_controller(&[]);
-    scene.wait_phase("Succeeded", Some(IMAGE_2)).await;
+    let promoted = scene.wait_phase("Succeeded", Some(IMAGE_2)).await;
+    let revision = promoted["status"]["revision"].as_str().expect("revision");
 
-    // The step that ran at the kill was the one in status before it: same index, same start.
-    let resumed_index = at_kill["status"]["stepIndex"].as_i64();
-    let resumed_start = at_kill["status"]["stepStartedAt"].as_str();
-    assert!(resumed_index.is_some() && resumed_start.is_some());
-    assert!(before["status"]["stepIndex"].as_i64() <= resumed_index);
-    let starts_of_that_step: Vec<String> = scene
-        .history
-        .of("Canary", "web")
-        .iter()
-        .filter(|v| v.object["status"]["stepIndex"].as_i64() == resumed_index)
-        .filter(|v| v.object["status"]["phase"] == "Progressing")
-        .filter_map(|v| {
-            v.object["status"]["stepStartedAt"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let rollout = Rollout::read(&scene.history, &scene.history.versions(), revision);
     assert_eq!(
-        starts_of_that_step,
-        vec![resumed_start.expect("start").to_owned()],
+        rollout.route_weights(),
+        vec![0, 20, 50, 0],
+        "each weight written once, in order, none skipped or repeated: {rollout:#?}"
+    );
+    assert_eq!(
+        rollout.steps(),
+        vec![(0, 20), (1, 50)],
+        "each step started once, in order, none skipped or repeated: {rollout:#?}"
+    );
+    let interval = jiff::SignedDuration::try_from(INTERVAL).expect("interval");
+    for step in &rollout.steps {
+        assert!(
+            step.started >= step.routed,
+            "step {} started at {} in status, before its route write was acknowledged at {}",
+            step.index,
+            step.started,
+            step.routed
+        );
+        assert!(
+            step.ended.duration_since(step.routed) >= interval,
+            "step {} held its weight {:?} from its acknowledged route write ({} to {}), less than \
+             the interval {INTERVAL:?}: {rollout:#?}",
+            step.index,
+            step.ended.duration_since(step.routed),
+            step.routed,
+            step.ended
+        );
+        assert!(
+            step.ended.duration_since(step.started) >= interval,
+            "step {} ended {:?} after its stepStartedAt, less than the interval {INTERVAL:?}",
+            step.index,
+            step.ended.duration_since(step.started)
+        );
+    }
+    assert!(
+        rollout.promoted_route > rollout.left_steps,
+        "traffic went back to stable (rv {}) before the steps were left (rv {})",
+        rollout.promoted_route,
+        rollout.left_steps
+    );
+
+    // The kill came mid-step, and the step then running was resumed, not restarted: it is the
+    // one in status before and at the kill, with the same start, and it ended after the kill
+    // (so by the new process).
+    let killed_index = at_kill["status"]["stepIndex"].as_i64().expect("stepIndex");
+    let killed_start: jiff::Timestamp = at_kill["status"]["stepStartedAt"]
+        .as_str()
+        .expect("stepStartedAt")
+        .parse()
+        .expect("stepStartedAt");
+    assert_eq!(at_kill["status"]["phase"], "Progressing", "killed mid-step");
+    assert!(before["status"]["stepIndex"].as_i64() <= Some(killed_index));
+    let killed = rollout
+        .steps
+        .iter()
+        .find(|s| s.index == killed_index)
+        .expect("the killed step in the history");
+    assert_eq!(
+        killed.started, killed_start,
         "the step kept its start time across the restart"
     );
-    assert_eq!(
-        scene.weights(),
-        vec![0, 20, 50, 0],
-        "no skipped, no repeated step"
+    assert!(
+        killed.routed <= killed_at && killed_at < killed.ended,
+        "the kill at {killed_at} was not within step {killed_index} ({} to {})",
+        killed.routed,
+        killed.ended
     );
     scene.assert_invariants();
+}
+
+/// One step of a rollout, as the watch history shows it, timed by the server's commits.
+#[derive(Debug)]
+struct StepTaken {
+    index: i64,
+    weight: i32,
+    /// Its `stepStartedAt` in status.
+    started: jiff::Timestamp,
+    /// When the route write that put its weight in place was acknowledged.
+    routed: jiff::Timestamp,
+    /// When what ended it was acknowledged: the next step's route write, or the status that left
+    /// the steps for promotion.
+    ended: jiff::Timestamp,
+}
+
+/// A rollout of one revision of `web`, read from the whole history.
+#[derive(Debug)]
+struct Rollout {
+    /// The route's weight changes, from the first version recorded: (weight, resourceVersion).
+    route: Vec<(i32, u64)>,
+    steps: Vec<StepTaken>,
+    /// The resourceVersion of the status that left the steps (Promoting or WaitingPromotion).
+    left_steps: u64,
+    /// The resourceVersion of the route write that put all traffic back on stable after it.
+    promoted_route: u64,
+}
+
+impl Rollout {
+    /// Reads `versions` (in the order the server wrote them). The steps are the runs of
+    /// Progressing statuses of `revision` with the same step, start and weight; each is paired
+    /// with the last route write of its weight before it.
+    fn read(history: &History, versions: &[support::history::Version], revision: &str) -> Rollout {
+        let mut route: Vec<(i32, u64)> = Vec::new();
+        let mut route_at = std::collections::BTreeMap::new();
+        let mut statuses: Vec<(i64, i32, String, u64)> = Vec::new();
+        let mut left_steps = None;
+        for v in versions.iter().filter(|v| v.name == "web") {
+            match v.kind.as_str() {
+                "HTTPRoute" => {
+                    let weight = route_canary_weight(&v.object, "web");
+                    if route.last().map(|(w, _)| *w) != Some(weight) {
+                        route.push((weight, v.rv));
+                        route_at.insert(v.rv, history.written_at(v));
+                    }
+                }
+                "Canary" if v.object["status"]["revision"] == revision => {
+                    let status = &v.object["status"];
+                    match (status["phase"].as_str(), status["stepStartedAt"].as_str()) {
+                        (Some("Progressing"), Some(started)) if left_steps.is_none() => {
+                            let step = (
+                                status["stepIndex"].as_i64().expect("stepIndex"),
+                                status["canaryWeight"].as_i64().expect("canaryWeight") as i32,
+                                started.to_owned(),
+                            );
+                            let last = statuses.last().map(|(i, w, s, _)| (*i, *w, s.clone()));
+                            if last.as_ref() != Some(&step) {
+                                statuses.push((step.0, step.1, step.2, v.rv));
+                            }
+                        }
+                        (Some("Promoting" | "WaitingPromotion"), _) if left_steps.is_none() => {
+                            left_steps = Some((v.rv, history.written_at(v)));
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (left_steps, left_at) = left_steps.expect("the steps were left for promotion");
+        // The route write of `weight` last before resourceVersion `rv`.
+        let routed = |weight: i32, rv: u64| {
+            route
+                .iter()
+                .filter(|(w, at)| *w == weight && *at < rv)
+                .map(|(_, at)| (*at, route_at[at]))
+                .next_back()
+                .unwrap_or_else(|| panic!("no route write of {weight}% before rv {rv}: {route:?}"))
+        };
+        let steps: Vec<StepTaken> = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, (index, weight, started, rv))| StepTaken {
+                index: *index,
+                weight: *weight,
+                started: started.parse().expect("stepStartedAt"),
+                routed: routed(*weight, *rv).1,
+                ended: match statuses.get(i + 1) {
+                    Some((_, next_weight, _, next_rv)) => routed(*next_weight, *next_rv).1,
+                    None => left_at,
+                },
+            })
+            .collect();
+        let promoted_route = route
+            .iter()
+            .filter(|(w, at)| *w == 0 && *at > left_steps)
+            .map(|(_, at)| *at)
+            .next()
+            .unwrap_or(0);
+        Rollout {
+            route,
+            steps,
+            left_steps,
+            promoted_route,
+        }
+    }
+
+    fn route_weights(&self) -> Vec<i32> {
+        self.route.iter().map(|(w, _)| *w).collect()
+    }
+
+    /// (index, weight) of each step, in order.
+    fn steps(&self) -> Vec<(i64, i32)> {
+        self.steps.iter().map(|s| (s.index, s.weight)).collect()
+    }
 }
 
 // 3. An API server refusing connections, and answering 409 / 500.

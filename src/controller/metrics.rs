@@ -61,6 +61,14 @@ pub struct ApiCallLabels {
     pub resource: String,
 }
 
+/// One of the controller's two trigger queues (see `controller::TriggerQueue`): `canary`, the
+/// Canaries woken by the objects they watch, or `optin`, the annotated Deployments woken by
+/// policies and Canaries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
 /// Every controller metric, registered under the `sluice_` prefix.
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -73,6 +81,9 @@ pub struct ControllerMetrics {
     pub hook_calls: Family<HookLabels, Counter>,
     pub hook_calls_dropped: Family<DroppedLabels, Counter>,
     pub api_calls: Family<ApiCallLabels, Counter>,
+    pub triggers: Family<QueueLabels, Counter>,
+    pub triggers_coalesced: Family<QueueLabels, Counter>,
+    pub trigger_queue_depth: Family<QueueLabels, Gauge>,
 }
 
 impl ControllerMetrics {
@@ -89,6 +100,9 @@ impl ControllerMetrics {
             hook_calls: Family::default(),
             hook_calls_dropped: Family::default(),
             api_calls: Family::default(),
+            triggers: Family::default(),
+            triggers_coalesced: Family::default(),
+            trigger_queue_depth: Family::default(),
         };
         let sluice = registry.sub_registry_with_prefix("sluice");
         sluice.register("reconciles", "Reconciles run", metrics.reconciles.clone());
@@ -127,6 +141,21 @@ impl ControllerMetrics {
             "api_calls",
             "Kubernetes API calls made, by verb and resource",
             metrics.api_calls.clone(),
+        );
+        sluice.register(
+            "triggers",
+            "Reconciles asked for by watch events, by trigger queue",
+            metrics.triggers.clone(),
+        );
+        sluice.register(
+            "triggers_coalesced",
+            "Reconciles asked for while the same object was already queued, so merged into it",
+            metrics.triggers_coalesced.clone(),
+        );
+        sluice.register(
+            "trigger_queue_depth",
+            "Objects queued for a reconcile and not yet taken by the controller",
+            metrics.trigger_queue_depth.clone(),
         );
         metrics
     }

@@ -116,9 +116,10 @@ pub async fn run(
     let ns = config.namespace.as_deref();
     // One watch per kind. Each cache tells, after storing an object, which Canaries (and which
     // annotated Deployments) it concerns: a reconcile it wakes always observes that object, and
-    // no second watch of the same kind lists everything again at start-up.
-    let (canary_triggers, canary_triggered) = futures::channel::mpsc::unbounded();
-    let (optin_triggers, optin_triggered) = futures::channel::mpsc::unbounded();
+    // no second watch of the same kind lists everything again at start-up. The triggers go
+    // through coalescing queues, bounded by the objects they name (I5).
+    let (canary_triggers, canary_triggered) = TriggerQueue::new("canary", &metrics);
+    let (optin_triggers, optin_triggered) = TriggerQueue::new("optin", &metrics);
     let (canaries, canary_writer) = reflector::store::<CachedCanary>();
     let (deployments, deployment_writer) = reflector::store();
     let (policies, policy_writer) = reflector::store();
@@ -415,14 +416,151 @@ fn touched<K>(event: &watcher::Event<K>) -> Option<&K> {
     }
 }
 
-/// Queues reconciles. Sending fails only once the controller has stopped, when nothing is left to
-/// wake.
-fn send<K: Resource>(
-    triggers: &futures::channel::mpsc::UnboundedSender<ObjectRef<K>>,
-    refs: Vec<ObjectRef<K>>,
-) {
+/// Queues reconciles of `refs`.
+fn send<K>(triggers: &TriggerQueue<K>, refs: Vec<ObjectRef<K>>)
+where
+    K: Resource,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+{
     for reference in refs {
-        let _ = triggers.unbounded_send(reference);
+        triggers.push(reference);
+    }
+}
+
+/// The reconciles the caches ask for and the Controller has not taken yet: each object at most
+/// once, oldest first. The Controller reads it as the stream given to `reconcile_on`.
+///
+/// **Bounded (I5).** A trigger for an object already queued is merged into that entry, so the
+/// queue holds at most one entry per distinct object, whatever the rate of watch events: 10,000
+/// updates of one HTTPRoute leave at most one entry for its Canary. Every object it names comes
+/// from a cached object (the Canary a Deployment, Service or router object belongs to, or is
+/// routed through; the Deployments a Canary or a policy concerns), so its size is bounded by the
+/// caches, as the Controller's own scheduler is (a map keyed by object). The unbounded channel it
+/// replaces held one entry per event, and nothing drained it while the Controller's merged
+/// trigger stream slept in its backoff after a watch error.
+///
+/// **No reconcile is lost.** Nothing is ever dropped: merging is the only way a trigger
+/// disappears, and a merged trigger is served by the entry it joined. A cache calls its `changed`
+/// only after storing the object, so:
+/// - a trigger merged into an entry still queued is served by that entry, which the Controller
+///   takes after the trigger was pushed: the reconcile it starts reads a cache at least as new as
+///   the object that sent the trigger;
+/// - a trigger for an object already taken (its reconcile scheduled or running) is queued anew;
+///   kube's scheduler holds it while that reconcile runs (merging it there too) and runs one more
+///   reconcile after it, which reads the cache as it is then.
+///
+/// `sluice_trigger_queue_depth`, `sluice_triggers` and `sluice_triggers_coalesced` (by `queue`)
+/// show the bound at work.
+struct TriggerQueue<K: Resource> {
+    shared: Arc<TriggerShared<K>>,
+}
+
+struct TriggerShared<K: Resource> {
+    queued: std::sync::Mutex<Queued<K>>,
+    /// Wakes the one reader when an entry is added (a permit is kept if it is not waiting yet,
+    /// so a push between its look and its wait is not missed).
+    added: tokio::sync::Notify,
+    triggers: prometheus_client::metrics::counter::Counter,
+    coalesced: prometheus_client::metrics::counter::Counter,
+    depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// The queued objects, in order and as a set (the set answers "already queued?").
+struct Queued<K: Resource> {
+    order: std::collections::VecDeque<ObjectRef<K>>,
+    members: std::collections::HashSet<ObjectRef<K>>,
+}
+
+impl<K: Resource> Clone for TriggerQueue<K> {
+    fn clone(&self) -> Self {
+        TriggerQueue {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> TriggerQueue<K>
+where
+    K: Resource + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    /// A queue counted in the metrics under `queue = name`, and the stream of its entries for
+    /// the Controller (a stream that never ends: the caches keep pushing until the process stops).
+    fn new(
+        name: &str,
+        metrics: &ControllerMetrics,
+    ) -> (
+        Self,
+        impl futures::Stream<Item = ObjectRef<K>> + Send + use<K>,
+    ) {
+        let labels = self::metrics::QueueLabels {
+            queue: name.to_owned(),
+        };
+        let shared = Arc::new(TriggerShared {
+            queued: std::sync::Mutex::new(Queued {
+                order: Default::default(),
+                members: Default::default(),
+            }),
+            added: tokio::sync::Notify::new(),
+            triggers: metrics.triggers.get_or_create(&labels).clone(),
+            coalesced: metrics.triggers_coalesced.get_or_create(&labels).clone(),
+            depth: metrics.trigger_queue_depth.get_or_create(&labels).clone(),
+        });
+        let entries = futures::stream::unfold(shared.clone(), |shared| async move {
+            loop {
+                if let Some(next) = shared.pop() {
+                    return Some((next, shared));
+                }
+                shared.added.notified().await;
+            }
+        });
+        (TriggerQueue { shared }, entries)
+    }
+}
+
+impl<K> TriggerQueue<K>
+where
+    K: Resource,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+{
+    /// Asks for a reconcile of `object`: queues it, or merges it into its entry already queued.
+    fn push(&self, object: ObjectRef<K>) {
+        let shared = &self.shared;
+        shared.triggers.inc();
+        {
+            let mut queued = shared.lock();
+            if queued.members.contains(&object) {
+                shared.coalesced.inc();
+                return;
+            }
+            queued.members.insert(object.clone());
+            queued.order.push_back(object);
+            shared.depth.set(queued.order.len() as i64);
+        }
+        shared.added.notify_one();
+    }
+}
+
+impl<K> TriggerShared<K>
+where
+    K: Resource,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+{
+    /// Takes the oldest entry; a trigger for it from now on is queued anew.
+    fn pop(&self) -> Option<ObjectRef<K>> {
+        let mut queued = self.lock();
+        let next = queued.order.pop_front()?;
+        queued.members.remove(&next);
+        self.depth.set(queued.order.len() as i64);
+        Some(next)
+    }
+
+    /// The queue, also after a panic elsewhere while it was held (every change to it is a whole
+    /// push or pop, so it is never left half-changed).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued<K>> {
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -593,7 +731,7 @@ fn canaries_routing_through<K: Resource>(
 fn wake_routing_through<K: Resource>(
     canaries: &Store<CachedCanary>,
     policies: &Store<CanaryPolicy>,
-    triggers: &futures::channel::mpsc::UnboundedSender<ObjectRef<CachedCanary>>,
+    triggers: &TriggerQueue<CachedCanary>,
     through: Through,
 ) -> impl FnMut(&K) + Send + 'static {
     let canaries = canaries.clone();
@@ -645,4 +783,83 @@ fn router_object(spec: &CanarySpec, policies: &Store<CanaryPolicy>) -> Option<St
                 .as_ref()
                 .map(|r| r.virtual_service.name.clone())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{FutureExt, StreamExt};
+
+    use super::*;
+
+    fn queue() -> (
+        ControllerMetrics,
+        TriggerQueue<CachedCanary>,
+        impl futures::Stream<Item = ObjectRef<CachedCanary>>,
+    ) {
+        let metrics = ControllerMetrics::register(&mut Registry::default());
+        let (queue, entries) = TriggerQueue::new("canary", &metrics);
+        (metrics, queue, entries)
+    }
+
+    /// The canary queue's (depth, triggers, coalesced) in `metrics`.
+    fn counts(metrics: &ControllerMetrics) -> (i64, u64, u64) {
+        let labels = self::metrics::QueueLabels {
+            queue: "canary".into(),
+        };
+        (
+            metrics.trigger_queue_depth.get_or_create(&labels).get(),
+            metrics.triggers.get_or_create(&labels).get(),
+            metrics.triggers_coalesced.get_or_create(&labels).get(),
+        )
+    }
+
+    #[test]
+    fn a_burst_of_triggers_for_one_canary_queues_it_once() {
+        let (metrics, queue, entries) = queue();
+        let web = canary_ref("web", "shop");
+        for _ in 0..10_000 {
+            queue.push(web.clone());
+        }
+        assert_eq!(counts(&metrics), (1, 10_000, 9_999));
+        let mut entries = Box::pin(entries);
+        assert_eq!(entries.next().now_or_never(), Some(Some(web)));
+        assert_eq!(entries.next().now_or_never(), None, "nothing else queued");
+        assert_eq!(counts(&metrics).0, 0);
+    }
+
+    #[test]
+    fn a_trigger_after_the_controller_took_the_object_queues_it_again() {
+        let (_metrics, queue, entries) = queue();
+        let mut entries = Box::pin(entries);
+        let web = canary_ref("web", "shop");
+        queue.push(web.clone());
+        assert_eq!(entries.next().now_or_never(), Some(Some(web.clone())));
+        queue.push(web.clone());
+        assert_eq!(entries.next().now_or_never(), Some(Some(web)));
+    }
+
+    #[test]
+    fn queued_objects_come_out_oldest_first_each_once() {
+        let (_metrics, queue, entries) = queue();
+        let mut entries = Box::pin(entries);
+        let (web, api) = (canary_ref("web", "shop"), canary_ref("api", "shop"));
+        send(&queue, vec![web.clone(), api.clone(), web.clone()]);
+        assert_eq!(entries.next().now_or_never(), Some(Some(web)));
+        assert_eq!(entries.next().now_or_never(), Some(Some(api)));
+        assert_eq!(entries.next().now_or_never(), None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_controller_is_woken_by_a_trigger() {
+        let (_metrics, queue, entries) = queue();
+        let web = canary_ref("web", "shop");
+        let taken = tokio::spawn(async move { Box::pin(entries).next().await });
+        tokio::task::yield_now().await;
+        queue.push(web.clone());
+        let taken = tokio::time::timeout(std::time::Duration::from_secs(5), taken)
+            .await
+            .expect("woken")
+            .expect("reader task");
+        assert_eq!(taken, Some(web));
+    }
 }
