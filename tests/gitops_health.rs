@@ -1,6 +1,7 @@
 //! The GitOps health checks shipped in `deploy/gitops/`, run the way Argo CD and Flux run them:
-//! the Lua scripts in a Lua interpreter with the object as the global `obj` and only the base,
-//! table, string and math libraries; the Flux CEL expressions with the object's top-level fields
+//! the Lua scripts in a Lua 5.1 interpreter (Argo CD embeds gopher-lua, a Lua 5.1) with the object
+//! as the global `obj` and only the libraries Argo CD opens (base, package, table, and `os.time` /
+//! `os.date` through `require`); the Flux CEL expressions with the object's top-level fields
 //! as variables, after kstatus's `observedGeneration` rule, in Flux's order (`inProgress`,
 //! `failed`, `current`, else InProgress).
 //!
@@ -86,11 +87,29 @@ fn argocd_health(script: &str, object: &Value) -> ArgoHealth {
     }
 }
 
-/// A Lua state with the libraries Argo CD opens for a health script from `argocd-cm`: base,
-/// package and table (and a reduced `os`, left out here because the scripts do not use it), but
-/// no string or math library (argo-cd `util/lua/lua.go`).
+/// A Lua 5.1 state with what Argo CD opens for a health script from `argocd-cm` (argo-cd
+/// `util/lua/lua.go` and `oslib_safe.go`, on gopher-lua, a Lua 5.1): the base library (gopher-lua's
+/// has no `coroutine`), package and table, and a "safe os" of `time` and `date` only. Argo CD
+/// registers that one under the table library's name, so there is no global `os`: a script gets
+/// it with `require("os")`. No string, math, io, debug or utf8 library, and strings have no
+/// methods.
 fn argocd_lua() -> mlua::Lua {
-    mlua::Lua::new_with(StdLib::TABLE | StdLib::PACKAGE, LuaOptions::default()).expect("Lua starts")
+    let lua = mlua::Lua::new_with(
+        StdLib::TABLE | StdLib::PACKAGE | StdLib::OS,
+        LuaOptions::default(),
+    )
+    .expect("Lua starts");
+    lua.load(
+        r#"
+        local safe_os = { time = os.time, date = os.date }
+        os, package.loaded.os = nil, nil
+        package.preload.os = function() return safe_os end
+        coroutine, package.loaded.coroutine = nil, nil
+        "#,
+    )
+    .exec()
+    .expect("the Argo CD library set is made");
+    lua
 }
 
 // ---- Flux: the CEL expressions --------------------------------------------------------------
@@ -501,9 +520,10 @@ fn the_flux_entry_names_the_canary_kind_and_sets_all_three_expressions() {
     }
 }
 
-/// Argo CD runs health scripts in gopher-lua, which speaks Lua 5.1; the tests run Lua 5.4. Keep
-/// the scripts to the common subset: none of the syntax Lua 5.1 lacks, and no call into a
-/// library Argo CD does not open (string methods need the string library too).
+/// Argo CD runs health scripts in gopher-lua, which speaks Lua 5.1, as the tests do. Running them
+/// refuses newer syntax only where it is loaded and missing libraries only on the branches a
+/// fixture reaches; this also reads every line: none of the syntax Lua 5.1 lacks, and no call
+/// into a library Argo CD does not open (string methods need the string library too).
 #[test]
 fn the_argocd_scripts_use_only_lua_5_1_and_the_libraries_argo_cd_opens() {
     for (name, script) in [("canary", CANARY_LUA), ("deployment", DEPLOYMENT_LUA)] {
@@ -532,6 +552,62 @@ fn the_argocd_scripts_use_only_lua_5_1_and_the_libraries_argo_cd_opens() {
             );
         }
     }
+}
+
+/// The interpreter the checks run in is the one Argo CD has: Lua 5.1 syntax only, and only the
+/// libraries Argo CD opens, so a script Argo CD cannot run fails here first.
+#[test]
+fn the_test_interpreter_refuses_what_argo_cds_lua_5_1_cannot_run() {
+    let lua = argocd_lua();
+    let version: String = lua.globals().get("_VERSION").unwrap();
+    assert_eq!(version, "Lua 5.1");
+    for newer in [
+        "return 7 // 2",
+        "goto done\n::done::",
+        "return 6 & 3",
+        "return 6 | 3",
+        "return 6 ~ 3",
+        "return ~6",
+        "return 1 << 2",
+        "return 4 >> 1",
+        "local x <const> = 1",
+        "local f <close> = nil",
+    ] {
+        assert!(
+            lua.load(newer).into_function().is_err(),
+            "{newer:?} loads, but Lua 5.1 has no such syntax"
+        );
+    }
+    for missing in [
+        "string",
+        "math",
+        "io",
+        "debug",
+        "utf8",
+        "coroutine",
+        "bit32",
+        "os",
+    ] {
+        let value: mlua::Value = lua.globals().get(missing).unwrap();
+        assert!(value.is_nil(), "Argo CD opens no global {missing:?}");
+    }
+    for fails in [
+        "return ('web'):upper()",
+        "return #utf8.char(72)",
+        "return require('string')",
+        "return require('os').exit",
+    ] {
+        let result = lua.load(fails).eval::<mlua::Value>();
+        assert!(
+            matches!(result, Err(_) | Ok(mlua::Value::Nil)),
+            "{fails:?} runs, but not in Argo CD"
+        );
+    }
+    let available: bool = lua
+        .load("local os = require('os') return type(os.time()) == 'number' and type(os.date) == 'function' and type(table.insert) == 'function' and type(ipairs) == 'function'")
+        .eval()
+        .unwrap();
+    assert!(available, "what Argo CD does open is there");
 }
 
 /// The ConfigMap patch, as it must read: both scripts embedded byte for byte.

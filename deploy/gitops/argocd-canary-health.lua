@@ -9,7 +9,7 @@
 --   Degraded     the current revision failed (rolled back), or the spec is invalid
 --
 -- Argo CD runs health scripts in Lua 5.1 with only the base and table libraries (no string or
--- math): hence plain concatenation and no string functions. Tested with Lua 5.4, same libraries.
+-- math): hence plain concatenation and no string functions. Tested with Lua 5.1, same libraries.
 local hs = {}
 local status = obj.status or {}
 local metadata = obj.metadata or {}

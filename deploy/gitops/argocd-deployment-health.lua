@@ -12,7 +12,7 @@
 -- Every other Deployment gets Argo CD's built-in logic and messages, line for line (a paused one that
 -- sluice does not manage is Suspended, as before).
 -- Argo CD runs health scripts in Lua 5.1 with only the base and table libraries (no string or
--- math): hence plain concatenation and no string functions. Tested with Lua 5.4, same libraries.
+-- math): hence plain concatenation and no string functions. Tested with Lua 5.1, same libraries.
 local hs = {}
 local metadata = obj.metadata or {}
 local spec = obj.spec or {}

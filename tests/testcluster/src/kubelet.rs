@@ -14,9 +14,10 @@
 //!
 //! The decision is the pure [`next_status`] (Deployment, ReplicaSets, readiness timing, now, config
 //! in; status, ReplicaSet changes and readiness timing out); [`spawn`] is the thin adapter: watch
-//! caches in, writes out (an idle, settled cluster costs no requests, and a write is not repeated
-//! against the same cached version). Time comes from a [`Clock`], so tests drive rollouts with a
-//! [`ManualClock`] instead of sleeping.
+//! caches in, writes out (an idle, settled cluster costs no requests, a write is not repeated
+//! against the same cached version, and a Deployment is not synced while the ReplicaSet cache has
+//! not yet shown a ReplicaSet the stand-in created for it, see `Memory::decide`). Time comes from
+//! a [`Clock`], so tests drive rollouts with a [`ManualClock`] instead of sleeping.
 //!
 //! Must not create pods or endpoints, and must not touch anything but ReplicaSets it owns and the
 //! `status` of Deployments in its scope.
@@ -1101,6 +1102,8 @@ struct Cache {
 #[derive(Default)]
 struct Memory {
     timings: HashMap<(String, String), Readiness>,
+    /// ReplicaSets this stand-in created that its cache has not shown yet, by (namespace, name).
+    created: std::collections::HashSet<(String, String)>,
     /// Writes whose effect the caches have not shown yet, by (what, namespace, name): the
     /// object's resourceVersion when sent and the body sent. The same write against the same
     /// cached version is not sent twice.
@@ -1108,6 +1111,47 @@ struct Memory {
 }
 
 impl Memory {
+    /// One Deployment's sync on what the caches show, or `None` when the ReplicaSet cache has not
+    /// yet shown a ReplicaSet this stand-in created for it (then nothing is written this pass).
+    ///
+    /// The real controller (`getNewReplicaSet`) creates the new ReplicaSet when its lister shows
+    /// none, and only a create that succeeds sets Progressing to `NewReplicaSetCreated`, in the
+    /// same sync that `syncRolloutStatus` then moves on to `ReplicaSetUpdated` (recording 12, steps
+    /// 2 and 13). When its lister is behind its own create, the create answers AlreadyExists, the
+    /// lister lookup misses, and the sync ends in an error before any status is written. Deciding
+    /// on such a cache would set `NewReplicaSetCreated` again over `ReplicaSetUpdated`, and no
+    /// later sync makes progress to move it back while pods are not ready.
+    fn decide(
+        &mut self,
+        deployment: &Deployment,
+        replicasets: &[ReplicaSet],
+        now: Timestamp,
+        config: &Config,
+    ) -> Option<Decision> {
+        let ns = deployment.metadata.namespace.clone().unwrap_or_default();
+        let name = deployment.metadata.name.clone().unwrap_or_default();
+        for rs in replicasets {
+            let rs_name = rs.metadata.name.clone().unwrap_or_default();
+            self.created.remove(&(ns.clone(), rs_name));
+        }
+        let key = (ns.clone(), name);
+        let known = self.timings.get(&key).cloned().unwrap_or_default();
+        let decision = next_status(deployment, replicasets, &known, now, config);
+        let behind = decision.changes.iter().any(|change| match change {
+            ReplicaSetChange::Create(rs) => {
+                let rs_name = rs.metadata.name.clone().unwrap_or_default();
+                self.created.contains(&(ns.clone(), rs_name))
+            }
+            _ => false,
+        });
+        if behind {
+            return None;
+        }
+        // Remembered before writing, so a failed write does not lose when pods started.
+        self.timings.insert(key, decision.readiness.clone());
+        Some(decision)
+    }
+
     /// Whether this write is new, and if so remembers it as sent.
     fn first_time(
         &mut self,
@@ -1181,7 +1225,7 @@ async fn sync_all(
                 .push(ReplicaSet::clone(rs));
         }
     }
-    for deployment in &cache.deployments {
+    'deployments: for deployment in &cache.deployments {
         let ns = deployment.metadata.namespace.clone().unwrap_or_default();
         if !in_scope(&ns, &options.scope) || deployment.metadata.deletion_timestamp.is_some() {
             continue;
@@ -1190,15 +1234,16 @@ async fn sync_all(
         let same_ns: Vec<ReplicaSet> = sets_by_owner
             .remove(&(ns.clone(), name.clone()))
             .unwrap_or_default();
-        let key = (ns.clone(), name.clone());
-        let known = memory.timings.get(&key).cloned().unwrap_or_default();
-        let Decision {
+        let Some(Decision {
             status,
             changes,
             readiness,
-        } = next_status(deployment, &same_ns, &known, now, &options.config);
-        // Remembered before writing, so a failed write does not lose when pods started.
-        memory.timings.insert(key, readiness.clone());
+        }) = memory.decide(deployment, &same_ns, now, &options.config)
+        else {
+            // The ReplicaSet cache is behind this stand-in's own create: its watch event wakes
+            // the next pass.
+            continue;
+        };
         let rs_api: kube::Api<ReplicaSet> = kube::Api::namespaced(client.clone(), &ns);
         let write_error = |what: &'static str, name: &str| {
             let (namespace, name) = (ns.clone(), name.to_string());
@@ -1219,17 +1264,14 @@ async fn sync_all(
             match change {
                 ReplicaSetChange::Create(rs) => {
                     let rs_name = rs.metadata.name.clone().unwrap_or_default();
-                    let body = serde_json::to_value(&rs).unwrap_or_default();
-                    if !memory.first_time("create", &ns, &rs_name, None, &body) {
-                        continue;
-                    }
                     match rs_api.create(&PostParams::default(), &rs).await {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(s)) if s.code == 409 => {}
-                        Err(e) => {
-                            memory.forget("create", &ns, &rs_name);
-                            return Err(write_error("ReplicaSet", &rs_name)(e));
+                        Ok(_) => {
+                            memory.created.insert((ns.clone(), rs_name));
                         }
+                        // AlreadyExists while the cache shows no such ReplicaSet: as the real
+                        // controller, end this Deployment's sync without writing its status.
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue 'deployments,
+                        Err(e) => return Err(write_error("ReplicaSet", &rs_name)(e)),
                     }
                 }
                 ReplicaSetChange::Scale {

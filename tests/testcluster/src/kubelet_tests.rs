@@ -555,3 +555,98 @@ fn rolling_back_to_an_old_template_reuses_its_replicaset_under_the_next_revision
         ])
     );
 }
+
+/// Recording 12, steps 11-13, as the adapter meets them when its ReplicaSet cache lags behind its
+/// Deployment cache (a loaded machine): the sync that sees its own status write but not yet the
+/// ReplicaSet it created must write nothing, as the real controller's sync ends on AlreadyExists.
+/// Deciding on that cache set `NewReplicaSetCreated` over `ReplicaSetUpdated` for good (the
+/// replay's step-13 flake).
+#[test]
+fn a_sync_whose_replicaset_cache_lags_its_own_create_writes_nothing() {
+    let config = never_ready_config();
+    let mut world = World::new(deployment("registry.example/web:1.0", 2), config.clone());
+    world.settle(t0());
+    world.edit(|s| s.paused = Some(true));
+    world.settle(t0());
+    world.edit(|s| {
+        s.template.spec.as_mut().expect("pod spec").containers[0].image =
+            Some("registry.example/web:2.0".into());
+    });
+    world.settle(t0());
+    world.edit(|s| s.replicas = Some(3));
+    world.settle(t0());
+    world.edit(|s| s.paused = Some(false));
+
+    let mut memory = Memory::default();
+    let before_create = world.replicasets.clone();
+    // The first sync creates revision 2 and, in the same sync, reports it progressing.
+    let first = memory
+        .decide(&world.deployment, &before_create, t0(), &config)
+        .expect("caches are current");
+    let created: Vec<String> = first
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            ReplicaSetChange::Create(rs) => rs.metadata.name.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "{:?}", first.changes);
+    let new_name = created[0].clone();
+    memory
+        .created
+        .insert(("rec-dep".to_string(), new_name.clone()));
+    world.deployment.status = Some(first.status.clone());
+    for change in first.changes {
+        world.apply(change);
+    }
+    assert_eq!(
+        world.reasons(),
+        pairs(&[
+            ("Available", "MinimumReplicasUnavailable"),
+            ("Progressing", "ReplicaSetUpdated")
+        ])
+    );
+    let timings = memory.timings.clone();
+
+    // The Deployment cache shows that status, the ReplicaSet cache not yet the create. Deciding on
+    // it would create again and say NewReplicaSetCreated; the stand-in writes nothing instead.
+    let later = t0() + jiff::SignedDuration::from_secs(1);
+    let naive = next_status(
+        &world.deployment,
+        &before_create,
+        &timings[&("rec-dep".to_string(), "web".to_string())],
+        later,
+        &config,
+    );
+    let naive_reason = get_condition(
+        naive.status.conditions.as_deref().unwrap_or_default(),
+        "Progressing",
+    )
+    .and_then(|c| c.reason.clone());
+    assert_eq!(naive_reason.as_deref(), Some("NewReplicaSetCreated"));
+    assert!(
+        memory
+            .decide(&world.deployment, &before_create, later, &config)
+            .is_none()
+    );
+    assert_eq!(
+        memory.timings, timings,
+        "a skipped sync keeps when pods started"
+    );
+
+    // Once the cache shows it, the sync has nothing to change: ReplicaSetUpdated stays.
+    let caught_up = memory
+        .decide(&world.deployment, &world.replicasets, later, &config)
+        .expect("caches are current");
+    assert!(memory.created.is_empty());
+    assert!(
+        !caught_up.changes.iter().any(|c| matches!(
+            c,
+            ReplicaSetChange::Create(_) | ReplicaSetChange::Scale { .. }
+        )),
+        "{:?}",
+        caught_up.changes
+    );
+    assert_eq!(Some(&caught_up.status), world.deployment.status.as_ref());
+}
