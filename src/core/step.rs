@@ -41,6 +41,27 @@
 //!   check Unknown, like a metric with no result.
 //! - With the replica-ratio router the canary shares the stable Service, so its pods take traffic
 //!   as soon as they are ready, before any gate.
+//! - The spec edited mid-step applies from the next decision, and never moves traffic by itself.
+//!   A new `interval` times the step from its `stepStartedAt` and the next check from the last
+//!   one; a new `threshold` judges the next failed check (a lowered one does not roll back
+//!   without a new failure). New step weights: the step keeps the weight it started with
+//!   (`canaryWeight`) until it ends; its index becomes that of the new plan's highest step whose
+//!   weight does not exceed it (the first step when every one does), and the step after it is
+//!   the new plan's first step above that weight, or promotion when there is none. So an edited
+//!   plan never raises (nor lowers) the canary's weight mid-step: plan `[10, 20, 30]` at 30%
+//!   edited to `[50, 60]` holds 30% until the step ends, then steps to 50% and 60%.
+//! - While the stable side has no ready pods (the target scaled to zero, or all its pods
+//!   failing) the rollout holds: no check, no step, and no route write (a withdrawal from a
+//!   canary without ready pods aside); Ready is False with reason `StableNotReady`. Traffic is
+//!   never moved onto the unanalysed canary to make up for it; the route keeps giving the stable
+//!   side the share it had, which is the user's doing, not sluice's.
+//! - The canary follows the target's replicas at the weight it carries (an HPA scaling the
+//!   target mid-step, or scaling it to zero): its replicas change, its weight and the step's
+//!   clock do not.
+//! - A deleted target: sluice removes what it made for it (its entry in the route, then the
+//!   canary Deployment and Service) and waits, Ready False `TargetNotFound`; the user's route and
+//!   Service stay. A rollout in flight ends as `Failed` (reason `TargetDeleted`), its revision
+//!   held as failed like a rolled-back one.
 
 use std::time::Duration as StdDuration;
 
@@ -62,6 +83,8 @@ pub const ANALYSIS_LOG_LEN: usize = 20;
 pub const CLUSTER_RETRY: StdDuration = StdDuration::from_secs(5);
 /// How soon to look again when something the spec names is missing.
 pub const MISSING_RETRY: StdDuration = StdDuration::from_secs(30);
+/// Ready's reason while the rollout holds for a stable side with no ready pods.
+const STABLE_NOT_READY: &str = "StableNotReady";
 
 /// What must be gathered (checks run, hooks called) before [`step`] can decide.
 pub fn due(
@@ -87,7 +110,8 @@ pub fn due(
     }
     match status.phase.unwrap_or_default() {
         Phase::Progressing => {
-            if !canary_ready(status, observed) {
+            // A rollout held for a stable side with no ready pods asks nothing.
+            if !canary_ready(status, observed) || !stable_serves(observed) {
                 return Due::default();
             }
             match ts(&status.step_started_at) {
@@ -192,7 +216,7 @@ pub fn step(
     }
     // A check whose query the provider refused made the spec invalid: its conditions are set.
     if machine.phase() != Phase::Invalid {
-        machine.conditions(None);
+        machine.conditions(machine.not_ready);
     }
     machine.settle_message();
     machine.decision()
@@ -211,6 +235,8 @@ struct Machine<'a> {
     failure: Option<(&'static str, String)>,
     /// A promotion outlived the progress deadline.
     promotion_late: bool,
+    /// Why Ready is False, when a phase holds for something outside it (the stable side).
+    not_ready: Option<&'static str>,
 }
 
 impl<'a> Machine<'a> {
@@ -228,6 +254,7 @@ impl<'a> Machine<'a> {
             requeue: None,
             failure: None,
             promotion_late: false,
+            not_ready: None,
         }
     }
 
@@ -596,6 +623,14 @@ impl<'a> Machine<'a> {
             self.requeue_in(CLUSTER_RETRY);
             return;
         }
+        if let Strategy::Canary { step_weights } = &resolved.strategy {
+            self.status.step_index = plan_index(step_weights, &self.status);
+        }
+        if !stable_serves(self.observed) {
+            self.follow_target_size(resolved, target);
+            self.hold_for_stable(resolved, target);
+            return;
+        }
         let want = step_weight(resolved, &self.status);
         if self.status.canary_weight != want || !carries(resolved, self.observed, target, want) {
             let restored =
@@ -630,6 +665,69 @@ impl<'a> Machine<'a> {
             ));
             self.requeue_at(next);
         }
+        self.follow_target_size(resolved, target);
+    }
+
+    /// Keeps the canary at its share of the target's capacity when the target's replicas change
+    /// mid-step (an HPA, a person, a scale to zero): sized for the weight the step carries, as
+    /// [`canary_replicas`] sizes it. Only its replicas change, never the weight or the step's
+    /// clock. Left to the decision's own sizing when it already resizes the canary (a new step,
+    /// a rollback), and to the next decision when it leaves the steps.
+    fn follow_target_size(&mut self, resolved: &Resolved, target: &TargetState) {
+        let resized = self.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::ScaleCanary { .. } | Action::ApplyCanary { .. } | Action::DeleteCanary
+            )
+        });
+        if resized || self.phase() != Phase::Progressing {
+            return;
+        }
+        let Some(canary) = &self.observed.canary else {
+            return;
+        };
+        let replicas = canary_replicas(resolved, target, step_weight(resolved, &self.status));
+        if canary.replicas > 0 && canary.replicas != replicas {
+            self.actions.push(Action::ScaleCanary {
+                replicas,
+                starts_clock: None,
+            });
+        }
+    }
+
+    /// Holds the rollout where it stands while the stable side has no ready pods: no check, no
+    /// step, no route write. Moving traffic to the canary would hand it to an unanalysed revision
+    /// because of something the user did (scaled the target to zero) or that happened to the
+    /// stable pods; the share the route still gives stable is theirs to restore. Ready says why
+    /// until the target has ready pods again; the step then goes on under its own clock.
+    fn hold_for_stable(&mut self, resolved: &Resolved, target: &TargetState) {
+        let revision = self.revision();
+        let pods = if target.replicas == 0 {
+            "scaled to 0 replicas".to_owned()
+        } else {
+            format!("0 of {} ready", target.replicas)
+        };
+        let at = if self.status.step_started_at.is_some() {
+            format!("at {}", self.progress_words(resolved))
+        } else {
+            "before the first step".to_owned()
+        };
+        let words = format!(
+            "the stable Deployment {} has no ready pods ({pods}); the rollout holds {at} and moves no traffic until it has",
+            resolved.target
+        );
+        let already = conditions::find(&self.found.conditions, condition::READY)
+            .is_some_and(|c| c.status == "False" && c.reason == STABLE_NOT_READY);
+        if !already {
+            self.event(
+                true,
+                STABLE_NOT_READY,
+                format!("revision {revision}: {words}"),
+            );
+        }
+        self.not_ready = Some(STABLE_NOT_READY);
+        self.say(format!("revision {revision}: {words}"));
+        self.requeue_in(CLUSTER_RETRY);
     }
 
     fn progress_words(&self, resolved: &Resolved) -> String {
@@ -708,6 +806,10 @@ impl<'a> Machine<'a> {
             ));
             self.requeue_in(CLUSTER_RETRY);
             self.requeue_at(deadline);
+            return;
+        }
+        if !stable_serves(self.observed) {
+            self.hold_for_stable(resolved, target);
             return;
         }
         let failed = self.record_hooks(&[HookType::ConfirmRollout, HookType::PreRollout]);
@@ -975,14 +1077,10 @@ impl<'a> Machine<'a> {
             return;
         }
         match &resolved.strategy {
-            Strategy::Canary { step_weights } => {
-                let next = usize::try_from(self.status.step_index + 1).unwrap_or(usize::MAX);
-                if next < step_weights.len() {
-                    self.advance(resolved, target, next, step_weights[next]);
-                } else {
-                    self.analysis_complete(resolved, target);
-                }
-            }
+            Strategy::Canary { step_weights } => match next_step(step_weights, &self.status) {
+                Some(next) => self.advance(resolved, target, next, step_weights[next]),
+                None => self.analysis_complete(resolved, target),
+            },
             Strategy::BlueGreen { iterations } | Strategy::AbTesting { iterations, .. } => {
                 self.status.iterations += 1;
                 if self.status.iterations >= *iterations {
@@ -1434,11 +1532,9 @@ impl<'a> Machine<'a> {
                 let Strategy::Canary { step_weights } = &resolved.strategy else {
                     return false;
                 };
-                let next = usize::try_from(self.status.step_index + 1).unwrap_or(usize::MAX);
-                if next < step_weights.len() {
-                    self.advance(resolved, target, next, step_weights[next]);
-                } else {
-                    self.analysis_complete(resolved, target);
+                match next_step(step_weights, &self.status) {
+                    Some(next) => self.advance(resolved, target, next, step_weights[next]),
+                    None => self.analysis_complete(resolved, target),
                 }
                 true
             }
@@ -1559,7 +1655,57 @@ impl<'a> Machine<'a> {
         );
     }
 
+    /// The target Deployment is not there: not created yet, or deleted. What sluice made for it
+    /// goes, and only that: its entry in the user's route first (no request is left routed to a
+    /// canary being deleted), then the canary Deployment and Service. A rollout in flight cannot
+    /// be promoted any more and ends as failed, its revision held like a rolled-back one.
     fn target_missing(&mut self, resolved: &Resolved) {
+        self.requeue_in(MISSING_RETRY);
+        let weight = self.observed.router.canary_weight;
+        let routed = match &resolved.router {
+            Router::None => false,
+            // The Service router reads 0 from the user's own selector: nothing of sluice's.
+            Router::Service => weight.is_some_and(|w| w > 0),
+            Router::GatewayApi(_)
+            | Router::Nginx(_)
+            | Router::Istio(_)
+            | Router::Smi(_)
+            | Router::Traefik(_) => weight.is_some() || self.observed.router.matched,
+        };
+        if routed {
+            self.actions.push(Action::RemoveRoute);
+        }
+        if self.observed.canary.is_some() {
+            self.actions.push(Action::DeleteCanary);
+        }
+        self.status.canary_weight = 0;
+        let in_flight = match self.phase() {
+            Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Paused => true,
+            Phase::Initializing
+            | Phase::Idle
+            | Phase::Finalising
+            | Phase::Succeeded
+            | Phase::Failed
+            | Phase::Invalid => false,
+        };
+        if in_flight {
+            let revision = self.revision();
+            let why = format!(
+                "the target Deployment {} was deleted during the rollout; its canary and its route entry were removed",
+                resolved.target
+            );
+            self.status.phase = Some(Phase::Failed);
+            self.status.failed_revision = Some(revision.clone());
+            self.status.paused = false;
+            self.status.unknown_since = None;
+            self.event(true, "TargetDeleted", format!("revision {revision}: {why}"));
+            self.say(format!(
+                "revision {revision} failed: {why}; waiting for a Deployment {}",
+                resolved.target
+            ));
+            self.failure = Some(("TargetDeleted", why));
+            return;
+        }
         if self.status.phase.is_none() {
             self.status.phase = Some(Phase::Initializing);
         }
@@ -1567,7 +1713,6 @@ impl<'a> Machine<'a> {
             "target Deployment {} not found; waiting for it",
             resolved.target
         ));
-        self.requeue_in(MISSING_RETRY);
     }
 
     /// Ready, Progressing, Promoted, Failed and InvalidSpec from the phase, each naming the
@@ -1709,9 +1854,13 @@ fn first_weight(resolved: &Resolved) -> i32 {
     }
 }
 
-/// The weight the current step gives the canary.
+/// The weight the current step gives the canary: the weight it started with (`canaryWeight`),
+/// which it keeps until it ends whatever the plan says meanwhile (an edited plan never moves
+/// traffic mid-step). With no traffic in place (before the first step, or withdrawn from a canary
+/// without ready pods), the plan's weight at the step index, or its last step's.
 fn step_weight(resolved: &Resolved, status: &CanaryStatus) -> i32 {
     match &resolved.strategy {
+        Strategy::Canary { .. } if status.canary_weight > 0 => status.canary_weight,
         Strategy::Canary { step_weights } => usize::try_from(status.step_index)
             .ok()
             .and_then(|i| step_weights.get(i))
@@ -1722,6 +1871,36 @@ fn step_weight(resolved: &Resolved, status: &CanaryStatus) -> i32 {
     }
 }
 
+/// The index of the step the canary is on, in the plan as it stands now: the highest step whose
+/// weight does not exceed the weight the canary carries, or the first when every step is above
+/// it (an unedited plan gives the step's own index). With no traffic in place, the step index
+/// clamped to the plan.
+fn plan_index(step_weights: &[i32], status: &CanaryStatus) -> i32 {
+    let index = if status.canary_weight > 0 {
+        step_weights
+            .iter()
+            .filter(|w| **w <= status.canary_weight)
+            .count()
+            .saturating_sub(1)
+    } else {
+        usize::try_from(status.step_index)
+            .unwrap_or(0)
+            .min(step_weights.len().saturating_sub(1))
+    };
+    i32::try_from(index).unwrap_or(i32::MAX)
+}
+
+/// The step after the current one: the plan's first step above the weight the canary carries
+/// (the next index, when the plan is the one the step started with); `None` when no step is
+/// above it, and the analysis is complete.
+fn next_step(step_weights: &[i32], status: &CanaryStatus) -> Option<usize> {
+    if status.canary_weight > 0 {
+        return step_weights.iter().position(|w| *w > status.canary_weight);
+    }
+    let next = usize::try_from(status.step_index.saturating_add(1)).ok()?;
+    (next < step_weights.len()).then_some(next)
+}
+
 fn canary_replicas(resolved: &Resolved, target: &TargetState, weight: i32) -> i32 {
     match &resolved.strategy {
         Strategy::BlueGreen { .. } | Strategy::AbTesting { .. } => target.replicas.max(1),
@@ -1730,6 +1909,15 @@ fn canary_replicas(resolved: &Resolved, target: &TargetState, weight: i32) -> i3
         }
         Strategy::Canary { .. } => plan::routed_replicas(target.replicas, weight),
     }
+}
+
+/// The stable side serves: the target Deployment has ready pods. A rollout in `Progressing`
+/// holds while it has none (see [`Machine::hold_for_stable`]).
+fn stable_serves(observed: &Observations) -> bool {
+    observed
+        .target
+        .as_ref()
+        .is_some_and(|t| t.ready_replicas >= 1)
 }
 
 /// The canary has ready pods of the revision being rolled out (I1's precondition).
