@@ -106,7 +106,7 @@ impl ExitCode {
             ExitCode::FailedProgressDeadline => {
                 "rolled back: the canary was not ready within the progress deadline"
             }
-            ExitCode::Aborted => "aborted by a person (kubectl sluice abort)",
+            ExitCode::Aborted => "ended by a person (kubectl sluice abort, or the target deleted)",
             ExitCode::Superseded => {
                 "superseded: the target's template moved on to a newer revision"
             }

@@ -82,7 +82,8 @@ const HELD_FAILED: &str = "RolledBack";
 /// The exit code for a `Failed` condition's reason.
 pub fn failure_code(reason: &str) -> ExitCode {
     match reason {
-        "Aborted" => ExitCode::Aborted,
+        // A person ended the rollout: by `abort`, or by deleting the target Deployment.
+        "Aborted" | "TargetDeleted" => ExitCode::Aborted,
         "ProgressDeadlineExceeded" => ExitCode::FailedProgressDeadline,
         // Rolled back because nothing could be measured: no verdict on the revision.
         "UnknownDeadlineExceeded" => ExitCode::Unmeasured,
@@ -322,6 +323,7 @@ mod tests {
             ("RolledBack", ExitCode::FailedAnalysis),
             ("ProgressDeadlineExceeded", ExitCode::FailedProgressDeadline),
             ("Aborted", ExitCode::Aborted),
+            ("TargetDeleted", ExitCode::Aborted),
         ] {
             assert_eq!(
                 code(assess(
