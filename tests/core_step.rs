@@ -261,6 +261,7 @@ fn every_fixture_file_has_a_test() {
 
 fixtures! {
 first_sight_adopts_the_template_as_stable_and_labels_the_target,
+    a_route_already_at_the_next_step_after_a_restart_is_that_step_taken_once,
     a_first_check_waits_until_its_query_window_lies_inside_the_step,
     checks_of_a_step_never_read_overlapping_windows,
     a_query_the_provider_refuses_is_an_invalid_spec_not_an_unknown,

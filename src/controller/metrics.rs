@@ -69,6 +69,53 @@ pub struct QueueLabels {
     pub queue: String,
 }
 
+/// Every 429 Too Many Requests the API server answered this process, counted by
+/// [`CountThrottled`] as the client gets each one. Process-wide: the client is built before the
+/// registry.
+pub static API_THROTTLED: std::sync::LazyLock<Counter> = std::sync::LazyLock::new(Counter::default);
+
+/// The controller client's retry policy: kube's own server-aware one (a 429, 503 or 504 is tried
+/// again after the server's `Retry-After`, or an exponential backoff when that is sooner or
+/// missing; at most 15 times), counting every 429 in [`API_THROTTLED`] on the way.
+#[derive(Clone)]
+pub struct CountThrottled(kube::client::retry::RetryPolicy);
+
+impl Default for CountThrottled {
+    fn default() -> Self {
+        CountThrottled(kube::client::retry::RetryPolicy::server_retry())
+    }
+}
+
+impl<Res>
+    tower::retry::Policy<
+        axum::http::Request<kube::client::Body>,
+        axum::http::Response<Res>,
+        tower::BoxError,
+    > for CountThrottled
+{
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        request: &mut axum::http::Request<kube::client::Body>,
+        result: &mut Result<axum::http::Response<Res>, tower::BoxError>,
+    ) -> Option<Self::Future> {
+        if let Ok(response) = result
+            && response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS
+        {
+            API_THROTTLED.inc();
+        }
+        self.0.retry(request, result)
+    }
+
+    fn clone_request(
+        &mut self,
+        request: &axum::http::Request<kube::client::Body>,
+    ) -> Option<axum::http::Request<kube::client::Body>> {
+        tower::retry::Policy::<_, axum::http::Response<Res>, _>::clone_request(&mut self.0, request)
+    }
+}
+
 /// Every controller metric, registered under the `sluice_` prefix.
 #[derive(Clone)]
 pub struct ControllerMetrics {
@@ -81,6 +128,8 @@ pub struct ControllerMetrics {
     pub hook_calls: Family<HookLabels, Counter>,
     pub hook_calls_dropped: Family<DroppedLabels, Counter>,
     pub api_calls: Family<ApiCallLabels, Counter>,
+    /// API requests answered 429 Too Many Requests ([`API_THROTTLED`]).
+    pub api_throttled: Counter,
     pub triggers: Family<QueueLabels, Counter>,
     pub triggers_coalesced: Family<QueueLabels, Counter>,
     pub trigger_queue_depth: Family<QueueLabels, Gauge>,
@@ -100,6 +149,7 @@ impl ControllerMetrics {
             hook_calls: Family::default(),
             hook_calls_dropped: Family::default(),
             api_calls: Family::default(),
+            api_throttled: API_THROTTLED.clone(),
             triggers: Family::default(),
             triggers_coalesced: Family::default(),
             trigger_queue_depth: Family::default(),
@@ -141,6 +191,12 @@ impl ControllerMetrics {
             "api_calls",
             "Kubernetes API calls made, by verb and resource",
             metrics.api_calls.clone(),
+        );
+        sluice.register(
+            "api_throttled",
+            "Kubernetes API requests answered 429 Too Many Requests, each tried again after the \
+             server's Retry-After",
+            metrics.api_throttled.clone(),
         );
         sluice.register(
             "triggers",

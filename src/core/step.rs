@@ -631,6 +631,7 @@ impl<'a> Machine<'a> {
             self.hold_for_stable(resolved, target);
             return;
         }
+        self.resume_a_written_advance(resolved);
         let want = step_weight(resolved, &self.status);
         if self.status.canary_weight != want || !carries(resolved, self.observed, target, want) {
             let restored =
@@ -666,6 +667,47 @@ impl<'a> Machine<'a> {
             self.requeue_at(next);
         }
         self.follow_target_size(resolved, target);
+    }
+
+    /// The route already carries the next step's weight while status still names this step,
+    /// whose check was due: the controller wrote the next step's route and was stopped before the
+    /// status write that goes with it (the route is written first). Only sluice moves a route to
+    /// the next step's weight, and only after a passing check (or a person's `skip`), so the step
+    /// is taken as advanced rather than repeated: putting the previous weight back and analysing
+    /// that step again would move traffic backwards and repeat a step. Its clock starts now,
+    /// later than the route write it follows, so the step can only last longer (I4).
+    fn resume_a_written_advance(&mut self, resolved: &Resolved) {
+        let Strategy::Canary { step_weights } = &resolved.strategy else {
+            return;
+        };
+        if resolved.router == Router::None {
+            return;
+        }
+        let next = usize::try_from(self.status.step_index + 1).unwrap_or(usize::MAX);
+        let (Some(&weight), Some(read)) =
+            (step_weights.get(next), self.observed.router.canary_weight)
+        else {
+            return;
+        };
+        if read != weight
+            || self.status.canary_weight == weight
+            || self.now < next_check_at(resolved, &self.status)
+        {
+            return;
+        }
+        let revision = self.revision();
+        self.status.step_index = i32::try_from(next).unwrap_or(i32::MAX);
+        self.status.canary_weight = weight;
+        self.status.step_started_at = Some(Time(self.now));
+        self.event(
+            false,
+            "StepAdvanced",
+            format!(
+                "revision {revision}: step {}/{}: {weight}% of traffic to the canary (the route carried it already: the write before a restart)",
+                next + 1,
+                self.status.step_count
+            ),
+        );
     }
 
     /// Keeps the canary at its share of the target's capacity when the target's replicas change

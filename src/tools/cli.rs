@@ -258,8 +258,22 @@ async fn client(
         axum::http::header::USER_AGENT,
         axum::http::HeaderValue::from_static(concat!("sluice/", env!("CARGO_PKG_VERSION"))),
     ));
-    kube::Client::try_from(config).map_err(|e| format!("failed to create a Kubernetes client: {e}"))
+    // kube's retry of a 429 (after the server's Retry-After), 503 or 504, wrapped to count each
+    // 429 (`sluice_api_throttled`). Outside kube's stack it needs a service it can clone: the
+    // buffer (bounded, I5).
+    config.default_retry = false;
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| format!("failed to create a Kubernetes client: {e}"))?;
+    Ok(builder
+        .with_layer(&tower::buffer::BufferLayer::new(CLIENT_BUFFER))
+        .with_layer(&tower::retry::RetryLayer::new(
+            crate::controller::metrics::CountThrottled::default(),
+        ))
+        .build())
 }
+
+/// Requests the controller's client queues for its connection pool (it takes them as they come).
+const CLIENT_BUFFER: usize = 1024;
 
 /// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
 async fn shutdown_signal() {

@@ -36,7 +36,12 @@ pub struct Write {
     pub key: RequestKey,
     /// The object's name (`""` for a create, whose name is in the body).
     pub name: String,
+    /// When the server logged it: after any injected delay or park, just before it was carried
+    /// out (or failed by an injected fault) and answered.
     pub at: SystemTime,
+    /// When the request arrived, before any injected delay or park: the request was in flight from
+    /// `arrived` to (just after) `at`.
+    pub arrived: SystemTime,
     /// The request body as text, cut at 8 KiB.
     pub body: String,
 }
@@ -105,8 +110,15 @@ impl Accounting {
         self.record(key);
     }
 
-    /// Logs a write request of `client` on the object `name`.
-    pub fn log_write(&self, client: &str, key: RequestKey, name: &str, body: &[u8]) {
+    /// Logs a write request of `client` on the object `name`, which arrived at `arrived`.
+    pub fn log_write(
+        &self,
+        client: &str,
+        key: RequestKey,
+        name: &str,
+        body: &[u8],
+        arrived: SystemTime,
+    ) {
         let mut body = String::from_utf8_lossy(body).into_owned();
         if body.len() > WRITE_BODY_LEN {
             let mut cut = WRITE_BODY_LEN;
@@ -124,6 +136,7 @@ impl Accounting {
             key,
             name: name.to_owned(),
             at: SystemTime::now(),
+            arrived,
             body,
         });
     }

@@ -1,7 +1,8 @@
 //! Fault injection, switchable while the server runs: refuse connections for a while (existing
 //! connections are reset, new ones are accepted and reset at once), delay every response, fail
 //! the next N requests matching a verb / resource / subresource / namespace / name / client with
-//! 409, 429 (+ `Retry-After`) or 500 as proper `Status` bodies, cut every open watch stream, and
+//! 409, 429 (+ `Retry-After`), 500 or 410 Expired (for a watch, its ERROR event) as proper `Status`
+//! bodies, cut every open watch stream, and
 //! answer the next watches with 410 Expired, park the next matching request to one named object
 //! until the test releases it (to make a race happen deterministically), and hold back the live
 //! events of open watches of one resource (a client's cache that lags the server) until the test
@@ -29,6 +30,12 @@ pub enum InjectedError {
     Conflict,
     /// 429 TooManyRequests with `Retry-After: 1`.
     TooManyRequests,
+    /// 429 TooManyRequests with `Retry-After` (and `details.retryAfterSeconds`) of this many
+    /// seconds.
+    TooManyRequestsRetryAfter(u32),
+    /// 410 Expired, as for a resourceVersion the server no longer has: a watch gets it as the
+    /// ERROR event a real server sends (so the client lists again), any other request as a 410.
+    Expired,
     /// 500 InternalError.
     Internal,
 }
@@ -265,13 +272,14 @@ struct FailRule {
     remaining: u32,
 }
 
-/// A parked request: the server signals `arrived` (with the request) and waits for `release`.
+/// A parked request: the server signals `arrived` (with the request) and waits for `release`,
+/// which lets it go on (`None`) or answers it with an error instead (`Some`).
 #[derive(Debug)]
 struct ParkRule {
     id: u64,
     matcher: RequestMatch,
     arrived: tokio::sync::oneshot::Sender<FaultedRequest>,
-    release: tokio::sync::oneshot::Receiver<()>,
+    release: tokio::sync::oneshot::Receiver<Option<InjectedError>>,
 }
 
 /// The test's side of a parked request, from [`Faults::park_next`].
@@ -280,7 +288,7 @@ pub struct Parked {
     id: u64,
     arrived: tokio::sync::oneshot::Receiver<FaultedRequest>,
     request: Option<FaultedRequest>,
-    release: Option<tokio::sync::oneshot::Sender<()>>,
+    release: Option<tokio::sync::oneshot::Sender<Option<InjectedError>>>,
 }
 
 impl Parked {
@@ -312,7 +320,16 @@ impl Parked {
     /// Lets the held request go on (dropping the handle does the same).
     pub fn release(mut self) {
         if let Some(release) = self.release.take() {
-            let _ = release.send(());
+            let _ = release.send(None);
+        }
+    }
+
+    /// Answers the held request with `error` instead of carrying it out, as if it had never
+    /// reached the server (it is then neither counted nor in the write log): what a client killed
+    /// while its request was on the way leaves behind when the request is lost with it.
+    pub fn fail(mut self, error: InjectedError) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(Some(error));
         }
     }
 }
@@ -476,8 +493,12 @@ impl FaultState {
     }
 
     /// Takes the park rule matching the request, if any (and logs who took it): the server then
-    /// holds the request until the returned receiver resolves (released or dropped).
-    pub fn take_park(&self, request: &Request<'_>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    /// holds the request until the returned receiver resolves: released or dropped (carry it
+    /// out), or an error to answer with instead.
+    pub fn take_park(
+        &self,
+        request: &Request<'_>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Option<InjectedError>>> {
         let rule = {
             let mut parks = self.parks.lock().expect("fault lock poisoned");
             let idx = parks.iter().position(|p| p.matcher.matches(request))?;

@@ -173,11 +173,16 @@ impl ApiError {
     }
 
     pub fn too_many_requests() -> Self {
+        Self::too_many_requests_retry_after(1)
+    }
+
+    /// A 429 telling the client to come back in `seconds` (the `Retry-After` header goes with it).
+    pub fn too_many_requests_retry_after(seconds: u32) -> Self {
         Self::status(
             429,
             "TooManyRequests",
             "Too many requests, please try again later.".into(),
-            Some(json!({"retryAfterSeconds": 1})),
+            Some(json!({"retryAfterSeconds": seconds})),
         )
     }
 

@@ -346,6 +346,8 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Before any injected delay or park: when the client sent it, as near as the server can tell.
+    let arrived = std::time::SystemTime::now();
     let query: HashMap<String, String> = Query::try_from_uri(&uri)
         .map(|q: Query<HashMap<String, String>>| q.0)
         .unwrap_or_default();
@@ -425,8 +427,10 @@ async fn handle(
     };
     if target.name.is_some()
         && let Some(release) = shared.faults.take_park(&request)
+        && let Ok(Some(e)) = release.await
     {
-        let _ = release.await;
+        // Failed while parked: the request never reached the server (not counted, not logged).
+        return injected(e, &target, &shared);
     }
     let client = manager_from_user_agent(&headers);
     let key = RequestKey {
@@ -442,11 +446,15 @@ async fn handle(
             key.clone(),
             target.name.as_deref().unwrap_or_default(),
             &body,
+            arrived,
         );
     }
     shared.accounting.record_from(&client, key);
     if let Some(e) = shared.faults.take_failure(&request) {
-        return injected(e, &target);
+        if verb == "watch" && e == InjectedError::Expired {
+            return watch::expired(&shared);
+        }
+        return injected(e, &target, &shared);
     }
     if verb == "watch" {
         return watch::serve_watch(
@@ -466,7 +474,7 @@ async fn handle(
     resp.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn injected(e: InjectedError, t: &Target) -> Response {
+fn injected(e: InjectedError, t: &Target, shared: &Shared) -> Response {
     let name = t.name.clone().unwrap_or_default();
     match e {
         InjectedError::Conflict => {
@@ -477,6 +485,16 @@ fn injected(e: InjectedError, t: &Target) -> Response {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
+        }
+        InjectedError::TooManyRequestsRetryAfter(seconds) => {
+            let mut r = ApiError::too_many_requests_retry_after(seconds).into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            r
+        }
+        InjectedError::Expired => {
+            let rv = shared.lock().current_rv();
+            ApiError::expired(rv.saturating_sub(1), rv).into_response()
         }
         InjectedError::Internal => ApiError::internal("injected fault").into_response(),
     }

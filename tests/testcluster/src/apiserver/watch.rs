@@ -84,6 +84,19 @@ fn streaming(rx: futures::channel::mpsc::Receiver<Result<Bytes, Infallible>>) ->
     r
 }
 
+/// A watch answered as for a resourceVersion the server no longer has: one ERROR event, 410
+/// Expired, and the end of the stream (the client lists again).
+pub fn expired(shared: &Shared) -> Response {
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, Infallible>>(1);
+    let rv = shared.lock().current_rv();
+    let e = ApiError::expired(rv.saturating_sub(1), rv);
+    let ev = json!({"type": "ERROR", "object": e.body});
+    tokio::spawn(async move {
+        let _ = tx.send(line(&ev)).await;
+    });
+    streaming(rx)
+}
+
 pub fn serve_watch(
     shared: Arc<Shared>,
     ri: Arc<ResourceInfo>,
@@ -126,13 +139,7 @@ pub fn serve_watch(
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, Infallible>>(64);
 
     if shared.faults.take_gone_watch() {
-        let rv = shared.lock().current_rv();
-        let e = ApiError::expired(rv.saturating_sub(1), rv);
-        let ev = json!({"type": "ERROR", "object": e.body});
-        tokio::spawn(async move {
-            let _ = tx.send(line(&ev)).await;
-        });
-        return streaming(rx);
+        return expired(&shared);
     }
 
     // Under one lock: the starting point, the backlog, and the live subscription.
