@@ -763,7 +763,7 @@ impl<'a> Machine<'a> {
         if !already {
             self.event(
                 true,
-                STABLE_NOT_READY,
+                "StableNotReady",
                 format!("revision {revision}: {words}"),
             );
         }

@@ -22,6 +22,8 @@ pub const REASONS: &[(&str, Option<LifecycleEvent>)] = &[
     ("InvalidSpec", Some(LifecycleEvent::Failed)),
     ("UnknownDeadlinePaused", Some(LifecycleEvent::Failed)),
     ("PromotionDeadlineExceeded", Some(LifecycleEvent::Failed)),
+    ("TargetDeleted", Some(LifecycleEvent::Failed)),
+    ("StableNotReady", None),
     ("CanaryNotReady", None),
     ("CheckPassed", None),
     ("CheckUnknown", None),
