@@ -24,6 +24,7 @@ use sluice_testcluster::traffic::ingress::IngressConfig;
 use sluice_testcluster::traffic::load::{self, LoadConfig};
 use sluice_testcluster::traffic::stack::TrafficStack;
 use sluice_testcluster::traffic::weights::HttpRouteWeights;
+use support::history::History;
 use support::{
     Env, Hold, NAMESPACE, app_manifests, http_route_resource, phase, route_canary_weight,
 };
@@ -31,6 +32,8 @@ use tokio::time::Instant;
 
 const APP_ERROR_RATE: &str = include_str!("../analysis-templates/app-error-rate.yaml");
 const STABLE_IMAGE: &str = "registry.local/web:1";
+/// The analysis interval of every Canary here.
+const INTERVAL: Duration = Duration::from_secs(1);
 
 // ---- Observing the run ----------------------------------------------------------------------
 
@@ -308,6 +311,7 @@ spec:
 /// young series once read as "no errors" and let a bad canary advance) or at start.
 async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold, errors: ErrorSeries) {
     let mut env = Env::start(hold).await;
+    let history = History::record_on(&env.cluster);
     env.apply(&app_manifests("web", STABLE_IMAGE, 2)).await;
     env.apply(APP_ERROR_RATE).await;
     let stack = TrafficStack::start_with(
@@ -495,6 +499,7 @@ async fn a_bad_revision_is_rolled_back_on_the_real_prometheus(hold: Hold, errors
         stack.stable.served() > 0 && stack.stable.errors() == 0,
         "stable stayed healthy"
     );
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,9 +543,14 @@ spec:
 }
 
 /// A new revision rolling out while Prometheus is down (connections refused): returns once the
-/// Canary is Progressing with it, with the env and the (down) Prometheus.
-async fn a_rollout_with_prometheus_down(hold: Hold, analysis_extra: &str) -> (Env, FakePrometheus) {
+/// Canary is Progressing with it, with the env, the (down) Prometheus and the history, recorded
+/// from before the app was applied.
+async fn a_rollout_with_prometheus_down(
+    hold: Hold,
+    analysis_extra: &str,
+) -> (Env, FakePrometheus, History) {
     let mut env = Env::start(hold).await;
+    let history = History::record_on(&env.cluster);
     let mut prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
     env.apply(&app_manifests("web", STABLE_IMAGE, 2)).await;
@@ -564,7 +574,7 @@ async fn a_rollout_with_prometheus_down(hold: Hold, analysis_extra: &str) -> (En
         },
     )
     .await;
-    (env, prometheus)
+    (env, prometheus, history)
 }
 
 /// Holds while Unknown: the first step's weight and index never move, `unknownSince` is set.
@@ -594,7 +604,8 @@ async fn hold_while_unknown(env: &Env, timeout: Duration) -> (Sample, Option<jif
 }
 
 async fn prometheus_down_rolls_back_at_the_unknown_deadline(hold: Hold) {
-    let (env, prometheus) = a_rollout_with_prometheus_down(hold, "    unknownDeadline: 4s").await;
+    let (env, prometheus, history) =
+        a_rollout_with_prometheus_down(hold, "    unknownDeadline: 4s").await;
     let (failed, since) = hold_while_unknown(&env, Duration::from_secs(25)).await;
     assert_eq!(failed.phase(), "Failed", "{}", failed.status());
     let since = since.expect("unknownSince was set while the step held");
@@ -629,6 +640,7 @@ async fn prometheus_down_rolls_back_at_the_unknown_deadline(hold: Hold) {
         "only Unknown checks, for an unreachable Prometheus, were recorded: {}",
         failed.status()
     );
+    history.assert_invariants("web", INTERVAL);
     drop(prometheus);
 }
 
@@ -644,7 +656,7 @@ async fn prometheus_down_rolls_back_at_the_unknown_deadline_with_the_paused_at_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_down_pauses_at_the_unknown_deadline_when_told_to() {
-    let (env, prometheus) = a_rollout_with_prometheus_down(
+    let (env, prometheus, history) = a_rollout_with_prometheus_down(
         Hold::AdmissionPolicy,
         "    unknownDeadline: 3s\n    onUnknownDeadline: Pause",
     )
@@ -670,12 +682,13 @@ async fn prometheus_down_pauses_at_the_unknown_deadline_when_told_to() {
     assert_eq!(condition(&paused.canary, "Failed")["status"], "False");
     let canary_deployment = env.deployment("web-canary").await.expect("canary");
     assert!(canary_deployment.spec.and_then(|s| s.replicas).unwrap_or(0) > 0);
+    history.assert_invariants("web", INTERVAL);
     drop(prometheus);
 }
 
 async fn a_rollout_continues_when_prometheus_comes_back(hold: Hold) {
     let paused_at_rest = matches!(hold, Hold::PausedAtRest);
-    let (env, mut prometheus) =
+    let (env, mut prometheus, history) =
         a_rollout_with_prometheus_down(hold, "    unknownDeadline: 1m").await;
     let held = env
         .eventually(
@@ -770,6 +783,7 @@ async fn a_rollout_continues_when_prometheus_comes_back(hold: Hold) {
         paused_at_rest,
         "held per mode at rest"
     );
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -786,6 +800,7 @@ async fn a_rollout_is_promoted_when_prometheus_comes_back_with_the_paused_at_res
 
 async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadline(hold: Hold) {
     let mut env = Env::start(hold).await;
+    let history = History::record_on(&env.cluster);
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
     env.apply(&app_manifests("web", STABLE_IMAGE, 2)).await;
@@ -835,6 +850,7 @@ async fn a_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadli
         env.kubelet.serving(NAMESPACE, "web").map(|s| s.images),
         Some(vec![STABLE_IMAGE.to_owned()])
     );
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
+use support::history::History;
 use support::{Env, Hold, NAMESPACE, events_about, phase, route_canary_weight};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -111,19 +112,25 @@ fn canary_label(deployment: &Deployment) -> Option<String> {
         .and_then(|l| l.get("sluice.dev/canary").cloned())
 }
 
-async fn start(hold: Hold, manual: bool) -> (Env, FakePrometheus) {
+/// The policy, the Service and route, the annotated Deployment at image 1 and the controller;
+/// the history is recorded from before any of them was applied.
+async fn start(hold: Hold, manual: bool) -> (Env, FakePrometheus, History) {
     let mut env = Env::start(hold).await;
+    let history = History::record_on(&env.cluster);
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
     env.apply(&policy(&prometheus.url(), manual)).await;
     env.apply(SERVICE_AND_ROUTE).await;
     gitops_apply(&env, &manifest("registry.local/web:1", OPT_IN)).await;
     env.start_controller(&[]);
-    (env, prometheus)
+    (env, prometheus, history)
 }
 
+/// The analysis interval the annotations of [`OPT_IN`] set.
+const INTERVAL: Duration = Duration::from_secs(1);
+
 async fn an_annotated_deployment_is_canaried_and_released_when_the_annotation_goes(hold: Hold) {
-    let (env, _prometheus) = start(hold, false).await;
+    let (env, _prometheus, history) = start(hold, false).await;
 
     // The annotation alone brings a Canary of the Deployment's name, owned by it.
     let canary = env
@@ -217,6 +224,8 @@ async fn an_annotated_deployment_is_canaried_and_released_when_the_annotation_go
         Some(1),
         "the canary backend is gone from the route: {route}"
     );
+    // Dropping the annotations releases image 2, promoted already: all invariants hold.
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +244,8 @@ async fn an_annotated_deployment_is_canaried_and_released_when_paused_at_rest() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_written_canary_wins_over_the_annotation() {
-    let (env, prometheus) = start(Hold::AdmissionPolicy, false).await;
+    // No traffic moves here: no history is checked.
+    let (env, prometheus, _history) = start(Hold::AdmissionPolicy, false).await;
     env.eventually("the annotation's Canary", WAIT, || async {
         env.canary("web").await.filter(|c| phase(c) == "Idle")
     })
@@ -297,7 +307,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_annotation_value_is_reported_and_changes_nothing_live() {
-    let (env, _prometheus) = start(Hold::AdmissionPolicy, true).await;
+    let (env, _prometheus, history) = start(Hold::AdmissionPolicy, true).await;
     env.eventually("adoption", WAIT, || async {
         env.canary("web").await.filter(|c| phase(c) == "Idle")
     })
@@ -366,6 +376,7 @@ async fn a_bad_annotation_value_is_reported_and_changes_nothing_live() {
     })
     .await;
     assert_eq!(route_canary_weight(&env.http_route("web").await, "web"), 50);
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

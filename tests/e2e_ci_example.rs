@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::cli::ExitCode;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
+use support::history::History;
 use support::plugin::{canary_manifest, template_revision};
 use support::{Env, Hold, NAMESPACE, app_manifests, phase};
 
@@ -52,6 +53,7 @@ async fn the_ci_script_exits_0_for_a_promoted_image_and_1_for_one_analysis_rejec
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
     let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let history = History::record_on(&env.cluster);
     env.apply(&app_manifests("web", "registry.local/web:1", 2))
         .await;
     env.apply(&canary_manifest(&prometheus.url(), "1s", "", ""))
@@ -79,6 +81,7 @@ async fn the_ci_script_exits_0_for_a_promoted_image_and_1_for_one_analysis_rejec
     );
     let canary = env.canary("web").await.unwrap();
     assert_eq!(canary["status"]["stableRevision"], revision.as_str());
+    history.assert_invariants("web", Duration::from_secs(1));
 }
 
 #[test]

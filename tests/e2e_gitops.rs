@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
+use support::history::History;
 use support::{Env, Hold, NAMESPACE, app_manifests, canary_resource, phase};
 
 const GIT_MANIFEST_V2: &str = r#"{
@@ -81,6 +82,7 @@ async fn assert_still_held(env: &Env, passes: u64, what: &str) {
 
 async fn a_gitops_reapply_never_releases_a_held_template(hold: Hold) {
     let mut env = Env::start(hold).await;
+    let history = History::record_on(&env.cluster);
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
     env.apply(&app_manifests("web", "registry.local/web:1", 2))
@@ -190,6 +192,7 @@ async fn a_gitops_reapply_never_releases_a_held_template(hold: Hold) {
         canary["status"]["command"]["action"], "Promote",
         "the plugin's field is left alone"
     );
+    history.assert_invariants("web", Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::history::History;
 use support::hooks::{Answer, HookServer};
 use support::{Env, Hold, NAMESPACE, app_manifests, phase};
 
@@ -82,6 +83,7 @@ fn the_readme_shows_the_hooks_example_that_lint_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_promotion_gate_holds_without_counting_failures_until_it_says_yes() {
     let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let history = History::record_on(&env.cluster);
     let hooks = HookServer::start().await;
     hooks.answer("/gate", Answer::Status(403));
     env.apply(&app_manifests("web", "registry.local/web:1", 2))
@@ -183,11 +185,13 @@ async fn a_confirm_promotion_gate_holds_without_counting_failures_until_it_says_
             .contains(&revision)
     );
     assert!(promoted_body["time"].as_str().is_some());
+    history.assert_invariants("web", Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_rollout_hook_counts_as_failed_checks_and_the_rollback_is_told_to_slack() {
     let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let history = History::record_on(&env.cluster);
     let hooks = HookServer::start().await;
     hooks.answer("/load", Answer::Status(500));
     env.apply(&app_manifests("web", "registry.local/web:1", 2))
@@ -263,12 +267,14 @@ async fn a_failing_rollout_hook_counts_as_failed_checks_and_the_rollback_is_told
             .all(|c| c.body["text"].as_str().unwrap_or("").contains("RolledBack")),
         "only the events asked for are sent"
     );
+    history.assert_invariants("web", Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_hook_is_cut_at_its_timeout_without_delaying_other_canaries_and_metadata_is_refused()
  {
     let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let history = History::record_on(&env.cluster);
     let hooks = HookServer::start().await;
     hooks.answer("/hang", Answer::Hang);
     for name in ["slow", "fast", "meta"] {
@@ -397,4 +403,7 @@ async fn a_hanging_hook_is_cut_at_its_timeout_without_delaying_other_canaries_an
         || async { env.canary("fast").await.filter(|c| phase(c) == "Succeeded") },
     )
     .await;
+    history.assert_invariants("slow", Duration::from_secs(30));
+    history.assert_invariants("fast", Duration::from_secs(1));
+    history.assert_invariants("meta", Duration::from_secs(1));
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice::cli::ExitCode;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
+use support::history::{History, I2_WITHIN, rv_of};
 use support::plugin::{self, canary_manifest, template_revision};
 use support::{Env, Hold, app_manifests, phase, route_canary_weight};
 use tokio::io::AsyncBufReadExt;
@@ -48,8 +49,11 @@ fn assert_granted(role: &str, made: &sluice_testcluster::RequestCounts) {
     }
 }
 
-async fn env_with(prometheus: &FakePrometheus, interval: &str, extra_spec: &str) -> Env {
+/// The app adopted (Idle) under a running controller, and the history recorded from before the
+/// app was applied.
+async fn env_with(prometheus: &FakePrometheus, interval: &str, extra_spec: &str) -> (Env, History) {
     let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let history = History::record_on(&env.cluster);
     env.apply(&app_manifests("web", "registry.local/web:1", 2))
         .await;
     env.apply(&canary_manifest(
@@ -64,7 +68,7 @@ async fn env_with(prometheus: &FakePrometheus, interval: &str, extra_spec: &str)
         env.canary("web").await.filter(|c| phase(c) == "Idle")
     })
     .await;
-    env
+    (env, history)
 }
 
 async fn until_phase(env: &Env, wanted: &str, with_traffic: bool) -> Value {
@@ -109,7 +113,7 @@ async fn abort_returns_traffic_to_stable(env: &Env, during: &str) {
 async fn abort_in_every_phase_returns_traffic_to_stable_and_promote_passes_the_manual_gate() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "3s", "  manualPromotion: true").await;
+    let (env, history) = env_with(&prometheus, "3s", "  manualPromotion: true").await;
     // Request accounting exists on the test cluster only.
     let counted = env.cluster.reset_requests().is_ok();
 
@@ -152,7 +156,7 @@ async fn abort_in_every_phase_returns_traffic_to_stable_and_promote_passes_the_m
     // Resume refused outside a pause; then promote passes the gate of revision 5.
     env.set_image("web", "registry.local/web:5").await;
     let fifth = template_revision(&env, "web").await;
-    until_phase(&env, "Progressing", true).await;
+    let before_skip = until_phase(&env, "Progressing", true).await;
     let skip = plugin::run(&env, &["skip", "web", "-o", "json"]).await;
     assert_eq!(skip.code, 0, "{skip:?}");
     assert_eq!(skip.json()["action"], "Skip");
@@ -191,6 +195,18 @@ async fn abort_in_every_phase_returns_traffic_to_stable_and_promote_passes_the_m
         env.canary("web").await.unwrap()["status"]["stableRevision"],
         fifth.as_str()
     );
+    // I1 and I2 hold throughout, aborts included (an abort ends a step early, which I4 allows:
+    // it ends no step by advancing it). The person's `skip` of revision 5 moves it on without
+    // its analysis, so I3, I4 and I6 are checked on the history before the skip; revision 5's
+    // promotion after it is the person's doing.
+    history.dumping(|| {
+        history.assert_i1("web");
+        history.assert_i2("web", I2_WITHIN);
+        let before = history.until(rv_of(&before_skip));
+        before.assert_i3("web");
+        before.assert_i4("web", Duration::from_secs(3));
+        before.assert_i6("web");
+    });
 
     if !counted {
         return;
@@ -216,7 +232,7 @@ async fn abort_in_every_phase_returns_traffic_to_stable_and_promote_passes_the_m
 async fn analyze_runs_every_query_now_and_writes_nothing() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "1s", "").await;
+    let (env, _history) = env_with(&prometheus, "1s", "").await;
     // Request accounting exists on the test cluster only.
     let counted = env.cluster.reset_requests().is_ok();
 
@@ -266,7 +282,7 @@ async fn kubectl_finds_the_plugin_and_kubectl_wait_is_not_fooled_by_the_previous
     };
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "1s", "  manualPromotion: true").await;
+    let (env, history) = env_with(&prometheus, "1s", "  manualPromotion: true").await;
     let kubeconfig = env.cluster.kubeconfig_path().to_owned();
     let plugin_dir = Path::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
         .parent()
@@ -339,6 +355,7 @@ async fn kubectl_finds_the_plugin_and_kubectl_wait_is_not_fooled_by_the_previous
     assert!(promoted.status.success(), "{promoted:?}");
     let canary = env.canary("web").await.unwrap();
     assert_eq!(canary["status"]["stableRevision"], revision.as_str());
+    history.assert_invariants("web", Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,6 +380,7 @@ async fn abort_during_promotion_returns_traffic_to_stable() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
     let mut env = Env::start_with_never_ready(never_ready).await;
+    let history = History::record_on(&env.cluster);
     env.apply(&app_manifests("web", "registry.local/web:1", 2))
         .await;
     env.apply(&canary_manifest(
@@ -386,4 +404,7 @@ async fn abort_during_promotion_returns_traffic_to_stable() {
         "the canary still carries traffic while the stable Deployment rolls: {promoting}"
     );
     abort_returns_traffic_to_stable(&env, "Promoting").await;
+    // The promotion passed the manual gate after a complete analysis, so every invariant holds,
+    // the abort during it included.
+    history.assert_invariants("web", Duration::from_secs(1));
 }

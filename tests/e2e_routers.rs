@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use serde_json::Value;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
+use support::history::History;
 use support::{Env, Hold, NAMESPACE, app_manifests, phase};
 
 const OLD_IMAGE: &str = "registry.local/web:1";
@@ -243,7 +244,8 @@ fn promoted(canary: &Value) -> bool {
 }
 
 /// Sets up the app (3 stable pods), `extra` manifests and the Canary, starts the controller and
-/// waits until the Canary has adopted the target.
+/// waits until the Canary has adopted the target; the history is recorded from before the app
+/// was applied.
 async fn start(
     hold: Hold,
     router: &str,
@@ -251,8 +253,9 @@ async fn start(
     extra: &str,
     answer: Answer,
     manual: bool,
-) -> (Env, FakePrometheus) {
+) -> (Env, FakePrometheus, History) {
     let mut env = Env::start(hold).await;
+    let history = History::record_on(&env.cluster);
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(answer);
     env.apply(&app_manifests("web", OLD_IMAGE, 3)).await;
@@ -279,7 +282,24 @@ async fn start(
         env.canary("web").await.filter(|c| phase(c) == "Idle")
     })
     .await;
-    (env, prometheus)
+    (env, prometheus, history)
+}
+
+/// The analysis interval of [`canary_manifest`].
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The history's checks for a router other than an HTTPRoute's weights (the Service selector,
+/// the replica ratio, an NGINX canary Ingress): I1, I3, I4 and I6 on the whole history. The
+/// recorded HTTPRoute `web` stays the user's (no canary backend), so I1 holds there trivially
+/// and I4 times steps by status only; I2 reads an HTTPRoute back and does not apply (`follow`
+/// checks I1 and I2 on these routers' own objects, sampled).
+fn assert_history_without_route(history: &History) {
+    history.dumping(|| {
+        history.assert_i1("web");
+        history.assert_i3("web");
+        history.assert_i4("web", INTERVAL);
+        history.assert_i6("web");
+    });
 }
 
 /// After a promotion: the stable Deployment serves the new image, is held as the mode says, and
@@ -322,7 +342,7 @@ async fn selector_weight(env: &Env) -> i32 {
 
 async fn blue_green_switches_the_service_selector_at_once(hold: Hold) {
     let paused_at_rest = matches!(hold, Hold::PausedAtRest);
-    let (env, prometheus) = start(
+    let (env, prometheus, history) = start(
         hold,
         "{service: {}}",
         "{blueGreen: {iterations: 2}}",
@@ -379,6 +399,7 @@ async fn blue_green_switches_the_service_selector_at_once(hold: Hold) {
         "the saved selector annotation is gone once switched back"
     );
     assert_promoted_end_state(&env, paused_at_rest).await;
+    assert_history_without_route(&history);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,7 +429,7 @@ async fn ready_ratio_weight(env: &Env) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_router_the_canary_is_sized_to_the_replica_ratio_of_each_step() {
-    let (env, _prometheus) = start(
+    let (env, _prometheus, history) = start(
         Hold::AdmissionPolicy,
         "{none: {}}",
         "{canary: {stepWeights: [25, 50]}}",
@@ -473,6 +494,7 @@ async fn with_no_router_the_canary_is_sized_to_the_replica_ratio_of_each_step() 
         rollout.weights
     );
     assert_promoted_end_state(&env, false).await;
+    assert_history_without_route(&history);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,7 +552,7 @@ async fn nginx_weight(env: &Env) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nginx_canary_ingress_steps_its_weight_and_sends_nothing_after_promotion() {
-    let (env, _prometheus) = start(
+    let (env, _prometheus, history) = start(
         Hold::AdmissionPolicy,
         "{nginx: {ingress: {name: web}}}",
         "{canary: {stepWeights: [20, 50]}}",
@@ -569,11 +591,12 @@ async fn an_nginx_canary_ingress_steps_its_weight_and_sends_nothing_after_promot
         "the user's Ingress is left untouched"
     );
     assert_promoted_end_state(&env, false).await;
+    assert_history_without_route(&history);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
-    let (env, _prometheus) = start(
+    let (env, _prometheus, history) = start(
         Hold::AdmissionPolicy,
         "{nginx: {ingress: {name: web}}}",
         "{canary: {stepWeights: [20, 50]}}",
@@ -642,6 +665,7 @@ async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
         .and_then(|s| s.template.spec)
         .and_then(|s| s.containers.first().and_then(|c| c.image.clone()));
     assert_eq!(image.as_deref(), Some(NEW_IMAGE));
+    assert_history_without_route(&history);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,7 +708,7 @@ async fn ab_route(env: &Env) -> (bool, i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ab_testing_routes_only_matching_requests_to_the_canary_then_removes_the_rule() {
-    let (env, _prometheus) = start(
+    let (env, _prometheus, history) = start(
         Hold::AdmissionPolicy,
         "{gatewayAPI: {httpRoute: {name: web}}}",
         r#"{abTesting: {iterations: 2, match: [{headers: [{name: x-canary, value: "1"}]}]}}"#,
@@ -740,11 +764,12 @@ async fn ab_testing_routes_only_matching_requests_to_the_canary_then_removes_the
         route["spec"]
     );
     assert_promoted_end_state(&env, false).await;
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_ab_canary_loses_its_header_match_before_its_pods() {
-    let (env, _prometheus) = start(
+    let (env, _prometheus, history) = start(
         Hold::AdmissionPolicy,
         "{gatewayAPI: {httpRoute: {name: web}}}",
         r#"{abTesting: {iterations: 3, match: [{headers: [{name: x-canary, value: "1"}]}]}}"#,
@@ -800,6 +825,7 @@ async fn a_failing_ab_canary_loses_its_header_match_before_its_pods() {
         [OLD_IMAGE],
         "stable still serves the old image"
     );
+    history.assert_invariants("web", INTERVAL);
 }
 
 /// The canary Ingress sluice writes, read the way ingress-nginx reads it: the simulated
@@ -812,7 +838,7 @@ async fn the_simulated_ingress_nginx_splits_by_the_canary_ingress_sluice_writes(
     use sluice_testcluster::traffic::load::{self, LoadConfig};
     use sluice_testcluster::traffic::weights::NginxCanaryWeights;
 
-    let (env, _prometheus) = start(
+    let (env, _prometheus, history) = start(
         Hold::AdmissionPolicy,
         "{nginx: {ingress: {name: web}}}",
         "{canary: {stepWeights: [20, 50]}}",
@@ -882,4 +908,5 @@ async fn the_simulated_ingress_nginx_splits_by_the_canary_ingress_sluice_writes(
         metrics.contains(r#"canary="shop-web-canary-8080""#),
         "canary requests carry the canary upstream: {metrics}"
     );
+    assert_history_without_route(&history);
 }

@@ -10,13 +10,21 @@ use std::time::Duration;
 
 use sluice::cli::ExitCode;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
+use support::history::{History, I2_WITHIN};
 use support::plugin::{self, canary_manifest, template_revision};
 use support::{Env, Hold, NAMESPACE, app_manifests, phase};
 
 const STABLE_IMAGE: &str = "registry.local/web:1";
 
-async fn env_with(prometheus: &FakePrometheus, extra_analysis: &str, extra_spec: &str) -> Env {
+/// The app adopted (Idle) under a running controller, and the history recorded from before the
+/// app was applied.
+async fn env_with(
+    prometheus: &FakePrometheus,
+    extra_analysis: &str,
+    extra_spec: &str,
+) -> (Env, History) {
     let mut env = Env::start(Hold::AdmissionPolicy).await;
+    let history = History::record_on(&env.cluster);
     env.apply(&app_manifests("web", STABLE_IMAGE, 2)).await;
     env.apply(&canary_manifest(
         &prometheus.url(),
@@ -30,7 +38,7 @@ async fn env_with(prometheus: &FakePrometheus, extra_analysis: &str, extra_spec:
         env.canary("web").await.filter(|c| phase(c) == "Idle")
     })
     .await;
-    env
+    (env, history)
 }
 
 fn code(outcome: ExitCode) -> i32 {
@@ -41,7 +49,7 @@ fn code(outcome: ExitCode) -> i32 {
 async fn wait_binds_to_the_new_template_and_exits_0_only_once_that_revision_is_promoted() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let mut env = env_with(&prometheus, "", "").await;
+    let (mut env, history) = env_with(&prometheus, "", "").await;
 
     // At rest the current template is the stable one: there is nothing left to wait for.
     let at_rest = plugin::run(&env, &["wait", "web", "-o", "json"]).await;
@@ -77,13 +85,14 @@ async fn wait_binds_to_the_new_template_and_exits_0_only_once_that_revision_is_p
         done.stderr.contains("Progressing"),
         "progress lines on stderr: {done:?}"
     );
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_failing_its_checks_exits_1_and_retry_reruns_it_to_promotion() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "", "").await;
+    let (env, history) = env_with(&prometheus, "", "").await;
 
     prometheus.set_default(Answer::value(0.5));
     env.set_image("web", "registry.local/web:2").await;
@@ -107,24 +116,46 @@ async fn a_revision_failing_its_checks_exits_1_and_retry_reruns_it_to_promotion(
     );
     let canary = env.canary("web").await.expect("canary");
     assert_eq!(canary["status"]["stableRevision"], failing.as_str());
+    // The person's `retry` starts the revision's steps over, which I4 takes for a restarted
+    // step: I4 is checked on each run of it, split at the first status progressing again after
+    // the failure; the rest on the whole history.
+    let canaries = history.of("Canary", "web");
+    let failed_at = canaries
+        .iter()
+        .position(|v| v.object["status"]["phase"] == "Failed")
+        .expect("the failure is in the history");
+    let rerun = canaries[failed_at..]
+        .iter()
+        .find(|v| v.object["status"]["phase"] == "Progressing")
+        .expect("the rerun is in the history")
+        .rv;
+    history.dumping(|| {
+        history.assert_i1("web");
+        history.assert_i2("web", I2_WITHIN);
+        history.assert_i3("web");
+        history.assert_i6("web");
+        history.until(rerun - 1).assert_i4("web", INTERVAL);
+        history.since(rerun).assert_i4("web", INTERVAL);
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_never_ready_within_the_progress_deadline_exits_2() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "    progressDeadline: 3s", "").await;
+    let (env, history) = env_with(&prometheus, "    progressDeadline: 3s", "").await;
     env.set_image("web", "registry.local/web:2-crashloop").await;
     let run = plugin::run(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]).await;
     assert_eq!(run.code, code(ExitCode::FailedProgressDeadline), "{run:?}");
     assert_eq!(run.json()["outcome"], "FailedProgressDeadline");
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_revision_times_out_is_superseded_and_an_abort_of_its_successor_exits_3() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "", "  manualPromotion: true").await;
+    let (env, history) = env_with(&prometheus, "", "  manualPromotion: true").await;
 
     env.set_image("web", "registry.local/web:2").await;
     let first = template_revision(&env, "web").await;
@@ -192,13 +223,17 @@ async fn a_held_revision_times_out_is_superseded_and_an_abort_of_its_successor_e
     let aborted = plugin::finish(bound_to_second, Duration::from_secs(30)).await;
     assert_eq!(aborted.code, code(ExitCode::Aborted), "{aborted:?}");
     assert_eq!(aborted.json()["revision"], second.as_str());
+    // The person's abort ends revision 3 early, which no invariant forbids (it advances no step
+    // and promotes nothing): all of them hold.
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_missing_canaries_unreachable_clusters_and_bad_flags_each_have_their_code() {
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let mut env = env_with(&prometheus, "", "").await;
+    // No traffic moves here: no history is checked.
+    let (mut env, _history) = env_with(&prometheus, "", "").await;
 
     env.apply(&app_manifests("api", STABLE_IMAGE, 1)).await;
     env.apply(&format!(
@@ -297,7 +332,7 @@ async fn checks_unknown_until_the_unknown_deadline_exit_9_unmeasured_not_1() {
     const UNKNOWN_DEADLINE: Duration = Duration::from_secs(4);
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(&prometheus, "    unknownDeadline: 4s", "").await;
+    let (env, history) = env_with(&prometheus, "    unknownDeadline: 4s", "").await;
 
     // Prometheus answers, but with no data: every check is Unknown (onNoData defaults to Hold),
     // none fails. The revision is never measured.
@@ -346,6 +381,7 @@ async fn checks_unknown_until_the_unknown_deadline_exit_9_unmeasured_not_1() {
         "only Unknown checks for {bound}: {canary}"
     );
     assert_ne!(canary["status"]["stableRevision"], bound.as_str());
+    history.assert_invariants("web", INTERVAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +392,7 @@ async fn a_rollout_paused_at_the_unknown_deadline_keeps_wait_waiting_until_its_t
     const TIMEOUT: Duration = Duration::from_secs(30);
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
-    let env = env_with(
+    let (env, history) = env_with(
         &prometheus,
         "    unknownDeadline: 3s\n    onUnknownDeadline: Pause",
         "",
@@ -421,4 +457,5 @@ async fn a_rollout_paused_at_the_unknown_deadline_keeps_wait_waiting_until_its_t
     let canary = env.canary("web").await.expect("canary");
     assert_eq!(phase(&canary), "Paused", "{canary}");
     assert_ne!(canary["status"]["stableRevision"], bound.as_str());
+    history.assert_invariants("web", INTERVAL);
 }

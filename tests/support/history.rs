@@ -19,6 +19,10 @@ use tokio::task::JoinHandle;
 
 use super::{NAMESPACE, canary_resource, http_route_resource, route_canary_weight};
 
+/// How long the route may read back another weight than the Canary's status says (I2: one
+/// reconcile).
+pub const I2_WITHIN: Duration = Duration::from_secs(2);
+
 /// One version of one object.
 #[derive(Debug, Clone)]
 pub struct Version {
@@ -105,6 +109,35 @@ impl History {
             log,
             tasks,
             clock: None,
+        }
+    }
+
+    /// The history up to and including resourceVersion `rv`, frozen: for checking an invariant
+    /// on the part of a scenario before a person's command that lifts it (`skip`, `promote
+    /// --full`).
+    pub fn until(&self, rv: u64) -> History {
+        self.part(|v| v.rv <= rv)
+    }
+
+    /// The history from resourceVersion `rv` on, frozen: for checking an invariant on the part
+    /// of a scenario after a person's command (a `retry` that starts a revision's steps over).
+    pub fn since(&self, rv: u64) -> History {
+        self.part(|v| v.rv >= rv)
+    }
+
+    fn part(&self, keep: impl Fn(&Version) -> bool) -> History {
+        let versions: Vec<Version> = self
+            .log
+            .lock()
+            .expect("history")
+            .iter()
+            .filter(|v| keep(v))
+            .cloned()
+            .collect();
+        History {
+            log: Arc::new(Mutex::new(versions)),
+            tasks: Vec::new(),
+            clock: self.clock.clone(),
         }
     }
 
@@ -252,6 +285,11 @@ impl History {
     ///   the route write that started it (the clock starts when the write is acknowledged, not
     ///   when it is decided), and the next step's route write comes no earlier than that
     ///   `stepStartedAt` plus `interval`.
+    ///
+    /// One restart is allowed: sluice starts a step's clock again (a new `stepStartedAt`, no
+    /// route write) in the status that leaves `Invalid`, since the spec that judged the step
+    /// changed. That only delays the step, and what ends it must come an interval after the
+    /// restart as well.
     pub fn assert_i4(&self, name: &str, interval: Duration) {
         struct Step {
             revision: String,
@@ -263,8 +301,14 @@ impl History {
         let interval_span = jiff::SignedDuration::try_from(interval).expect("interval");
         let canaries = self.of("Canary", name);
         let mut steps: Vec<Step> = Vec::new();
+        // Clock restarts on leaving `Invalid`: (revision, index, stepStartedAt, rv).
+        let mut restarts: Vec<(String, i64, jiff::Timestamp, u64)> = Vec::new();
+        let mut previous_phase = String::new();
         for v in &canaries {
             let status = &v.object["status"];
+            let this_phase = status["phase"].as_str().unwrap_or("").to_owned();
+            let left_invalid = previous_phase == "Invalid";
+            previous_phase = this_phase;
             if status["phase"] != "Progressing" {
                 continue;
             }
@@ -278,7 +322,21 @@ impl History {
             let known = steps
                 .iter()
                 .any(|s| s.revision == revision && s.index == index && s.started == started);
-            if !known {
+            let restarted = left_invalid
+                && steps.last().is_some_and(|s| {
+                    s.revision == revision
+                        && s.index == index
+                        && s.started.parse::<jiff::Timestamp>().ok()
+                            < started.parse::<jiff::Timestamp>().ok()
+                });
+            if !known && restarted {
+                restarts.push((
+                    revision.to_owned(),
+                    index,
+                    started.parse().expect("stepStartedAt"),
+                    v.rv,
+                ));
+            } else if !known {
                 steps.push(Step {
                     revision: revision.to_owned(),
                     index,
@@ -405,7 +463,304 @@ impl History {
                 );
             }
         }
+        // A step's clock restarted on leaving `Invalid` (the spec that judged the step changed)
+        // only delays the step: what ends it comes at least `interval` after the restart too.
+        for (revision, index, restarted, rv) in &restarts {
+            let end = canaries.iter().find(|v| {
+                let status = &v.object["status"];
+                v.rv > *rv
+                    && match status["phase"].as_str() {
+                        Some("Progressing") => {
+                            status["revision"] != revision.as_str() || status["stepIndex"] != *index
+                        }
+                        Some("Promoting" | "WaitingPromotion") => {
+                            status["revision"] == revision.as_str()
+                        }
+                        _ => false,
+                    }
+            });
+            let Some(end) = end else {
+                continue;
+            };
+            let status = &end.object["status"];
+            let ended_at = self.written_at(end);
+            assert!(
+                ended_at.duration_since(*restarted) >= interval_span,
+                "I4: {revision} step {index}, its clock restarted at {restarted} (rv {rv}), ended at \
+                 rv {} ({ended_at}), before its interval {interval:?}",
+                end.rv
+            );
+            if status["revision"] == revision.as_str()
+                && let Some(next) = status["stepStartedAt"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                && status["phase"] == "Progressing"
+            {
+                assert!(
+                    next.duration_since(*restarted) >= interval_span,
+                    "I4: {revision} step {index}, its clock restarted at {restarted}, was followed by \
+                     a step started at {next}, before its interval {interval:?}"
+                );
+            }
+        }
     }
+
+    /// I2 on the whole history, in time: whenever the canary weight the route `name` reads back
+    /// and the weight the Canary `name`'s status says differ, they agree again within `within`
+    /// of the write that parted them (by the server's commits on the test cluster, by watch
+    /// arrival elsewhere), and they do not stay apart at the end for longer than `within`.
+    /// Only statuses with a phase count (before its first status the Canary says nothing). The
+    /// route's weight is that of its rules without header or query matches: an A/B rule sending
+    /// every matching request to the canary is no weight, and status says 0 for it.
+    pub fn assert_i2(&self, name: &str, within: Duration) {
+        let within_span = jiff::SignedDuration::try_from(within).expect("a short duration");
+        let mut route: Option<i64> = None;
+        let mut status: Option<i64> = None;
+        let mut parted: Option<Version> = None;
+        for v in self.versions() {
+            match v.kind.as_str() {
+                "HTTPRoute" if v.name == name => {
+                    route = Some(i64::from(weighted_canary_weight(&v.object, name)));
+                }
+                "Canary" if v.name == name && v.object["status"]["phase"].is_string() => {
+                    status = Some(v.object["status"]["canaryWeight"].as_i64().unwrap_or(0));
+                }
+                _ => continue,
+            }
+            let (Some(r), Some(s)) = (route, status) else {
+                continue;
+            };
+            match (r == s, &parted) {
+                (false, None) => parted = Some(v),
+                (true, Some(from)) => {
+                    let apart = self.written_at(&v).duration_since(self.written_at(from));
+                    assert!(
+                        apart <= within_span,
+                        "I2: route {name} read {r}% back and status said otherwise for {apart:?} \
+                         (rv {} to rv {}), longer than {within:?}",
+                        from.rv,
+                        v.rv
+                    );
+                    parted = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = parted {
+            // Still apart: a violation once they have been apart longer than `within` by now
+            // (the write that reunites them may be on its way).
+            let apart = jiff::Timestamp::now().duration_since(self.written_at(&from));
+            assert!(
+                apart <= within_span,
+                "I2: route {name} ({route:?}%) and status ({status:?}%) still disagree at the end, \
+                 {apart:?} after rv {} parted them, longer than {within:?}",
+                from.rv
+            );
+        }
+    }
+
+    /// I3 on the whole history: no version of Canary `name` leaves the steps for promotion
+    /// (`Promoting` or `WaitingPromotion`) unless that same status shows a complete, passing
+    /// analysis of its revision ([`complete_analysis`]).
+    pub fn assert_i3(&self, name: &str) {
+        let canaries = self.of("Canary", name);
+        for v in &canaries {
+            let status = &v.object["status"];
+            if !matches!(
+                status["phase"].as_str(),
+                Some("Promoting" | "WaitingPromotion")
+            ) {
+                continue;
+            }
+            if let Err(missing) = complete_analysis(&v.object, last_step_started(&canaries, v)) {
+                panic!("I3: {name} promoting at rv {} {missing}: {status}", v.rv);
+            }
+        }
+    }
+
+    /// I6 on the whole history: a template (told apart by its image) reaches the pods of the
+    /// stable Deployment `name` only by a promotion. The first template the Deployment carries
+    /// is the baseline. Every later one is released (the Deployment carries it unpaused) only
+    /// where the first Canary status after the release, written by the same reconcile, is
+    /// `Promoting` that revision with a passing check of every step in its records; going back
+    /// to a template released before (a rollback of the target) is no release. No ReplicaSet of the Deployment has pods
+    /// of a template before its release.
+    pub fn assert_i6(&self, name: &str) {
+        let deployments = self.of("Deployment", name);
+        let canaries = self.of("Canary", name);
+        let Some(first) = deployments.first() else {
+            return;
+        };
+        let mut released_at: std::collections::BTreeMap<String, u64> = Default::default();
+        if let Some(baseline) = image(&first.object) {
+            released_at.insert(baseline.to_owned(), first.rv);
+        }
+        for v in &deployments {
+            let this = image(&v.object).map(str::to_owned);
+            let analysed_before = this.as_ref().is_some_and(|i| released_at.contains_key(i));
+            if v.object["spec"]["paused"] == true || analysed_before {
+                continue;
+            }
+            let decided = canaries.iter().find(|c| c.rv > v.rv).unwrap_or_else(|| {
+                panic!(
+                    "I6: {name} released {this:?} at rv {} with no Canary status after it",
+                    v.rv
+                )
+            });
+            let status = &decided.object["status"];
+            let promoted =
+                match complete_analysis(&decided.object, last_step_started(&canaries, decided)) {
+                    Err(missing) if status["phase"] == "Promoting" => Err(missing),
+                    Err(missing) => Err(format!("not promoting, and {missing}")),
+                    Ok(()) if status["phase"] == "Promoting" => Ok(()),
+                    Ok(()) => Err("not promoting".to_owned()),
+                };
+            if let Err(why) = promoted {
+                panic!(
+                    "I6: {name} released {this:?} at rv {}, and the status written after it \
+                     (rv {}) is {why}: {status}",
+                    v.rv, decided.rv
+                );
+            }
+            if let Some(this) = &this {
+                released_at.entry(this.clone()).or_insert(v.rv);
+            }
+        }
+        for v in self.versions() {
+            if v.kind != "ReplicaSet" || !owned_by(&v.object, name) || !has_pods(&v.object) {
+                continue;
+            }
+            let Some(ran) = image(&v.object) else {
+                continue;
+            };
+            match released_at.get(ran) {
+                Some(&at) if at <= v.rv => {}
+                at => panic!(
+                    "I6: the stable pods of {name} ran {ran} at rv {} (ReplicaSet {}), before any \
+                     release of it ({at:?})",
+                    v.rv, v.name
+                ),
+            }
+        }
+    }
+
+    /// Every invariant the history shows, on rollout `name` (Canary, target Deployment and
+    /// HTTPRoute all named `name`) with analysis interval `interval`: I1, I2 (within
+    /// [`I2_WITHIN`]), I3, I4 and I6. Prints the history when one fails and
+    /// `SLUICE_E2E_HISTORY` is set.
+    pub fn assert_invariants(&self, name: &str, interval: Duration) {
+        self.dumping(|| {
+            self.assert_i1(name);
+            self.assert_i2(name, I2_WITHIN);
+            self.assert_i3(name);
+            self.assert_i4(name, interval);
+            self.assert_i6(name);
+        });
+    }
+
+    /// Runs `checks`, printing the history first if they panic and `SLUICE_E2E_HISTORY` is set.
+    pub fn dumping(&self, checks: impl FnOnce()) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks));
+        if let Err(panic) = outcome {
+            if std::env::var_os("SLUICE_E2E_HISTORY").is_some() {
+                eprintln!("history:\n{}", self.dump());
+            }
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// The resourceVersion of an object read from the API server.
+pub fn rv_of(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .expect("a resourceVersion")
+}
+
+/// Whether the status of `canary` records a complete, passing analysis of its revision: a
+/// passing check of every step in its check records, the last of them passing. A Canary with no
+/// metrics makes no check records (its checks pass by having nothing to measure): for it, a
+/// check of the last step (`lastCheckAt` no earlier than `last_step_started`, the
+/// `stepStartedAt` of the revision's last step while it progressed) with no failed check
+/// counted. Err says what is missing.
+pub fn complete_analysis(
+    canary: &Value,
+    last_step_started: Option<jiff::Timestamp>,
+) -> Result<(), String> {
+    let status = &canary["status"];
+    let steps = status["stepCount"].as_i64().unwrap_or(0);
+    if steps <= 0 {
+        return Err("with no step count".to_owned());
+    }
+    let log: Vec<&Value> = status["analysis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["revision"] == status["revision"])
+        .collect();
+    let measured = canary["spec"]["analysis"]["metrics"]
+        .as_array()
+        .is_some_and(|m| !m.is_empty())
+        || !canary["spec"]["policyRef"].is_null();
+    if !measured && log.is_empty() {
+        let checked = match (
+            status["lastCheckAt"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+            last_step_started,
+        ) {
+            (Some(check), Some(started)) => check >= started,
+            _ => false,
+        };
+        if !checked || status["failedChecks"].as_i64().unwrap_or(0) != 0 {
+            return Err("with no passing check of its last step (no metrics)".to_owned());
+        }
+        return Ok(());
+    }
+    if let Some(step) = (0..steps).find(|&step| {
+        !log.iter()
+            .any(|r| r["step"] == step && r["verdict"] == "Pass")
+    }) {
+        return Err(format!("without a passing check of step {step}"));
+    }
+    if log.last().map(|r| &r["verdict"]) != Some(&Value::from("Pass")) {
+        return Err("after a check that did not pass".to_owned());
+    }
+    Ok(())
+}
+
+/// The `stepStartedAt` of the last step of `promoting`'s revision, from the last version before
+/// it that progressed at that step.
+fn last_step_started(canaries: &[Version], promoting: &Version) -> Option<jiff::Timestamp> {
+    let status = &promoting.object["status"];
+    let last = status["stepCount"].as_i64()? - 1;
+    canaries
+        .iter()
+        .rev()
+        .filter(|v| v.rv < promoting.rv)
+        .map(|v| &v.object["status"])
+        .find(|s| {
+            s["phase"] == "Progressing"
+                && s["revision"] == status["revision"]
+                && s["stepIndex"] == last
+        })
+        .and_then(|s| s["stepStartedAt"].as_str()?.parse().ok())
+}
+
+/// The canary weight of the route's rules that match requests by no header or query parameter
+/// (the weighted split); 0 when they have no canary backend.
+fn weighted_canary_weight(route: &Value, service: &str) -> i32 {
+    let mut weighted = route.clone();
+    if let Some(rules) = weighted["spec"]["rules"].as_array_mut() {
+        rules.retain(|rule| {
+            !rule["matches"].as_array().into_iter().flatten().any(|m| {
+                m["headers"].as_array().is_some_and(|h| !h.is_empty())
+                    || m["queryParams"].as_array().is_some_and(|q| !q.is_empty())
+            })
+        });
+    }
+    route_canary_weight(&weighted, service)
 }
 
 fn has_pods(replica_set: &Value) -> bool {
