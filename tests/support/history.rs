@@ -592,8 +592,10 @@ impl History {
             return;
         };
         let mut released_at: std::collections::BTreeMap<String, u64> = Default::default();
+        // The baseline ran before the history began: its ReplicaSet may well be recorded
+        // before the first Deployment version the watch delivered.
         if let Some(baseline) = image(&first.object) {
-            released_at.insert(baseline.to_owned(), first.rv);
+            released_at.insert(baseline.to_owned(), 0);
         }
         for v in &deployments {
             let this = image(&v.object).map(str::to_owned);
