@@ -483,7 +483,6 @@ fn every_phase_has_a_verdict_in_both_tools() {
         ("Progressing", "Progressing", Kstatus::InProgress),
         ("WaitingPromotion", "Progressing", Kstatus::InProgress),
         ("Promoting", "Progressing", Kstatus::InProgress),
-        ("Finalising", "Progressing", Kstatus::InProgress),
         ("Paused", "Suspended", Kstatus::InProgress),
         ("Failed", "Degraded", Kstatus::Failed),
         ("Invalid", "Degraded", Kstatus::Failed),

@@ -3,8 +3,8 @@
 --
 --   Healthy      the Canary is Idle, or its current revision is promoted (phase Succeeded, the
 --                Promoted condition True and status.stableRevision equal to status.revision)
---   Progressing  a rollout runs (Initializing, Progressing, WaitingPromotion, Promoting,
---                Finalising), or the controller has not yet seen this generation
+--   Progressing  a rollout runs (Initializing, Progressing, WaitingPromotion, Promoting),
+--                or the controller has not yet seen this generation
 --   Suspended    a person paused the rollout (kubectl sluice pause); nothing moves until resume
 --   Degraded     the current revision failed (rolled back), or the spec is invalid
 --
@@ -83,7 +83,7 @@ if status.phase == "Paused" then
 end
 
 if status.phase == "Initializing" or status.phase == "Progressing" or status.phase == "WaitingPromotion"
-    or status.phase == "Promoting" or status.phase == "Finalising" then
+    or status.phase == "Promoting" then
   hs.status = "Progressing"
   hs.message = status.phase .. " at weight " .. tostring(status.canaryWeight or 0) .. "%: " .. says("rollout running")
   return hs

@@ -751,8 +751,6 @@ pub enum Phase {
     WaitingPromotion,
     /// The stable Deployment is rolling to the new revision.
     Promoting,
-    /// Promotion done: traffic back to stable, the target held again, the canary scaled to zero.
-    Finalising,
     /// The current revision was promoted.
     Succeeded,
     /// The current revision was rolled back; the target stays held on its stable revision.
@@ -771,7 +769,6 @@ impl Phase {
             Phase::Progressing => "Progressing",
             Phase::WaitingPromotion => "WaitingPromotion",
             Phase::Promoting => "Promoting",
-            Phase::Finalising => "Finalising",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
             Phase::Paused => "Paused",

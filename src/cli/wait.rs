@@ -181,7 +181,6 @@ pub fn assess(canary: Option<&Canary>, target: Option<&Deployment>, bound: &str)
         | Phase::Progressing
         | Phase::WaitingPromotion
         | Phase::Promoting
-        | Phase::Finalising
         | Phase::Paused
         | Phase::Invalid => {
             let running = matches!(
@@ -303,13 +302,14 @@ mod tests {
     }
 
     #[test]
-    fn a_revision_still_finalising_is_not_yet_promoted() {
+    fn a_revision_still_promoting_is_not_yet_promoted() {
         let new = hash("web:2");
-        let finalising = canary(json!({
-            "phase": "Finalising", "observedGeneration": 1, "revision": new, "stableRevision": new,
+        let promoting = canary(json!({
+            "phase": "Promoting", "observedGeneration": 1, "revision": new,
+            "stableRevision": hash("web:1"),
         }));
         assert_eq!(
-            code(assess(Some(&finalising), Some(&deployment("web:2")), &new)),
+            code(assess(Some(&promoting), Some(&deployment("web:2")), &new)),
             None
         );
     }

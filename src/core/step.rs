@@ -31,8 +31,8 @@
 //! - A canary losing its ready pods mid-step gets its traffic withdrawn (I1), an A/B header match
 //!   included, even while paused; the step restarts when it is ready again (no deadline applies to
 //!   that wait), and a paused rollout gets its traffic back when resumed.
-//! - Finalising happens within one decision (route to stable, re-hold per mode, scale to zero);
-//!   if any of it fails, the at-rest convergence of the next reconcile completes it.
+//! - Promotion ends within one decision (route to stable, re-hold per mode, scale to zero, phase
+//!   `Succeeded`); if any of it fails, the at-rest convergence of the next reconcile completes it.
 //! - `abort` during promotion holds the stable Deployment where its rollout stands (sluice never
 //!   rewrites the template); `skip` on the last step and `promote --full` are a person's choice to
 //!   promote without the remaining analysis.
@@ -160,7 +160,6 @@ pub fn due(
         Phase::Initializing
         | Phase::Idle
         | Phase::Promoting
-        | Phase::Finalising
         | Phase::Paused
         | Phase::Invalid => Due::default(),
     }
@@ -452,7 +451,7 @@ impl<'a> Machine<'a> {
     fn dispatch(&mut self, resolved: &Resolved, target: &TargetState) {
         match self.phase() {
             Phase::Initializing => self.initialize(resolved, target),
-            Phase::Idle | Phase::Succeeded | Phase::Failed | Phase::Finalising => {
+            Phase::Idle | Phase::Succeeded | Phase::Failed => {
                 self.at_rest(resolved, target);
             }
             Phase::Progressing => self.progressing(resolved, target),
@@ -500,9 +499,6 @@ impl<'a> Machine<'a> {
         };
         if target.revision == stable {
             self.converge_at_rest(resolved, target, self.hold_paused_at_rest());
-            if self.phase() == Phase::Finalising {
-                self.status.phase = Some(Phase::Succeeded);
-            }
             let phase = self.phase();
             self.say(match phase {
                 Phase::Failed => format!(
@@ -515,8 +511,7 @@ impl<'a> Machine<'a> {
                 | Phase::Progressing
                 | Phase::WaitingPromotion
                 | Phase::Promoting
-                | Phase::Finalising
-                | Phase::Paused
+                        | Phase::Paused
                 | Phase::Invalid => format!("idle on stable revision {stable}"),
             });
             return;
@@ -1725,8 +1720,7 @@ impl<'a> Machine<'a> {
             Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Paused => true,
             Phase::Initializing
             | Phase::Idle
-            | Phase::Finalising
-            | Phase::Succeeded
+                | Phase::Succeeded
             | Phase::Failed
             | Phase::Invalid => false,
         };
@@ -1768,7 +1762,7 @@ impl<'a> Machine<'a> {
             && revision == self.status.stable_revision
             && matches!(phase, Phase::Idle | Phase::Succeeded);
         let (progressing, progressing_reason) = match phase {
-            Phase::Progressing | Phase::WaitingPromotion | Phase::Finalising => {
+            Phase::Progressing | Phase::WaitingPromotion => {
                 (Status::True, phase.as_str())
             }
             Phase::Promoting if self.promotion_late => (Status::True, "PromotionDeadlineExceeded"),
@@ -1797,8 +1791,7 @@ impl<'a> Machine<'a> {
                 | Phase::Progressing
                 | Phase::WaitingPromotion
                 | Phase::Promoting
-                | Phase::Finalising
-                | Phase::Succeeded
+                        | Phase::Succeeded
                 | Phase::Paused
                 | Phase::Invalid,
                 _,

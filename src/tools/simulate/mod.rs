@@ -377,7 +377,7 @@ fn settled(
         Phase::Paused => Some(Outcome::Paused),
         Phase::WaitingPromotion => Some(Outcome::WaitingPromotion),
         Phase::Invalid => Some(Outcome::Invalid),
-        Phase::Initializing | Phase::Progressing | Phase::Promoting | Phase::Finalising => None,
+        Phase::Initializing | Phase::Progressing | Phase::Promoting => None,
     }
 }
 
@@ -391,8 +391,7 @@ fn unsettled(status: &CanaryStatus) -> Outcome {
             | Phase::Idle
             | Phase::Progressing
             | Phase::Promoting
-            | Phase::Finalising
-            | Phase::Succeeded
+                | Phase::Succeeded
             | Phase::Failed,
         )
         | None => Outcome::Unfinished,
