@@ -282,8 +282,14 @@ fn an_hour_long_rollout_is_simulated_without_waiting() {
         "{}",
         timeline.outcome.summary
     );
-    // Generous for an unoptimised build on a busy machine; a release build takes milliseconds.
-    assert!(took.as_secs() < 10, "took {took:?}");
+    // Waiting would take the simulated hour itself: a tenth of it is out of reach for anything
+    // that sleeps through the steps, and far beyond a debug build on a loaded machine (seconds).
+    // How fast it is belongs to the benchmark, not to this test.
+    assert!(
+        took.as_secs_f64() < timeline.outcome.duration_seconds / 10.0,
+        "took {took:?} to simulate {}s",
+        timeline.outcome.duration_seconds
+    );
 }
 
 #[test]
