@@ -37,6 +37,7 @@ spec:
 async fn a_healthy_revision_is_promoted(hold: Hold) {
     let paused_at_rest = matches!(hold, Hold::PausedAtRest);
     let mut env = Env::start(hold).await;
+    let history = support::history::History::record_on(&env.cluster);
     let prometheus = FakePrometheus::start().await.expect("fake prometheus");
     prometheus.set_default(Answer::value(0.0));
     env.apply(&app_manifests("web", "registry.local/web:1", 2))
@@ -151,6 +152,9 @@ async fn a_healthy_revision_is_promoted(hold: Hold) {
         .expect("Promoted condition");
     assert_eq!(promoted["status"], "True");
     assert!(prometheus.query_count() >= 2, "analysis queried Prometheus");
+    // The hold is what the test is named for: the new template reached the stable pods only by
+    // the promotion (I6), with the other invariants on the whole history.
+    history.assert_invariants("web", Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,8 +317,23 @@ async fn kubectl_finds_the_plugin_and_kubectl_wait_is_not_fooled_by_the_previous
         "{stdout}"
     );
 
-    // The previous release is Promoted; once the controller has seen the new template the
-    // condition says False for the new revision, and kubectl wait times out.
+    // The previous release is Promoted (already at Idle: the timeout is only for kubectl); once
+    // the controller has seen the new template the condition says False for the new revision,
+    // and kubectl wait times out.
+    let at_rest = kubectl_run(&[
+        "wait",
+        "--for=condition=Promoted",
+        "canaries.sluice.dev/web",
+        "-n",
+        "shop",
+        "--timeout=10s",
+    ])
+    .await
+    .expect("kubectl runs");
+    assert!(
+        at_rest.status.success(),
+        "the previous release is Promoted, so there is something to be fooled by: {at_rest:?}"
+    );
     env.set_image("web", "registry.local/web:2").await;
     let revision = template_revision(&env, "web").await;
     until_phase(&env, "WaitingPromotion", false).await;
