@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use sluice::api::{CanarySpec, OnNoData, RolloutSpec, TemplateSpec, UnknownOutcome};
-use sluice::core::validate::{self, Router, Strategy};
+use sluice::core::Router;
+use sluice::core::validate::{self, Strategy};
 use sluice::core::{Observations, PolicyLookup};
 
 const BASE: &str = "
@@ -282,7 +283,7 @@ fn a_minimal_spec_gets_every_default() {
         }
     );
     assert_eq!(resolved.service.name, "checkout");
-    assert!(matches!(resolved.router, Router::GatewayApi(_)));
+    assert!(matches!(resolved.router, Router::GatewayApi { .. }));
     assert!(!resolved.manual_promotion);
 }
 
@@ -307,7 +308,7 @@ fn the_canary_overrides_its_policy_field_by_field_inside_analysis() {
         "the policy fills the rest"
     );
     assert_eq!(resolved.metrics.len(), 1);
-    assert!(matches!(resolved.router, Router::Nginx(_)));
+    assert!(matches!(resolved.router, Router::Nginx { .. }));
     assert_eq!(
         resolved.service.port, 8080,
         "a top-level field set in the Canary wins"

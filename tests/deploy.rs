@@ -176,6 +176,50 @@ fn the_controller_role_grants_no_secret_access_cluster_wide() {
     }
 }
 
+/// The verbs the controller's ClusterRole grants on `group`/`plural`, over all its rules.
+fn granted(group: &str, plural: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let mut verbs = Vec::new();
+    for doc in documents(&path)
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+    {
+        for rule in doc["rules"].as_array().expect("rules") {
+            let has = |field: &str, want: &str| {
+                rule[field]
+                    .as_array()
+                    .is_some_and(|values| values.iter().any(|v| v == want))
+            };
+            if has("apiGroups", group) && has("resources", plural) {
+                let listed = rule["verbs"].as_array().expect("verbs");
+                verbs.extend(listed.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+            }
+        }
+    }
+    verbs
+}
+
+#[test]
+fn the_controller_role_grants_what_each_router_kind_needs() {
+    // Every kind is cached (list, watch) and applied (patch); sluice's own objects are also
+    // created by the apply and deleted on removal.
+    for kind in sluice::router::kind::KINDS {
+        let verbs = granted(kind.group(), kind.plural);
+        let mut needed = vec!["list", "watch", "patch"];
+        if !kind.edits_user_object {
+            needed.extend(["create", "delete"]);
+        }
+        for verb in needed {
+            assert!(
+                verbs.iter().any(|v| v == verb),
+                "deploy/rbac.yaml does not grant {verb} on {} {} (granted: {verbs:?})",
+                kind.api_version,
+                kind.plural
+            );
+        }
+    }
+}
+
 fn controller_manifests() -> Vec<Value> {
     documents(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/controller.yaml"))
 }

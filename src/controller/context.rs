@@ -16,27 +16,14 @@ use super::analysis::Analysis;
 use super::cached::{CachedCanary, CompactObject};
 use super::metrics::ControllerMetrics;
 use crate::api::{AnalysisTemplate, CanaryPolicy, ClusterAnalysisTemplate, HoldMode};
+use crate::router::{Kind, kind};
 
-/// The router objects held in dynamic caches, by kind: (apiVersion, kind, plural).
-pub const ROUTER_KINDS: &[(&str, &str, &str)] = &[
-    ("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
-    (
-        "networking.istio.io/v1",
-        "VirtualService",
-        "virtualservices",
-    ),
-    (
-        "split.smi-spec.io/v1alpha4",
-        "TrafficSplit",
-        "trafficsplits",
-    ),
-    ("traefik.io/v1alpha1", "TraefikService", "traefikservices"),
-];
-
-/// The API resource of a router kind.
-pub fn router_resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+/// The API resource of a kind sluice reads or writes.
+pub fn api_resource(kind: &Kind) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(kind.group(), kind.version(), kind.kind),
+        kind.plural,
+    )
 }
 
 /// The reflector caches a reconcile observes from.
@@ -69,21 +56,21 @@ impl Stores {
     /// A router object (of any kind sluice routes with) as JSON, from its cache.
     pub fn router_object(
         &self,
-        kind: &str,
+        of: &Kind,
         namespace: &str,
         name: &str,
     ) -> Option<serde_json::Value> {
-        match kind {
-            "Ingress" => self
+        match of.kind {
+            k if k == kind::INGRESS.kind => self
                 .ingresses
                 .get(&ObjectRef::new(name).within(namespace))
                 .and_then(|i| serde_json::to_value(&*i).ok()),
-            "Service" => self
+            k if k == kind::SERVICE.kind => self
                 .services
                 .get(&ObjectRef::new(name).within(namespace))
                 .and_then(|s| serde_json::to_value(&*s).ok()),
             _ => {
-                let (resource, store) = self.routers.get(kind)?;
+                let (resource, store) = self.routers.get(of.kind)?;
                 store
                     .get(&ObjectRef::new_with(name, resource.clone()).within(namespace))
                     .map(|o| o.to_value())

@@ -19,14 +19,14 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use super::context::{Context, ROUTER_KINDS, router_resource};
+use super::context::{Context, api_resource};
 use super::error::Error;
 use super::metrics::ApiCallLabels;
 use super::observe::Observed;
 use crate::api::CanaryStatus;
 use crate::api::names::{FIELD_MANAGER, canary_name};
 use crate::core::Action;
-use crate::router::{ReadyReplicas, Removal};
+use crate::router::{Kind, ReadyReplicas, Removal, kind};
 use crate::workload;
 
 /// Executes `actions` in order, starting in `status` (the status the decision will persist) each
@@ -83,18 +83,17 @@ fn params(force: bool) -> PatchParams {
 }
 
 /// The API of a kind sluice writes, by apiVersion and kind.
-fn api_for(client: &Client, api_version: &str, kind: &str, namespace: &str) -> Api<DynamicObject> {
-    let plural = match kind {
-        "Deployment" => "deployments",
-        "Service" => "services",
-        "Ingress" => "ingresses",
-        other => ROUTER_KINDS
-            .iter()
-            .find(|(_, k, _)| *k == other)
-            .map_or("unknown", |(_, _, plural)| *plural),
-    };
-    let resource = router_resource(api_version, kind, plural);
-    Api::namespaced_with(client.clone(), namespace, &resource)
+/// The Deployments sluice writes: the target's hold, and the canary.
+const DEPLOYMENT: Kind = Kind {
+    api_version: "apps/v1",
+    kind: "Deployment",
+    plural: "deployments",
+    edits_user_object: true,
+    custom: false,
+};
+
+fn api_for(client: &Client, kind: &Kind, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &api_resource(kind))
 }
 
 fn count(ctx: &Context, verb: &str, resource: &str) {
@@ -109,20 +108,19 @@ fn count(ctx: &Context, verb: &str, resource: &str) {
 
 async fn apply(
     ctx: &Context,
-    api_version: &str,
-    kind: &str,
+    kind: &Kind,
     namespace: &str,
     name: &str,
     body: &Value,
     force: bool,
 ) -> Result<DynamicObject, Error> {
-    count(ctx, "patch", kind);
-    api_for(&ctx.client, api_version, kind, namespace)
+    count(ctx, "patch", kind.kind);
+    api_for(&ctx.client, kind, namespace)
         .patch(name, &params(force), &Patch::Apply(body))
         .await
         .map_err(|source| Error::Write {
             action: "apply",
-            kind: kind.to_owned(),
+            kind: kind.kind.to_owned(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             source: Box::new(source),
@@ -131,13 +129,12 @@ async fn apply(
 
 async fn delete(
     ctx: &Context,
-    api_version: &str,
-    kind: &str,
+    kind: &Kind,
     namespace: &str,
     name: &str,
 ) -> Result<(), Error> {
-    count(ctx, "delete", kind);
-    match api_for(&ctx.client, api_version, kind, namespace)
+    count(ctx, "delete", kind.kind);
+    match api_for(&ctx.client, kind, namespace)
         .delete(name, &DeleteParams::background())
         .await
     {
@@ -145,7 +142,7 @@ async fn delete(
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(source) => Err(Error::Write {
             action: "delete",
-            kind: kind.to_owned(),
+            kind: kind.kind.to_owned(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             source: Box::new(source),
@@ -186,8 +183,7 @@ async fn set_target(
         async move {
             apply(
                 ctx,
-                "apps/v1",
-                "Deployment",
+                &DEPLOYMENT,
                 namespace(observed),
                 target,
                 &body,
@@ -287,8 +283,7 @@ async fn apply_canary(
     let body = deployment_body(&deployment)?;
     apply(
         ctx,
-        "apps/v1",
-        "Deployment",
+        &DEPLOYMENT,
         namespace(observed),
         &name,
         &body,
@@ -326,8 +321,7 @@ async fn scale_canary(ctx: &Context, observed: &Observed, replicas: i32) -> Resu
     let name = live.name_any();
     apply(
         ctx,
-        "apps/v1",
-        "Deployment",
+        &DEPLOYMENT,
         namespace(observed),
         &name,
         &body,
@@ -352,16 +346,15 @@ async fn apply_canary_service(ctx: &Context, observed: &Observed) -> Result<(), 
         what: "the canary Service",
         source,
     })?;
-    body["apiVersion"] = json!("v1");
-    body["kind"] = json!("Service");
+    body["apiVersion"] = json!(kind::SERVICE.api_version);
+    body["kind"] = json!(kind::SERVICE.kind);
     if let Some(object) = body.as_object_mut() {
         object.remove("status");
     }
     let name = service.name_any();
     apply(
         ctx,
-        "v1",
-        "Service",
+        &kind::SERVICE,
         namespace(observed),
         &name,
         &body,
@@ -402,7 +395,6 @@ async fn set_route(
     };
     let applied = apply(
         ctx,
-        key.api_version,
         key.kind,
         &key.namespace,
         &key.name,
@@ -438,7 +430,6 @@ async fn remove_route(ctx: &Context, observed: &Observed) -> Result<(), Error> {
             if let Some(key) = router.applied(inputs) {
                 apply(
                     ctx,
-                    key.api_version,
                     key.kind,
                     &key.namespace,
                     &key.name,
@@ -449,7 +440,7 @@ async fn remove_route(ctx: &Context, observed: &Observed) -> Result<(), Error> {
             }
         }
         Removal::Delete(key) => {
-            delete(ctx, key.api_version, key.kind, &key.namespace, &key.name).await?;
+            delete(ctx, key.kind, &key.namespace, &key.name).await?;
         }
         Removal::Nothing => {}
     }
@@ -459,10 +450,10 @@ async fn remove_route(ctx: &Context, observed: &Observed) -> Result<(), Error> {
 async fn delete_canary(ctx: &Context, observed: &Observed) -> Result<(), Error> {
     let ns = namespace(observed);
     let deployment = canary_name(&observed.canary.spec.target_ref.name);
-    delete(ctx, "apps/v1", "Deployment", ns, &deployment).await?;
+    delete(ctx, &DEPLOYMENT, ns, &deployment).await?;
     if let Some(resolved) = &observed.resolved {
         let service = canary_name(&resolved.service.name);
-        delete(ctx, "v1", "Service", ns, &service).await?;
+        delete(ctx, &kind::SERVICE, ns, &service).await?;
     }
     Ok(())
 }

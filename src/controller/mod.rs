@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 use self::analysis::Analysis;
 use self::cached::{CachedCanary, CompactObject};
-use self::context::{Context, ROUTER_KINDS, Stores, router_resource};
+use self::context::{Context, Stores, api_resource};
 use self::metrics::ControllerMetrics;
 use self::startup::{HoldSetting, StartupError};
 use crate::api::{AnalysisTemplate, CanaryPolicy, CanarySpec, ClusterAnalysisTemplate, names};
@@ -187,11 +187,11 @@ pub async fn run(
         move |_: &ClusterAnalysisTemplate| send(&triggers, canaries_matching(&canaries, |_| true))
     });
     let mut routers = BTreeMap::new();
-    for (api_version, kind, plural) in ROUTER_KINDS {
-        if !served(&client, api_version, plural).await {
+    for kind in crate::router::kind::KINDS.iter().filter(|kind| kind.custom) {
+        if !served(&client, kind.api_version, kind.plural).await {
             continue;
         }
-        let resource = router_resource(api_version, kind, plural);
+        let resource = api_resource(kind);
         let api = match ns {
             Some(ns) => Api::<CompactObject>::namespaced_with(client.clone(), ns, &resource),
             None => Api::<CompactObject>::all_with(client.clone(), &resource),
@@ -209,7 +209,7 @@ pub async fn run(
                 Through::RouterObject,
             ),
         );
-        routers.insert(*kind, (resource, reader));
+        routers.insert(kind.kind, (resource, reader));
     }
 
     // The Canary cache is built here rather than by `Controller::new`, so that it is trimmed like

@@ -115,7 +115,7 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
             service: r.service.name.clone(),
             port: r.service.port,
         };
-        (router_of(&r.router), inputs)
+        (r.router.clone(), inputs)
     });
 
     let mut router_source = None;
@@ -179,28 +179,6 @@ fn annotation_errors(deployment: &Deployment, stores: &Stores) -> Vec<FieldError
     .unwrap_or_default()
 }
 
-/// The router the executor drives, from the core's resolved router.
-pub fn router_of(router: &validate::Router) -> Router {
-    match router {
-        validate::Router::GatewayApi(spec) => Router::GatewayApi {
-            http_route: spec.http_route.clone(),
-        },
-        validate::Router::Nginx(spec) => Router::Nginx {
-            ingress: spec.ingress.clone(),
-        },
-        validate::Router::Istio(spec) => Router::Istio {
-            virtual_service: spec.virtual_service.clone(),
-        },
-        validate::Router::Smi(spec) => Router::Smi {
-            traffic_split: spec.traffic_split.clone(),
-        },
-        validate::Router::Traefik(spec) => Router::Traefik {
-            traefik_service: spec.traefik_service.clone(),
-        },
-        validate::Router::Service => Router::Service,
-        validate::Router::None => Router::ReplicaRatio,
-    }
-}
 
 /// Every template the Canary's (or its policy's) metrics name, by name. A reference without a
 /// kind finds the namespace's AnalysisTemplate first, then the ClusterAnalysisTemplate.

@@ -18,6 +18,7 @@ pub mod conditions;
 pub mod plan;
 pub mod query;
 pub mod revision;
+pub mod router;
 pub mod validate;
 pub mod verdict;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{CanaryStatus, HoldMode, HookType, HttpMatch, RolloutSpec, TemplateSpec};
 
+pub use router::Router;
 pub use step::{due, step};
 pub use validate::{FieldError, Resolved};
 

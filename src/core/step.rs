@@ -69,7 +69,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{self, Status, Update};
-use super::validate::{self, FieldError, Resolved, Router, Strategy};
+use super::router::Router;
+use super::validate::{self, FieldError, Resolved, Strategy};
 use super::{Action, Decision, Due, Event, Observations, Sample, TargetState, plan, verdict};
 use crate::api::names::condition;
 use crate::api::{
@@ -157,11 +158,9 @@ pub fn due(
             checks: false,
             hooks: unanswered_hooks(&resolved, status, HookType::Rollback),
         },
-        Phase::Initializing
-        | Phase::Idle
-        | Phase::Promoting
-        | Phase::Paused
-        | Phase::Invalid => Due::default(),
+        Phase::Initializing | Phase::Idle | Phase::Promoting | Phase::Paused | Phase::Invalid => {
+            Due::default()
+        }
     }
 }
 
@@ -362,12 +361,12 @@ impl<'a> Machine<'a> {
 
     fn route(&mut self, resolved: &Resolved, weight: i32) {
         match &resolved.router {
-            Router::None => {}
-            Router::GatewayApi(_)
-            | Router::Nginx(_)
-            | Router::Istio(_)
-            | Router::Smi(_)
-            | Router::Traefik(_)
+            Router::ReplicaRatio => {}
+            Router::GatewayApi { .. }
+            | Router::Nginx { .. }
+            | Router::Istio { .. }
+            | Router::Smi { .. }
+            | Router::Traefik { .. }
             | Router::Service => {
                 let matches = match &resolved.strategy {
                     Strategy::AbTesting { matches, .. } if weight < 100 => matches.clone(),
@@ -388,12 +387,12 @@ impl<'a> Machine<'a> {
     /// left in place would keep sending its requests to a canary that is being scaled down).
     fn route_to_stable(&mut self, resolved: &Resolved) {
         match &resolved.router {
-            Router::None => {}
-            Router::GatewayApi(_)
-            | Router::Nginx(_)
-            | Router::Istio(_)
-            | Router::Smi(_)
-            | Router::Traefik(_)
+            Router::ReplicaRatio => {}
+            Router::GatewayApi { .. }
+            | Router::Nginx { .. }
+            | Router::Istio { .. }
+            | Router::Smi { .. }
+            | Router::Traefik { .. }
             | Router::Service => self.actions.push(Action::SetRoute {
                 canary_weight: 0,
                 matches: Vec::new(),
@@ -422,7 +421,7 @@ impl<'a> Machine<'a> {
         let replicas = canary_replicas(resolved, target, weight);
         let current = self.observed.canary.as_ref().map_or(0, |c| c.replicas);
         match &resolved.router {
-            Router::None => {
+            Router::ReplicaRatio => {
                 if current != replicas {
                     self.actions.push(Action::ScaleCanary {
                         replicas,
@@ -430,11 +429,11 @@ impl<'a> Machine<'a> {
                     });
                 }
             }
-            Router::GatewayApi(_)
-            | Router::Nginx(_)
-            | Router::Istio(_)
-            | Router::Smi(_)
-            | Router::Traefik(_)
+            Router::GatewayApi { .. }
+            | Router::Nginx { .. }
+            | Router::Istio { .. }
+            | Router::Smi { .. }
+            | Router::Traefik { .. }
             | Router::Service => {
                 if current < replicas {
                     self.actions.push(Action::ScaleCanary {
@@ -511,7 +510,7 @@ impl<'a> Machine<'a> {
                 | Phase::Progressing
                 | Phase::WaitingPromotion
                 | Phase::Promoting
-                        | Phase::Paused
+                | Phase::Paused
                 | Phase::Invalid => format!("idle on stable revision {stable}"),
             });
             return;
@@ -675,7 +674,7 @@ impl<'a> Machine<'a> {
         let Strategy::Canary { step_weights } = &resolved.strategy else {
             return;
         };
-        if resolved.router == Router::None {
+        if resolved.router == Router::ReplicaRatio {
             return;
         }
         let next = usize::try_from(self.status.step_index + 1).unwrap_or(usize::MAX);
@@ -1700,14 +1699,14 @@ impl<'a> Machine<'a> {
         self.requeue_in(MISSING_RETRY);
         let weight = self.observed.router.canary_weight;
         let routed = match &resolved.router {
-            Router::None => false,
+            Router::ReplicaRatio => false,
             // The Service router reads 0 from the user's own selector: nothing of sluice's.
             Router::Service => weight.is_some_and(|w| w > 0),
-            Router::GatewayApi(_)
-            | Router::Nginx(_)
-            | Router::Istio(_)
-            | Router::Smi(_)
-            | Router::Traefik(_) => weight.is_some() || self.observed.router.matched,
+            Router::GatewayApi { .. }
+            | Router::Nginx { .. }
+            | Router::Istio { .. }
+            | Router::Smi { .. }
+            | Router::Traefik { .. } => weight.is_some() || self.observed.router.matched,
         };
         if routed {
             self.actions.push(Action::RemoveRoute);
@@ -1720,7 +1719,7 @@ impl<'a> Machine<'a> {
             Phase::Progressing | Phase::WaitingPromotion | Phase::Promoting | Phase::Paused => true,
             Phase::Initializing
             | Phase::Idle
-                | Phase::Succeeded
+            | Phase::Succeeded
             | Phase::Failed
             | Phase::Invalid => false,
         };
@@ -1762,9 +1761,7 @@ impl<'a> Machine<'a> {
             && revision == self.status.stable_revision
             && matches!(phase, Phase::Idle | Phase::Succeeded);
         let (progressing, progressing_reason) = match phase {
-            Phase::Progressing | Phase::WaitingPromotion => {
-                (Status::True, phase.as_str())
-            }
+            Phase::Progressing | Phase::WaitingPromotion => (Status::True, phase.as_str()),
             Phase::Promoting if self.promotion_late => (Status::True, "PromotionDeadlineExceeded"),
             Phase::Promoting => (Status::True, phase.as_str()),
             Phase::Paused => (Status::Unknown, phase.as_str()),
@@ -1791,7 +1788,7 @@ impl<'a> Machine<'a> {
                 | Phase::Progressing
                 | Phase::WaitingPromotion
                 | Phase::Promoting
-                        | Phase::Succeeded
+                | Phase::Succeeded
                 | Phase::Paused
                 | Phase::Invalid,
                 _,
@@ -1939,7 +1936,7 @@ fn next_step(step_weights: &[i32], status: &CanaryStatus) -> Option<usize> {
 fn canary_replicas(resolved: &Resolved, target: &TargetState, weight: i32) -> i32 {
     match &resolved.strategy {
         Strategy::BlueGreen { .. } | Strategy::AbTesting { .. } => target.replicas.max(1),
-        Strategy::Canary { .. } if resolved.router == Router::None => {
+        Strategy::Canary { .. } if resolved.router == Router::ReplicaRatio => {
             plan::ratio_replicas(target.replicas, weight)
         }
         Strategy::Canary { .. } => plan::routed_replicas(target.replicas, weight),
@@ -1966,7 +1963,7 @@ fn canary_ready(status: &CanaryStatus, observed: &Observations) -> bool {
 /// removed by someone else): putting it back restarts the step's clock (I4).
 fn withdrawn_match(resolved: &Resolved, observed: &Observations) -> bool {
     matches!(&resolved.strategy, Strategy::AbTesting { matches, .. } if !matches.is_empty())
-        && resolved.router != Router::None
+        && resolved.router != Router::ReplicaRatio
         && !observed.router.matched
 }
 
@@ -1978,15 +1975,15 @@ fn carries(
     weight: i32,
 ) -> bool {
     match &resolved.router {
-        Router::None => observed
+        Router::ReplicaRatio => observed
             .canary
             .as_ref()
             .is_some_and(|c| c.replicas == plan::ratio_replicas(target.replicas, weight)),
-        Router::GatewayApi(_)
-        | Router::Nginx(_)
-        | Router::Istio(_)
-        | Router::Smi(_)
-        | Router::Traefik(_)
+        Router::GatewayApi { .. }
+        | Router::Nginx { .. }
+        | Router::Istio { .. }
+        | Router::Smi { .. }
+        | Router::Traefik { .. }
         | Router::Service => {
             observed.router.canary_weight.unwrap_or(0) == weight
                 && !withdrawn_match(resolved, observed)

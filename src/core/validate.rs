@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use super::router::Router;
 use super::{Observations, PolicyLookup, plan};
 use crate::api::{
-    AnalysisSpec, CanarySpec, Comparison, ComparisonMethod, GatewayApiRouter, HookSpec, HttpMatch,
-    IstioRouter, NginxRouter, NotificationSpec, OnNoData, ProviderSpec, RolloutSpec, RouterSpec,
-    SmiRouter, StrategySpec, TemplateRef, TemplateSpec, TraefikRouter, UnknownOutcome,
+    AnalysisSpec, CanarySpec, Comparison, ComparisonMethod, HookSpec, HttpMatch, NotificationSpec,
+    OnNoData, ProviderSpec, RolloutSpec, StrategySpec, TemplateRef, TemplateSpec, UnknownOutcome,
 };
 
 /// Interval between checks when the spec sets none.
@@ -89,19 +89,6 @@ pub struct Resolved {
 pub struct ResolvedService {
     pub name: String,
     pub port: i32,
-}
-
-/// The one router a spec names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Router {
-    GatewayApi(GatewayApiRouter),
-    Nginx(NginxRouter),
-    Istio(IstioRouter),
-    Smi(SmiRouter),
-    Traefik(TraefikRouter),
-    Service,
-    /// Replica ratio: weights are realised by scaling the canary.
-    None,
 }
 
 /// The one strategy a spec names, with its steps computed.
@@ -328,7 +315,10 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
                 .or_else(|| analysis.provider.clone()),
         });
     }
-    let router = merged.router.as_ref().and_then(router_of);
+    let router = merged
+        .router
+        .as_ref()
+        .and_then(|r| Router::from_spec(r).ok());
     let strategy = strategy_of(merged.strategy.as_ref());
     let (Some(router), Some(strategy), Some(service), true) =
         (router, strategy, merged.service.as_ref(), errors.is_empty())
@@ -468,32 +458,6 @@ fn merge(policy: &RolloutSpec, own: &RolloutSpec) -> RolloutSpec {
     }
 }
 
-fn router_of(spec: &RouterSpec) -> Option<Router> {
-    let mut found = Vec::new();
-    if let Some(r) = &spec.gateway_api {
-        found.push(Router::GatewayApi(r.clone()));
-    }
-    if let Some(r) = &spec.nginx {
-        found.push(Router::Nginx(r.clone()));
-    }
-    if let Some(r) = &spec.istio {
-        found.push(Router::Istio(r.clone()));
-    }
-    if let Some(r) = &spec.smi {
-        found.push(Router::Smi(r.clone()));
-    }
-    if let Some(r) = &spec.traefik {
-        found.push(Router::Traefik(r.clone()));
-    }
-    if spec.service.is_some() {
-        found.push(Router::Service);
-    }
-    if spec.none.is_some() {
-        found.push(Router::None);
-    }
-    (found.len() == 1).then(|| found.remove(0))
-}
-
 fn strategy_of(spec: Option<&StrategySpec>) -> Option<Strategy> {
     let Some(spec) = spec else {
         return Some(Strategy::Canary {
@@ -538,7 +502,7 @@ pub fn rollout(spec: &RolloutSpec, prefix: &str) -> Vec<FieldError> {
         }
     }
     if let Some(router) = &spec.router
-        && router_of(router).is_none()
+        && Router::from_spec(router).is_err()
     {
         err(
             format!("{prefix}.router"),

@@ -23,8 +23,7 @@ use serde_json::{Map, Value, json};
 use super::{BuildRouteError, RouteInputs, share};
 use crate::api::{HeaderMatchType, HttpMatch};
 
-pub(super) const API_VERSION: &str = "gateway.networking.k8s.io/v1";
-pub(super) const KIND: &str = "HTTPRoute";
+use super::kind::HTTP_ROUTE;
 
 /// Schema limits of `spec.rules` (maxItems), a rule's `matches` (maxItems), and the CEL rule on
 /// the sum of matches over all rules.
@@ -49,7 +48,7 @@ pub fn http_route_patch(
         .unwrap_or(&inputs.canary.namespace)
         .to_owned();
     let no_stable = || BuildRouteError::NoStableBackend {
-        kind: KIND,
+        kind: HTTP_ROUTE.kind,
         name: format!("{namespace}/{name}"),
         service: inputs.service.clone(),
     };
@@ -100,8 +99,8 @@ pub fn http_route_patch(
     }
     check_limits(&rules, &namespace, &name)?;
     Ok(json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": HTTP_ROUTE.api_version,
+        "kind": HTTP_ROUTE.kind,
         "metadata": super::copied_from(route, &name, &namespace),
         "spec": {"rules": rules},
     }))
@@ -239,7 +238,7 @@ fn ab_rule(rule: &Value, stable: &Value, inputs: &RouteInputs, matches: &[HttpMa
 
 fn check_limits(rules: &[Value], namespace: &str, name: &str) -> Result<(), BuildRouteError> {
     let too_large = |limit| BuildRouteError::TooLarge {
-        kind: KIND,
+        kind: HTTP_ROUTE.kind,
         name: format!("{namespace}/{name}"),
         limit,
     };

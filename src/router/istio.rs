@@ -17,8 +17,7 @@ use super::{BuildRouteError, RouteInputs, share};
 use crate::api::names::CANARY_SUFFIX;
 use crate::api::{HeaderMatchType, HttpMatch};
 
-pub(super) const API_VERSION: &str = "networking.istio.io/v1";
-pub(super) const KIND: &str = "VirtualService";
+use super::kind::VIRTUAL_SERVICE;
 
 /// The apply body for `vs` (the live user's VirtualService) routing `weight` percent to the
 /// canary, and requests matching any of `matches` entirely to it.
@@ -37,7 +36,7 @@ pub fn virtual_service_patch(
         .unwrap_or(&inputs.canary.namespace)
         .to_owned();
     let no_stable = || BuildRouteError::NoStableBackend {
-        kind: KIND,
+        kind: VIRTUAL_SERVICE.kind,
         name: format!("{namespace}/{name}"),
         service: inputs.service.clone(),
     };
@@ -83,8 +82,8 @@ pub fn virtual_service_patch(
         return Err(no_stable());
     }
     Ok(json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": VIRTUAL_SERVICE.api_version,
+        "kind": VIRTUAL_SERVICE.kind,
         "metadata": super::copied_from(vs, &name, &namespace),
         "spec": {"http": routes},
     }))

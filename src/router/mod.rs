@@ -24,6 +24,7 @@
 //! matches removes the canary backend entirely, so `None` is what "at rest" reads back as.
 
 mod gateway;
+pub mod kind;
 mod istio;
 mod nginx;
 mod service;
@@ -33,7 +34,9 @@ mod traefik;
 use serde_json::Value;
 
 use crate::api::names::canary_name;
-use crate::api::{HttpMatch, ObjectRef, RouterSpec};
+use crate::api::{HttpMatch, ObjectRef};
+pub use crate::core::router::{ResolveRouterError, Router};
+pub use kind::Kind;
 use crate::workload::{CanaryIdentity, PodLabels};
 
 pub use gateway::{http_route_matched, http_route_patch, http_route_weight};
@@ -71,8 +74,7 @@ pub struct ReadyReplicas {
 /// Identifies an object the controller reads or writes for a router.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectKey {
-    pub api_version: &'static str,
-    pub kind: &'static str,
+    pub kind: &'static Kind,
     pub namespace: String,
     pub name: String,
 }
@@ -86,34 +88,6 @@ pub enum Removal {
     Delete(ObjectKey),
     /// Nothing to undo.
     Nothing,
-}
-
-/// The router of one Canary, resolved from its spec.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Router {
-    /// Weights on the user's `HTTPRoute` rules that point at the stable Service.
-    GatewayApi { http_route: ObjectRef },
-    /// A sluice-owned canary copy of the user's Ingress with ingress-nginx's canary annotations.
-    Nginx { ingress: ObjectRef },
-    /// Weighted destinations on the user's `VirtualService`.
-    Istio { virtual_service: ObjectRef },
-    /// A sluice-owned `TrafficSplit`; `None` names it after the Service.
-    Smi { traffic_split: Option<String> },
-    /// A sluice-owned weighted `TraefikService`; `None` names it after the Service.
-    Traefik { traefik_service: Option<String> },
-    /// The stable Service's selector, switched to the canary pods and back (0 or 100 only).
-    Service,
-    /// No router object: canary pods share the stable Service, the split is the replica ratio.
-    ReplicaRatio,
-}
-
-/// Why a Canary's `router` names no single router. A permanent error: the spec must change.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ResolveRouterError {
-    #[error("failed to resolve the router: none is set")]
-    Unset,
-    #[error("failed to resolve the router: several are set ({})", .routers.join(", "))]
-    Ambiguous { routers: Vec<&'static str> },
 }
 
 /// Why a router object could not be built.
@@ -168,72 +142,6 @@ impl BuildRouteError {
 }
 
 impl Router {
-    /// The one router `spec` names. Unset or several is an error, never a default.
-    pub fn from_spec(spec: &RouterSpec) -> Result<Router, ResolveRouterError> {
-        // Destructured without `..` so a router added to the API fails to compile here.
-        let RouterSpec {
-            gateway_api,
-            nginx,
-            istio,
-            smi,
-            traefik,
-            service,
-            none,
-        } = spec;
-        let mut found = Vec::new();
-        if let Some(r) = gateway_api {
-            found.push(Router::GatewayApi {
-                http_route: r.http_route.clone(),
-            });
-        }
-        if let Some(r) = nginx {
-            found.push(Router::Nginx {
-                ingress: r.ingress.clone(),
-            });
-        }
-        if let Some(r) = istio {
-            found.push(Router::Istio {
-                virtual_service: r.virtual_service.clone(),
-            });
-        }
-        if let Some(r) = smi {
-            found.push(Router::Smi {
-                traffic_split: r.traffic_split.clone(),
-            });
-        }
-        if let Some(r) = traefik {
-            found.push(Router::Traefik {
-                traefik_service: r.traefik_service.clone(),
-            });
-        }
-        if service.is_some() {
-            found.push(Router::Service);
-        }
-        if none.is_some() {
-            found.push(Router::ReplicaRatio);
-        }
-        match found.len() {
-            0 => Err(ResolveRouterError::Unset),
-            1 => Ok(found.remove(0)),
-            _ => Err(ResolveRouterError::Ambiguous {
-                routers: found.iter().map(Router::name).collect(),
-            }),
-        }
-    }
-
-    /// The router's name as the Canary spells it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Router::GatewayApi { .. } => "gatewayAPI",
-            Router::Nginx { .. } => "nginx",
-            Router::Istio { .. } => "istio",
-            Router::Smi { .. } => "smi",
-            Router::Traefik { .. } => "traefik",
-            Router::Service => "service",
-            Router::ReplicaRatio => "none",
-        }
-    }
-
     /// How the canary pods are labelled: only the `none` router shares the stable Service.
     pub fn pod_labels(&self) -> PodLabels {
         match self {
@@ -252,20 +160,14 @@ impl Router {
     pub fn source(&self, inputs: &RouteInputs) -> Option<ObjectKey> {
         match self {
             Router::GatewayApi { http_route } => {
-                Some(key(gateway::API_VERSION, gateway::KIND, http_route, inputs))
+                Some(key(&kind::HTTP_ROUTE, http_route, inputs))
             }
             Router::Nginx { ingress } => {
-                Some(key(nginx::API_VERSION, nginx::KIND, ingress, inputs))
+                Some(key(&kind::INGRESS, ingress, inputs))
             }
-            Router::Istio { virtual_service } => Some(key(
-                istio::API_VERSION,
-                istio::KIND,
-                virtual_service,
-                inputs,
-            )),
+            Router::Istio { virtual_service } => Some(key(&kind::VIRTUAL_SERVICE, virtual_service, inputs)),
             Router::Service => Some(ObjectKey {
-                api_version: "v1",
-                kind: "Service",
+                kind: &kind::SERVICE,
                 namespace: inputs.canary.namespace.clone(),
                 name: inputs.service.clone(),
             }),
@@ -281,19 +183,17 @@ impl Router {
             }
             Router::Nginx { ingress } => Some(ObjectKey {
                 name: canary_name(&ingress.name),
-                ..key(nginx::API_VERSION, nginx::KIND, ingress, inputs)
+                ..key(&kind::INGRESS, ingress, inputs)
             }),
             Router::Smi { traffic_split } => Some(ObjectKey {
-                api_version: smi::API_VERSION,
-                kind: smi::KIND,
+                kind: &kind::TRAFFIC_SPLIT,
                 namespace: inputs.canary.namespace.clone(),
                 name: traffic_split
                     .clone()
                     .unwrap_or_else(|| inputs.service.clone()),
             }),
             Router::Traefik { traefik_service } => Some(ObjectKey {
-                api_version: traefik::API_VERSION,
-                kind: traefik::KIND,
+                kind: &kind::TRAEFIK_SERVICE,
                 namespace: inputs.canary.namespace.clone(),
                 name: traefik_service
                     .clone()
@@ -308,12 +208,19 @@ impl Router {
     /// without `force=true`). Sluice's own objects are applied unforced, so another writer shows up
     /// as a conflict instead of being overwritten silently.
     pub fn force_apply(&self) -> bool {
+        self.applied_kind().is_some_and(|kind| kind.edits_user_object)
+    }
+
+    /// The kind of the object sluice applies ([`Router::applied`]); `None` for the `none` router.
+    pub fn applied_kind(&self) -> Option<&'static Kind> {
         match self {
-            Router::GatewayApi { .. } | Router::Istio { .. } | Router::Service => true,
-            Router::Nginx { .. }
-            | Router::Smi { .. }
-            | Router::Traefik { .. }
-            | Router::ReplicaRatio => false,
+            Router::GatewayApi { .. } => Some(&kind::HTTP_ROUTE),
+            Router::Istio { .. } => Some(&kind::VIRTUAL_SERVICE),
+            Router::Service => Some(&kind::SERVICE),
+            Router::Nginx { .. } => Some(&kind::INGRESS),
+            Router::Smi { .. } => Some(&kind::TRAFFIC_SPLIT),
+            Router::Traefik { .. } => Some(&kind::TRAEFIK_SERVICE),
+            Router::ReplicaRatio => None,
         }
     }
 
@@ -331,21 +238,23 @@ impl Router {
         match self {
             Router::GatewayApi { .. } => {
                 let route = source.ok_or(BuildRouteError::SourceMissing {
-                    kind: gateway::KIND,
+                    kind: kind::HTTP_ROUTE.kind,
                 })?;
                 http_route_patch(route, inputs, weight, matches).map(Some)
             }
             Router::Istio { .. } => {
-                let vs = source.ok_or(BuildRouteError::SourceMissing { kind: istio::KIND })?;
+                let vs = source.ok_or(BuildRouteError::SourceMissing {
+                    kind: kind::VIRTUAL_SERVICE.kind,
+                })?;
                 virtual_service_patch(vs, inputs, weight, matches).map(Some)
             }
             Router::Nginx { .. } => {
-                let ingress = typed(source, nginx::KIND)?;
+                let ingress = typed(source, kind::INGRESS.kind)?;
                 let built = canary_ingress(&ingress, inputs, weight, matches)?;
-                to_value(&built, nginx::KIND).map(Some)
+                to_value(&built, kind::INGRESS.kind).map(Some)
             }
             Router::Service => {
-                let stable = typed(source, "Service")?;
+                let stable = typed(source, kind::SERVICE.kind)?;
                 no_matches(self.name(), matches)?;
                 service_switch_patch(&stable, weight).map(Some)
             }
@@ -486,14 +395,8 @@ fn no_matches(router: &'static str, matches: &[HttpMatch]) -> Result<(), BuildRo
     }
 }
 
-fn key(
-    api_version: &'static str,
-    kind: &'static str,
-    object: &ObjectRef,
-    inputs: &RouteInputs,
-) -> ObjectKey {
+fn key(kind: &'static Kind, object: &ObjectRef, inputs: &RouteInputs) -> ObjectKey {
     ObjectKey {
-        api_version,
         kind,
         namespace: object
             .namespace

@@ -20,8 +20,7 @@ use crate::api::names::{canary_name, nginx};
 use crate::api::{HeaderMatchType, HttpMatch};
 use crate::workload::managed_labels;
 
-pub(super) const API_VERSION: &str = "networking.k8s.io/v1";
-pub(super) const KIND: &str = "Ingress";
+use super::kind::INGRESS;
 
 /// The canary Ingress for the user's `ingress`, sending `weight` percent (and requests carrying the
 /// one header of `matches`) to the canary Service.
@@ -69,7 +68,7 @@ pub fn canary_ingress(
         .collect();
     if rules.is_empty() && default_backend.is_none() {
         return Err(BuildRouteError::NoStableBackend {
-            kind: KIND,
+            kind: INGRESS.kind,
             name: format!("{namespace}/{name}"),
             service: inputs.service.clone(),
         });

@@ -9,15 +9,14 @@ use serde_json::{Value, json};
 use super::{RouteInputs, share};
 use crate::workload::managed_labels;
 
-pub(super) const API_VERSION: &str = "split.smi-spec.io/v1alpha4";
-pub(super) const KIND: &str = "TrafficSplit";
+use super::kind::TRAFFIC_SPLIT;
 
 /// The TrafficSplit `name` sending `weight` percent to the canary. Weight 0 keeps the object with
 /// the canary at weight 0 (removal deletes it).
 pub fn traffic_split(name: &str, inputs: &RouteInputs, weight: i32) -> Value {
     json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": TRAFFIC_SPLIT.api_version,
+        "kind": TRAFFIC_SPLIT.kind,
         "metadata": {
             "name": name,
             "namespace": inputs.canary.namespace,

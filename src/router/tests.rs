@@ -10,7 +10,7 @@ use super::*;
 use crate::api::names::{MANAGED_BY_LABEL, nginx as ann};
 use crate::api::{
     GatewayApiRouter, HeaderMatch, HeaderMatchType, IstioRouter, NginxRouter, NoRouter,
-    ServiceRouter, SmiRouter, TraefikRouter,
+    RouterSpec, ServiceRouter, SmiRouter, TraefikRouter,
 };
 use crate::workload::STABLE_SELECTOR_ANNOTATION;
 
@@ -695,8 +695,7 @@ fn removing_the_nginx_router_deletes_the_canary_ingress() {
             .removal(&inputs(), Some(&user_ingress()))
             .ok(),
         Some(Removal::Delete(ObjectKey {
-            api_version: "networking.k8s.io/v1",
-            kind: "Ingress",
+            kind: &kind::INGRESS,
             namespace: "shop".into(),
             name: "shop-canary".into(),
         }))

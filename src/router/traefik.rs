@@ -7,15 +7,14 @@ use serde_json::{Value, json};
 use super::{RouteInputs, share};
 use crate::workload::managed_labels;
 
-pub(super) const API_VERSION: &str = "traefik.io/v1alpha1";
-pub(super) const KIND: &str = "TraefikService";
+use super::kind::TRAEFIK_SERVICE;
 
 /// The TraefikService `name` sending `weight` percent to the canary. Weight 0 keeps the object
 /// with the canary at weight 0 (removal deletes it).
 pub fn traefik_service(name: &str, inputs: &RouteInputs, weight: i32) -> Value {
     json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": TRAEFIK_SERVICE.api_version,
+        "kind": TRAEFIK_SERVICE.kind,
         "metadata": {
             "name": name,
             "namespace": inputs.canary.namespace,
