@@ -2,7 +2,9 @@
 //! through the Service selector, a replica-ratio canary with no router, an NGINX canary Ingress
 //! (promoted, and rolled back), and A/B testing with a Gateway API header match. Each run samples
 //! the router object, the canary's and the target's ready pods, what the stable Deployment serves
-//! and the Canary's status, and checks I1-I4 and I6 at every sample, not only at the end.
+//! and the Canary's status, and checks I1-I4 and I6 at every sample, not only at the end; and
+//! checks them again on the whole recorded history, the traffic split read from each router's own
+//! object (`support::history::Router`).
 
 mod support;
 
@@ -16,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use serde_json::Value;
 use sluice_testcluster::prometheus::fake::{Answer, FakePrometheus};
-use support::history::History;
+use support::history::{History, Router};
 use support::{Env, Hold, NAMESPACE, app_manifests, phase};
 
 const OLD_IMAGE: &str = "registry.local/web:1";
@@ -204,7 +206,7 @@ where
                 .is_some_and(|s| s.images.iter().any(|i| i == NEW_IMAGE))
             {
                 assert!(
-                    matches!(phase.as_str(), "Promoting" | "Finalising" | "Succeeded"),
+                    matches!(phase.as_str(), "Promoting" | "Succeeded"),
                     "I6: the stable Deployment serves {NEW_IMAGE} in phase {phase}"
                 );
             }
@@ -288,12 +290,19 @@ async fn start(
 /// The analysis interval of [`canary_manifest`].
 const INTERVAL: Duration = Duration::from_secs(1);
 
-/// The history's checks for a router other than an HTTPRoute's weights (the Service selector,
-/// the replica ratio, an NGINX canary Ingress): I1, I3, I4 and I6 on the whole history. The
-/// recorded HTTPRoute `web` stays the user's (no canary backend), so I1 holds there trivially
-/// and I4 times steps by status only; I2 reads an HTTPRoute back and does not apply (`follow`
-/// checks I1 and I2 on these routers' own objects, sampled).
-fn assert_history_without_route(history: &History) {
+/// Every invariant on the whole history (I1, I2, I3, I4 and I6), the traffic split read from
+/// `router`'s object: the canary Ingress, or the stable Service's selector. The recorded
+/// HTTPRoute `web` of `app_manifests` stays the user's in these tests and is not read.
+fn assert_history_on(history: &History, router: &Router) {
+    history.assert_invariants_on("web", router, INTERVAL);
+}
+
+/// The history's checks for the replica ratio, which has no router object: I1, I3, I4 and I6 on
+/// the whole history. The recorded HTTPRoute `web` stays the user's (no canary backend), so I1
+/// holds there trivially and I4 times steps by status only; I2 does not apply, since the split is
+/// the ratio of ready pods, which no object records and status only follows (`follow` samples it,
+/// with I1 on both sides).
+fn assert_history_without_router(history: &History) {
     history.dumping(|| {
         history.assert_i1("web");
         history.assert_i3("web");
@@ -399,7 +408,14 @@ async fn blue_green_switches_the_service_selector_at_once(hold: Hold) {
         "the saved selector annotation is gone once switched back"
     );
     assert_promoted_end_state(&env, paused_at_rest).await;
-    assert_history_without_route(&history);
+    // On the whole history, not only on samples: one switch there and one back.
+    let router = Router::service_selector("web");
+    assert_eq!(
+        history.router_weights("web", &router),
+        vec![0, 100, 0],
+        "the recorded Service selector switched there and back once"
+    );
+    assert_history_on(&history, &router);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,7 +510,7 @@ async fn with_no_router_the_canary_is_sized_to_the_replica_ratio_of_each_step() 
         rollout.weights
     );
     assert_promoted_end_state(&env, false).await;
-    assert_history_without_route(&history);
+    assert_history_without_router(&history);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -591,7 +607,13 @@ async fn an_nginx_canary_ingress_steps_its_weight_and_sends_nothing_after_promot
         "the user's Ingress is left untouched"
     );
     assert_promoted_end_state(&env, false).await;
-    assert_history_without_route(&history);
+    let router = Router::nginx_ingress("web");
+    assert_eq!(
+        history.router_weights("web", &router),
+        vec![0, 20, 50, 0],
+        "every recorded version of the canary Ingress, from before it existed"
+    );
+    assert_history_on(&history, &router);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,7 +687,13 @@ async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
         .and_then(|s| s.template.spec)
         .and_then(|s| s.containers.first().and_then(|c| c.image.clone()));
     assert_eq!(image.as_deref(), Some(NEW_IMAGE));
-    assert_history_without_route(&history);
+    let router = Router::nginx_ingress("web");
+    assert_eq!(
+        history.router_weights("web", &router),
+        vec![0, 20, 0],
+        "every recorded version of the canary Ingress: the first step, then nothing"
+    );
+    assert_history_on(&history, &router);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -908,5 +936,11 @@ async fn the_simulated_ingress_nginx_splits_by_the_canary_ingress_sluice_writes(
         metrics.contains(r#"canary="shop-web-canary-8080""#),
         "canary requests carry the canary upstream: {metrics}"
     );
-    assert_history_without_route(&history);
+    let router = Router::nginx_ingress("web");
+    assert_eq!(
+        history.router_weights("web", &router),
+        vec![0, 20, 50],
+        "every recorded version of the canary Ingress, held at the last step"
+    );
+    assert_history_on(&history, &router);
 }

@@ -6,6 +6,9 @@
 //! Each version is timed: on the test cluster by the server's commit of it (before the write was
 //! answered, so no later than the moment the writer learnt it was acknowledged), on a real cluster
 //! by the arrival of its watch event.
+//!
+//! The traffic split is read back from the router object of the test ([`Router`]): the HTTPRoute,
+//! the canary Ingress sluice makes for NGINX, or the stable Service the blue/green router switches.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -23,18 +26,207 @@ use super::{NAMESPACE, canary_resource, http_route_resource, route_canary_weight
 /// reconcile).
 pub const I2_WITHIN: Duration = Duration::from_secs(2);
 
+/// ingress-nginx's canary annotations, as sluice writes them on its canary Ingress
+/// (src/router/nginx.rs).
+const NGINX_CANARY: &str = "nginx.ingress.kubernetes.io/canary";
+const NGINX_CANARY_WEIGHT: &str = "nginx.ingress.kubernetes.io/canary-weight";
+const NGINX_CANARY_BY_HEADER: &str = "nginx.ingress.kubernetes.io/canary-by-header";
+/// Where the `service` router keeps the user's selector while it has switched the Service.
+const STABLE_SELECTOR_ANNOTATION: &str = "sluice.dev/stable-selector";
+
+/// The object the traffic split of rollout `name` is read back from, as sluice writes it for
+/// each router (src/router/): what I1, I2 and I4 compare with the ready pods and the Canary's
+/// status. Each test names its own, so an object of another router that stays the user's (the
+/// HTTPRoute of `app_manifests` in a test of the NGINX router) is never taken for the split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Router {
+    /// Gateway API: the HTTPRoute `name`, its canary backend the Service `<name>-canary`.
+    HttpRoute,
+    /// NGINX: the canary Ingress `<ingress>-canary` sluice makes beside the user's Ingress
+    /// `ingress`. It gives the canary its `nginx.ingress.kubernetes.io/canary-weight` (0 when
+    /// missing, as ingress-nginx reads it) while `nginx.ingress.kubernetes.io/canary` is `"true"`,
+    /// and nothing while it does not exist (before sluice makes it, once deleted) or is not
+    /// marked as a canary. A `canary-by-header` sends every matching request to the canary: that
+    /// counts for I1 but is no weight for I2.
+    NginxIngress { ingress: String },
+    /// The `service` router (blue/green): the stable Service `service`, whose selector sluice
+    /// switches from the target's pods to the canary's and back. 100 while it selects the pods of
+    /// the canary Deployment `<name>-canary` (its template labels as last recorded), 0 while it
+    /// selects those of the target `name`; selecting both or neither fails the check that reads it.
+    ServiceSelector { service: String },
+}
+
+impl Router {
+    /// The canary Ingress of the user's Ingress `ingress`.
+    pub fn nginx_ingress(ingress: &str) -> Router {
+        Router::NginxIngress {
+            ingress: ingress.to_owned(),
+        }
+    }
+
+    /// The stable Service `service`, switched by the `service` router.
+    pub fn service_selector(service: &str) -> Router {
+        Router::ServiceSelector {
+            service: service.to_owned(),
+        }
+    }
+
+    /// The router object of rollout `name`, for messages.
+    fn describe(&self, name: &str) -> String {
+        match self {
+            Router::HttpRoute => format!("route {name}"),
+            Router::NginxIngress { ingress } => format!("canary Ingress {ingress}-canary"),
+            Router::ServiceSelector { service } => format!("Service {service}"),
+        }
+    }
+}
+
+/// What one version of the router object sends to the canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    /// What reaches the canary by any rule, header-matched ones included: what I1 judges and I4
+    /// times (for the HTTPRoute, the largest canary weight of any rule).
+    reaching: i32,
+    /// The weighted split, without header-matched rules: what the Canary's status says (I2).
+    weighted: i32,
+}
+
+impl Reading {
+    const NOTHING: Reading = Reading {
+        reaching: 0,
+        weighted: 0,
+    };
+}
+
+/// Reads the versions of rollout `name`'s router object, fed every version of the history in
+/// resourceVersion order (the Service router needs the Deployments' pod labels as of each
+/// version).
+struct RouterReader<'a> {
+    router: &'a Router,
+    name: &'a str,
+    /// The pod template labels of the target and of the canary Deployment, as last recorded.
+    stable_pods: Option<serde_json::Map<String, Value>>,
+    canary_pods: Option<serde_json::Map<String, Value>>,
+}
+
+impl<'a> RouterReader<'a> {
+    fn new(router: &'a Router, name: &'a str) -> RouterReader<'a> {
+        RouterReader {
+            router,
+            name,
+            stable_pods: None,
+            canary_pods: None,
+        }
+    }
+
+    /// What the router sends before its first version: nothing for the canary Ingress, which
+    /// does not exist before sluice makes it (the history starts before the app is applied);
+    /// unknown for the objects that are the user's.
+    fn initial(&self) -> Option<Reading> {
+        match self.router {
+            Router::NginxIngress { .. } => Some(Reading::NOTHING),
+            Router::HttpRoute | Router::ServiceSelector { .. } => None,
+        }
+    }
+
+    /// What `v` sends to the canary, when it is a version of the router object.
+    fn read(&mut self, v: &Version) -> Option<Reading> {
+        let name = self.name;
+        match self.router {
+            Router::HttpRoute => (v.kind == "HTTPRoute" && v.name == name).then(|| Reading {
+                reaching: route_canary_weight(&v.object, name),
+                weighted: weighted_canary_weight(&v.object, name),
+            }),
+            Router::NginxIngress { ingress } => {
+                if v.kind != "Ingress" || v.name != format!("{ingress}-canary") {
+                    return None;
+                }
+                let annotations = &v.object["metadata"]["annotations"];
+                if annotations[NGINX_CANARY] != "true" {
+                    // Deleted (a null object), or not a canary Ingress.
+                    return Some(Reading::NOTHING);
+                }
+                let weighted = match annotations[NGINX_CANARY_WEIGHT].as_str() {
+                    None => 0,
+                    Some(text) => text.trim().parse().unwrap_or_else(|_| {
+                        panic!(
+                            "the canary Ingress {} at rv {} has a canary-weight that is no number: {text:?}",
+                            v.name, v.rv
+                        )
+                    }),
+                };
+                let by_header = annotations[NGINX_CANARY_BY_HEADER].is_string();
+                Some(Reading {
+                    reaching: if by_header { 100 } else { weighted },
+                    weighted,
+                })
+            }
+            Router::ServiceSelector { service } => {
+                let canary = format!("{name}-canary");
+                if v.kind == "Deployment" && (v.name == name || v.name == canary) {
+                    let labels = v.object["spec"]["template"]["metadata"]["labels"]
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default();
+                    if v.name == name {
+                        self.stable_pods = Some(labels);
+                    } else {
+                        self.canary_pods = Some(labels);
+                    }
+                    return None;
+                }
+                if v.kind != "Service" || v.name != *service {
+                    return None;
+                }
+                // Nothing to tell the sides apart by before the target is recorded.
+                let stable_pods = self.stable_pods.as_ref()?;
+                let empty = serde_json::Map::new();
+                let selector = v.object["spec"]["selector"].as_object().unwrap_or(&empty);
+                let selects = |labels: &serde_json::Map<String, Value>| {
+                    !selector.is_empty()
+                        && selector
+                            .iter()
+                            .all(|(key, value)| labels.get(key) == Some(value))
+                };
+                let weight = match (
+                    selects(stable_pods),
+                    self.canary_pods.as_ref().is_some_and(selects),
+                ) {
+                    (true, false) => 0,
+                    (false, true) => 100,
+                    (stable, _) => panic!(
+                        "the Service {service} at rv {} selects the pods of {}: selector {}, \
+                         {name}'s pods {stable_pods:?}, {canary}'s {:?}",
+                        v.rv,
+                        if stable { "both sides" } else { "neither side" },
+                        v.object["spec"]["selector"],
+                        self.canary_pods
+                    ),
+                };
+                Some(Reading {
+                    reaching: weight,
+                    weighted: weight,
+                })
+            }
+        }
+    }
+}
+
 /// One version of one object.
 #[derive(Debug, Clone)]
 pub struct Version {
     pub rv: u64,
     pub kind: String,
     pub name: String,
+    /// The object as written; `Value::Null` for the deletion of an Ingress (the only kind whose
+    /// deletions are recorded, see [`History::record`]).
     pub object: Value,
     /// When its watch event arrived.
     pub seen: SystemTime,
 }
 
-/// Records Deployments, ReplicaSets, HTTPRoutes and Canaries in the test namespace until dropped.
+/// Records Deployments, ReplicaSets, HTTPRoutes, Ingresses, Services and Canaries in the test
+/// namespace until dropped.
 pub struct History {
     log: Arc<Mutex<Vec<Version>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -63,17 +255,28 @@ impl History {
     }
 
     /// Records what `client` can watch, timing versions by the arrival of their watch events.
+    ///
+    /// The history is what exists, so deletions are left out, except an Ingress's: a deleted
+    /// canary Ingress sends nothing, and its deletion is recorded as a version of it with a null
+    /// object at the resourceVersion of the deletion. (A deletion the watch only learns of by a
+    /// relist has no watch event and is not recorded; the history's own watches take no faults.)
     pub fn record(client: kube::Client) -> History {
         let log = Arc::new(Mutex::new(Vec::new()));
+        // Each resource, and whether its deletions are recorded.
         let resources = [
-            resource("apps", "v1", "Deployment", "deployments"),
-            resource("apps", "v1", "ReplicaSet", "replicasets"),
-            http_route_resource(),
-            canary_resource(),
+            (resource("apps", "v1", "Deployment", "deployments"), false),
+            (resource("apps", "v1", "ReplicaSet", "replicasets"), false),
+            (http_route_resource(), false),
+            (
+                resource("networking.k8s.io", "v1", "Ingress", "ingresses"),
+                true,
+            ),
+            (resource("", "v1", "Service", "services"), false),
+            (canary_resource(), false),
         ];
         let tasks = resources
             .into_iter()
-            .map(|ar| {
+            .map(|(ar, deletions)| {
                 let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &ar);
                 let log = log.clone();
                 let kind = ar.kind.clone();
@@ -82,8 +285,9 @@ impl History {
                         .backoff(sluice_testcluster::QuickBackoff::default())
                         .boxed();
                     while let Some(event) = stream.next().await {
-                        let object = match event {
-                            Ok(Event::Apply(o) | Event::InitApply(o)) => o,
+                        let (object, deleted) = match event {
+                            Ok(Event::Apply(o) | Event::InitApply(o)) => (o, false),
+                            Ok(Event::Delete(o)) if deletions => (o, true),
                             _ => continue,
                         };
                         let rv = object
@@ -93,7 +297,11 @@ impl History {
                             .and_then(|rv| rv.parse().ok())
                             .unwrap_or(0);
                         let name = object.metadata.name.clone().unwrap_or_default();
-                        let object = serde_json::to_value(&object).expect("json");
+                        let object = if deleted {
+                            Value::Null
+                        } else {
+                            serde_json::to_value(&object).expect("json")
+                        };
                         log.lock().expect("history").push(Version {
                             rv,
                             kind: kind.clone(),
@@ -177,6 +385,20 @@ impl History {
                     o["status"]["message"]
                 ),
                 "HTTPRoute" => format!("weight={}", route_canary_weight(o, &v.name)),
+                "Ingress" if o.is_null() => "deleted".to_owned(),
+                "Ingress" => {
+                    let annotations = &o["metadata"]["annotations"];
+                    format!(
+                        "canary={} weight={} header={}",
+                        annotations[NGINX_CANARY],
+                        annotations[NGINX_CANARY_WEIGHT],
+                        annotations[NGINX_CANARY_BY_HEADER]
+                    )
+                }
+                "Service" => format!(
+                    "selector={} saved={}",
+                    o["spec"]["selector"], o["metadata"]["annotations"][STABLE_SELECTOR_ANNOTATION]
+                ),
                 _ => format!(
                     "image={:?} paused={} replicas={} ready={} labels={}",
                     image(o),
@@ -225,6 +447,22 @@ impl History {
         weights
     }
 
+    /// The weighted splits (what status says, I2) the router object of rollout `name` went
+    /// through, from what it sent before its first version when that is known (nothing, for the
+    /// canary Ingress), consecutive repeats folded.
+    pub fn router_weights(&self, name: &str, router: &Router) -> Vec<i32> {
+        let mut reader = RouterReader::new(router, name);
+        let mut weights: Vec<i32> = reader.initial().map(|r| r.weighted).into_iter().collect();
+        for v in self.versions() {
+            if let Some(reading) = reader.read(&v)
+                && weights.last() != Some(&reading.weighted)
+            {
+                weights.push(reading.weighted);
+            }
+        }
+        weights
+    }
+
     /// Images the pods of Deployment `name` ever ran: those of its ReplicaSets that were ever
     /// scaled above zero (a paused Deployment may get an empty ReplicaSet for a new template).
     pub fn stable_images(&self, name: &str) -> Vec<String> {
@@ -239,11 +477,18 @@ impl History {
         images
     }
 
-    /// I1 on the whole history: every route version giving the canary weight comes while a
-    /// ReplicaSet of `<name>-canary` running the canary Deployment's current image has ready
-    /// pods (ready pods of an older canary revision do not count).
+    /// I1 on the whole history, on the HTTPRoute `name` ([`History::assert_i1_on`]).
     pub fn assert_i1(&self, name: &str) {
+        self.assert_i1_on(name, &Router::HttpRoute);
+    }
+
+    /// I1 on the whole history: every version of the `router` object of rollout `name` that
+    /// sends the canary anything (header-matched requests included) comes while a ReplicaSet of
+    /// `<name>-canary` running the canary Deployment's current image has ready pods (ready pods
+    /// of an older canary revision do not count).
+    pub fn assert_i1_on(&self, name: &str, router: &Router) {
         let canary = format!("{name}-canary");
+        let mut reader = RouterReader::new(router, name);
         let mut current_image: Option<String> = None;
         let mut ready_by_rs: std::collections::BTreeMap<String, (Option<String>, i64)> =
             Default::default();
@@ -255,8 +500,8 @@ impl History {
                 let ready = v.object["status"]["readyReplicas"].as_i64().unwrap_or(0);
                 ready_by_rs.insert(v.name.clone(), (image(&v.object).map(str::to_owned), ready));
             }
-            if v.kind == "HTTPRoute" && v.name == name {
-                let weight = route_canary_weight(&v.object, name);
+            if let Some(reading) = reader.read(&v) {
+                let weight = reading.reaching;
                 let ready: i64 = ready_by_rs
                     .values()
                     .filter(|(image, _)| *image == current_image)
@@ -264,7 +509,8 @@ impl History {
                     .sum();
                 assert!(
                     weight == 0 || ready > 0,
-                    "I1: route at rv {} gives weight {weight} to a canary with no ready pods of {current_image:?}",
+                    "I1: {} at rv {} gives weight {weight} to a canary with no ready pods of {current_image:?}",
+                    router.describe(name),
                     v.rv
                 );
             }
@@ -290,7 +536,16 @@ impl History {
     /// route write) in the status that leaves `Invalid`, since the spec that judged the step
     /// changed. That only delays the step, and what ends it must come an interval after the
     /// restart as well.
+    ///
+    /// The route is the HTTPRoute `name` ([`History::assert_i4_on`] for another router).
     pub fn assert_i4(&self, name: &str, interval: Duration) {
+        self.assert_i4_on(name, &Router::HttpRoute, interval);
+    }
+
+    /// I4 as [`History::assert_i4`] says, with the route writes read from the `router` object of
+    /// rollout `name`. Where that object never carries a step's weight (an HTTPRoute that stays
+    /// the user's), the step is timed by status alone.
+    pub fn assert_i4_on(&self, name: &str, router: &Router, interval: Duration) {
         struct Step {
             revision: String,
             index: i64,
@@ -346,13 +601,18 @@ impl History {
                 });
             }
         }
-        let routes = self.of("HTTPRoute", name);
+        let mut reader = RouterReader::new(router, name);
+        let routes: Vec<(Version, i32)> = self
+            .versions()
+            .into_iter()
+            .filter_map(|v| reader.read(&v).map(|reading| (v, reading.reaching)))
+            .collect();
         // The route write that put `weight` in place last before resourceVersion `rv`.
         let route_write = |weight: i32, rv: u64| -> Option<&Version> {
             let mut previous = None;
             let mut found = None;
-            for route in routes.iter().take_while(|r| r.rv < rv) {
-                let w = route_canary_weight(&route.object, name);
+            for (route, w) in routes.iter().take_while(|(r, _)| r.rv < rv) {
+                let w = *w;
                 if w == weight && previous != Some(weight) {
                     found = Some(route);
                 }
@@ -512,20 +772,31 @@ impl History {
     /// Only statuses with a phase count (before its first status the Canary says nothing). The
     /// route's weight is that of its rules without header or query matches: an A/B rule sending
     /// every matching request to the canary is no weight, and status says 0 for it.
+    ///
+    /// The route is the HTTPRoute `name` ([`History::assert_i2_on`] for another router).
     pub fn assert_i2(&self, name: &str, within: Duration) {
+        self.assert_i2_on(name, &Router::HttpRoute, within);
+    }
+
+    /// I2 as [`History::assert_i2`] says, with the weight read back from the `router` object of
+    /// rollout `name` ([`Router`]: a canary Ingress that does not exist reads back 0).
+    pub fn assert_i2_on(&self, name: &str, router: &Router, within: Duration) {
         let within_span = jiff::SignedDuration::try_from(within).expect("a short duration");
-        let mut route: Option<i64> = None;
+        let what = router.describe(name);
+        let mut reader = RouterReader::new(router, name);
+        let mut route: Option<i64> = reader.initial().map(|r| i64::from(r.weighted));
         let mut status: Option<i64> = None;
         let mut parted: Option<Version> = None;
         for v in self.versions() {
-            match v.kind.as_str() {
-                "HTTPRoute" if v.name == name => {
-                    route = Some(i64::from(weighted_canary_weight(&v.object, name)));
-                }
-                "Canary" if v.name == name && v.object["status"]["phase"].is_string() => {
-                    status = Some(v.object["status"]["canaryWeight"].as_i64().unwrap_or(0));
-                }
-                _ => continue,
+            if let Some(reading) = reader.read(&v) {
+                route = Some(i64::from(reading.weighted));
+            } else if v.kind == "Canary"
+                && v.name == name
+                && v.object["status"]["phase"].is_string()
+            {
+                status = Some(v.object["status"]["canaryWeight"].as_i64().unwrap_or(0));
+            } else {
+                continue;
             }
             let (Some(r), Some(s)) = (route, status) else {
                 continue;
@@ -536,7 +807,7 @@ impl History {
                     let apart = self.written_at(&v).duration_since(self.written_at(from));
                     assert!(
                         apart <= within_span,
-                        "I2: route {name} read {r}% back and status said otherwise for {apart:?} \
+                        "I2: {what} read {r}% back and status said otherwise for {apart:?} \
                          (rv {} to rv {}), longer than {within:?}",
                         from.rv,
                         v.rv
@@ -552,7 +823,7 @@ impl History {
             let apart = jiff::Timestamp::now().duration_since(self.written_at(&from));
             assert!(
                 apart <= within_span,
-                "I2: route {name} ({route:?}%) and status ({status:?}%) still disagree at the end, \
+                "I2: {what} ({route:?}%) and status ({status:?}%) still disagree at the end, \
                  {apart:?} after rv {} parted them, longer than {within:?}",
                 from.rv
             );
@@ -651,11 +922,17 @@ impl History {
     /// [`I2_WITHIN`]), I3, I4 and I6. Prints the history when one fails and
     /// `SLUICE_E2E_HISTORY` is set.
     pub fn assert_invariants(&self, name: &str, interval: Duration) {
+        self.assert_invariants_on(name, &Router::HttpRoute, interval);
+    }
+
+    /// Every invariant the history shows, as [`History::assert_invariants`] says, with the
+    /// traffic split read back from the `router` object of rollout `name` (I1, I2 and I4).
+    pub fn assert_invariants_on(&self, name: &str, router: &Router, interval: Duration) {
         self.dumping(|| {
-            self.assert_i1(name);
-            self.assert_i2(name, I2_WITHIN);
+            self.assert_i1_on(name, router);
+            self.assert_i2_on(name, router, I2_WITHIN);
             self.assert_i3(name);
-            self.assert_i4(name, interval);
+            self.assert_i4_on(name, router, interval);
             self.assert_i6(name);
         });
     }
