@@ -616,6 +616,52 @@ async fn an_nginx_canary_ingress_steps_its_weight_and_sends_nothing_after_promot
     assert_history_on(&history, &router);
 }
 
+/// A canary Ingress deleted while the rollout waits for a person (a GitOps prune, a hand) is put
+/// back at the weight status says, within I2's bound, before anything else happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_ingress_deleted_while_waiting_for_promotion_is_put_back() {
+    let (env, _prometheus, history) = start(
+        Hold::AdmissionPolicy,
+        "{nginx: {ingress: {name: web}}}",
+        "{canary: {stepWeights: [20, 50]}}",
+        &user_ingress(),
+        Answer::value(0.0),
+        true,
+    )
+    .await;
+    follow(
+        &env,
+        || nginx_weight(&env),
+        |c| phase(c) == "WaitingPromotion",
+        Duration::from_secs(60),
+    )
+    .await;
+    let api: Api<Ingress> = Api::namespaced(env.client(), NAMESPACE);
+    api.delete("web-canary", &Default::default())
+        .await
+        .expect("the canary Ingress is deleted");
+    // How soon is I2's to judge, on the history below; this only waits for it.
+    env.eventually(
+        "the canary Ingress back at 50%",
+        Duration::from_secs(30),
+        || async { (nginx_weight(&env).await == 50).then_some(()) },
+    )
+    .await;
+    let router = Router::nginx_ingress("web");
+    assert_eq!(
+        history.router_weights("web", &router),
+        vec![0, 20, 50, 0, 50],
+        "the deletion is recorded, and then the Ingress at the weight status says"
+    );
+    let canary = env.canary("web").await.expect("the Canary");
+    assert_eq!(
+        phase(&canary),
+        "WaitingPromotion",
+        "still waiting for a person"
+    );
+    assert_history_on(&history, &router);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
     let (env, _prometheus, history) = start(

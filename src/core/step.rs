@@ -1200,6 +1200,19 @@ impl<'a> Machine<'a> {
         }
         self.keep_held(target);
         let revision = self.revision();
+        let weight = self.status.canary_weight;
+        if canary_ready(&self.status, self.observed)
+            && !carries(resolved, self.observed, target, weight)
+        {
+            // The route drifted from the weight the analysis passed at (a re-applied manifest, a
+            // deleted canary Ingress): it is put back before anything else (I2).
+            self.set_traffic(resolved, target, weight);
+            self.say(format!(
+                "revision {revision}: putting the canary weight back to {weight}%"
+            ));
+            self.requeue_in(CLUSTER_RETRY);
+            return;
+        }
         self.record_hooks(&[HookType::ConfirmPromotion]);
         let approved = !resolved.manual_promotion || self.promote_acknowledged();
         let gates = pending_hooks(resolved, &self.status, &[HookType::ConfirmPromotion]);
