@@ -154,20 +154,27 @@ impl Scene {
         self.env.deployment("web").await.expect("target")
     }
 
-    /// Changes the target's image with a PUT (verb `update`), so a parked PATCH is not hit.
+    /// Changes the target's image with a PUT (verb `update`), so a parked PATCH is not hit. A
+    /// read-modify-write like `kubectl edit`: a 409 means another writer (the Deployment
+    /// controller's status, sluice) changed the object between the GET and the PUT, and the
+    /// edit is made again on the newer copy, as client-go's `RetryOnConflict` does.
     async fn replace_image(&self, image: &str) {
         let api: Api<Deployment> = Api::namespaced(self.env.client(), NAMESPACE);
-        let mut target = api.get("web").await.expect("target");
-        let containers = &mut target
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.spec.as_mut())
-            .expect("pod spec")
-            .containers;
-        containers[0].image = Some(image.to_owned());
-        api.replace("web", &Default::default(), &target)
-            .await
-            .expect("image replaced");
+        loop {
+            let mut target = api.get("web").await.expect("target");
+            let containers = &mut target
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+                .expect("pod spec")
+                .containers;
+            containers[0].image = Some(image.to_owned());
+            match api.replace("web", &Default::default(), &target).await {
+                Ok(_) => return,
+                Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                Err(error) => panic!("image replaced: {error}"),
+            }
+        }
     }
 
     /// The checks every scenario ends with.

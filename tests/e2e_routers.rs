@@ -857,11 +857,15 @@ async fn a_failing_ab_canary_loses_its_header_match_before_its_pods() {
     let rollout = follow(
         &env,
         || async {
+            // The canary's size is read before the route: sluice removes the match, then scales
+            // down, so a size of zero read first and a match read after is a true violation,
+            // while the other order would catch the two writes in between.
+            let replicas_before = replicas(&env, "web-canary").await;
             let (header_rule, weighted) = ab_route(&env).await;
             if header_rule {
                 *header_rule_seen.lock().expect("lock") = true;
                 assert_ne!(
-                    replicas(&env, "web-canary").await,
+                    replicas_before,
                     Some(0),
                     "the canary was scaled to zero with the header match still on it"
                 );
