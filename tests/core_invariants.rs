@@ -296,7 +296,8 @@ impl World {
 
     fn reconcile(&mut self) -> Result<(), TestCaseError> {
         let mut observed = self.observe();
-        let due = core::due(&self.spec, &self.status, &observed, self.now);
+        let resolution = core::resolve(&self.spec, &observed.dereferenced);
+        let due = core::due(&resolution, &self.status, &observed, self.now);
         if due.checks {
             let result = MetricResult {
                 metric: "errors".into(),
@@ -318,7 +319,7 @@ impl World {
                     .push(self.status.step_index);
             }
         }
-        let decision = core::step(&self.spec, &self.status, &observed, self.now);
+        let decision = core::step(&resolution, &self.status, &observed, self.now);
         self.check(&observed, &decision)?;
         self.execute(&decision);
         self.status = decision.status;

@@ -95,7 +95,8 @@ fn check(name: &str, mode: HoldMode, case: &Value) {
         .parse()
         .unwrap_or_else(|e| panic!("{ctx}: now: {e}"));
     let status = canary.status.clone().unwrap_or_default();
-    let decision = core::step(&canary.spec, &status, &observed, now);
+    let resolution = core::resolve(&canary.spec, &observed.dereferenced);
+    let decision = core::step(&resolution, &status, &observed, now);
     let expect = &case["expect"];
 
     general_rules(&ctx, &decision, &observed);
@@ -170,7 +171,7 @@ fn check(name: &str, mode: HoldMode, case: &Value) {
         assert_eq!(&actual, requeue, "{ctx}: requeueAfter");
     }
     if let Some(due) = expect.get("due") {
-        let actual = serde_json::to_value(core::due(&canary.spec, &status, &observed, now))
+        let actual = serde_json::to_value(core::due(&resolution, &status, &observed, now))
             .unwrap_or_default();
         if let Err(e) = subset(due, &actual, "due") {
             panic!("{ctx}: {e}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sluice::api::{CanarySpec, OnNoData, RolloutSpec, TemplateSpec, UnknownOutcome};
 use sluice::core::Router;
 use sluice::core::validate::{self, Strategy};
-use sluice::core::{Observations, PolicyLookup};
+use sluice::core::{Dereferenced, PolicyLookup};
 
 const BASE: &str = "
 targetRef: {name: checkout}
@@ -30,8 +30,8 @@ fn spec(extra: &str) -> CanarySpec {
     serde_json::from_value(base).expect("spec")
 }
 
-fn observed_with_template() -> Observations {
-    let mut observed = Observations::default();
+fn observed_with_template() -> Dereferenced {
+    let mut observed = Dereferenced::default();
     let template: TemplateSpec = serde_saphyr::from_str(
         "query: 'sum(rate(x{job=\"{{ args.job }}\", code=~\"{{ args.codes }}\"}[{{ interval }}]))'\n\
          args: [{name: job}, {name: codes, default: '5..'}]\nmax: 0.01\nonNoData: Pass\n",
@@ -270,7 +270,7 @@ fn every_bound_the_schema_states_is_checked_again_with_its_field_path() {
 
 #[test]
 fn a_minimal_spec_gets_every_default() {
-    let resolved = validate::resolve(&spec("{}"), &Observations::default()).expect("valid");
+    let resolved = validate::resolve(&spec("{}"), &Dereferenced::default()).expect("valid");
     assert_eq!(resolved.interval, Duration::from_secs(60));
     assert_eq!(resolved.threshold, 3);
     assert_eq!(resolved.progress_deadline, Duration::from_secs(600));
@@ -294,9 +294,9 @@ fn the_canary_overrides_its_policy_field_by_field_inside_analysis() {
          analysis: {interval: 2m, threshold: 5, metrics: [{name: latency, query: q, max: 0.5}]}\n",
     )
     .expect("policy");
-    let mut observed = Observations {
+    let mut observed = Dereferenced {
         policy: PolicyLookup::Found(Box::new(policy)),
-        ..Observations::default()
+        ..Dereferenced::default()
     };
     observed.templates.clear();
     let canary = spec("policyRef: {name: web}\nrouter: null\nanalysis: {threshold: 2}");
@@ -347,7 +347,7 @@ fn hooks_get_a_timeout_of_at_most_half_the_interval() {
     let canary = spec(
         "analysis: {interval: 10s}\nhooks: [{name: load, type: rollout, url: 'http://load.test/'}]",
     );
-    let resolved = validate::resolve(&canary, &Observations::default()).expect("valid");
+    let resolved = validate::resolve(&canary, &Dereferenced::default()).expect("valid");
     assert_eq!(
         resolved.hooks[0].timeout.map(|d| d.as_std()),
         Some(Duration::from_secs(5))
@@ -360,9 +360,9 @@ fn notifications_come_from_the_policy_unless_the_canary_sets_its_own() {
         "notifications: [{name: team, urlSecretRef: {name: slack}, format: slack, events: [RolledBack]}]",
     )
     .expect("policy");
-    let observed = Observations {
+    let observed = Dereferenced {
         policy: PolicyLookup::Found(Box::new(policy)),
-        ..Observations::default()
+        ..Dereferenced::default()
     };
     let inherited = spec("policyRef: {name: web-standard}");
     let resolved = validate::resolve(&inherited, &observed).expect("valid");

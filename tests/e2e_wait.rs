@@ -53,7 +53,7 @@ async fn wait_binds_to_the_new_template_and_exits_0_only_once_that_revision_is_p
 
     // At rest the current template is the stable one: there is nothing left to wait for.
     let at_rest = plugin::run(&env, &["wait", "web", "-o", "json"]).await;
-    assert_eq!(at_rest.code, code(ExitCode::Promoted), "{at_rest:?}");
+    assert_eq!(at_rest.code, code(ExitCode::PROMOTED), "{at_rest:?}");
     assert_eq!(at_rest.json()["outcome"], "Promoted");
 
     // With the controller stopped, the Canary keeps saying Succeeded/Promoted for the previous
@@ -74,7 +74,7 @@ async fn wait_binds_to_the_new_template_and_exits_0_only_once_that_revision_is_p
     let waiting = plugin::spawn(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]);
     env.start_controller(&[]);
     let done = plugin::finish(waiting, Duration::from_secs(90)).await;
-    assert_eq!(done.code, code(ExitCode::Promoted), "{done:?}");
+    assert_eq!(done.code, code(ExitCode::PROMOTED), "{done:?}");
     let summary = done.json();
     assert_eq!(summary["outcome"], "Promoted");
     assert_eq!(summary["exitCode"], 0);
@@ -104,11 +104,11 @@ async fn a_revision_failing_its_checks_exits_1_and_retry_reruns_it_to_promotion(
     // Retry the same revision once the metric is healthy, without touching the template.
     prometheus.set_default(Answer::value(0.0));
     let retry = plugin::run(&env, &["retry", "web", "-o", "json"]).await;
-    assert_eq!(retry.code, code(ExitCode::Promoted), "{retry:?}");
+    assert_eq!(retry.code, code(ExitCode::Success), "{retry:?}");
     assert_eq!(retry.json()["state"], "Accepted");
     assert_eq!(retry.json()["revision"], failing.as_str());
     let promoted = plugin::run(&env, &["wait", "web", "--timeout", "60s"]).await;
-    assert_eq!(promoted.code, code(ExitCode::Promoted), "{promoted:?}");
+    assert_eq!(promoted.code, code(ExitCode::PROMOTED), "{promoted:?}");
     assert_eq!(
         template_revision(&env, "web").await,
         failing,
@@ -219,7 +219,7 @@ async fn a_held_revision_times_out_is_superseded_and_an_abort_of_its_successor_e
     // Abort revision 3 while a gate waits for it.
     let bound_to_second = plugin::spawn(&env, &["wait", "web", "--timeout", "60s", "-o", "json"]);
     let abort = plugin::run(&env, &["abort", "web"]).await;
-    assert_eq!(abort.code, code(ExitCode::Promoted), "{abort:?}");
+    assert_eq!(abort.code, code(ExitCode::Success), "{abort:?}");
     let aborted = plugin::finish(bound_to_second, Duration::from_secs(30)).await;
     assert_eq!(aborted.code, code(ExitCode::Aborted), "{aborted:?}");
     assert_eq!(aborted.json()["revision"], second.as_str());

@@ -1,6 +1,14 @@
-//! Every name sluice writes or reads in a cluster: API group, field managers, finalizer, labels,
-//! annotations, condition types and event reasons. One place, so the controller, the plugin, the
-//! shipped manifests and the tests cannot drift apart.
+//! Names sluice writes or reads in a cluster that more than one part of it (or a person) needs: API
+//! group and version, field managers, finalizer, labels, annotations, condition types and the NGINX
+//! canary annotations. The core, the controller and the plugin read them from here; the shipped
+//! manifests are YAML and spell them out (`tests/deploy.rs` checks the admission policy's label
+//! against [`CANARY_LABEL`]), as do most tests.
+//!
+//! Not every name is here: the CRD derives spell the group out; event and condition reasons are
+//! spelled where they are decided (mostly in the core); names one module owns stay in it (the
+//! canary pods' role label and the template-applied annotation in `workload::deployment`, the
+//! stable-selector annotation in `workload::service`, the hold policy's name in
+//! `controller::startup`).
 
 /// API group of every sluice custom resource.
 pub const GROUP: &str = "sluice.dev";
@@ -18,7 +26,8 @@ pub const FINALIZER: &str = "sluice.dev/finalizer";
 /// Label on a Deployment under sluice's control; its value is the Canary's name. The shipped
 /// `MutatingAdmissionPolicy` selects on it.
 pub const CANARY_LABEL: &str = "sluice.dev/canary";
-/// Label on objects sluice created, naming the Canary that owns them.
+/// Label on objects sluice created; its value is [`MANAGED_BY_VALUE`] (the owning Canary is in the
+/// object's owner references).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`] on objects sluice created.
 pub const MANAGED_BY_VALUE: &str = "sluice";

@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
             return match error.kind() {
                 ErrorKind::DisplayHelp
                 | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::Promoted.into(),
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::Success.into(),
                 _ => ExitCode::Usage.into(),
             };
         }

@@ -1,6 +1,6 @@
 //! The plugin's exit codes: one enum, one documented code per outcome, so a CI script can branch
-//! on `kubectl sluice wait`'s answer without parsing text. The table in the README and in
-//! `wait --help` is [`ExitCode::TABLE`]; a test keeps the three in step.
+//! on `kubectl sluice wait`'s answer without parsing text. The table in `wait --help` is
+//! [`ExitCode::table`], the README's is [`ExitCode::markdown_table`]; tests keep the three in step.
 //!
 //! Usage errors (an unknown flag, a missing argument) exit 64 rather than clap's usual 2, which
 //! would read as "failed by progress deadline". Pure; no I/O.
@@ -8,9 +8,10 @@
 /// What a `kubectl sluice` invocation ended with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExitCode {
-    /// The command did what it was asked; for `wait`: the bound revision was promoted and the
-    /// stable Deployment serves it.
-    Promoted,
+    /// The command did what it was asked. For `wait` that means the bound revision was promoted
+    /// and the stable Deployment serves it, which is why its outcome name is `Promoted`
+    /// ([`ExitCode::PROMOTED`]).
+    Success,
     /// The revision was rolled back because it was measured bad: failed checks (metrics or
     /// pre-rollout/rollout hooks) reached the threshold. Also a revision the controller holds as
     /// failed from an earlier attempt whose cause it no longer records (`Failed` reason
@@ -45,9 +46,13 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
+    /// `wait`'s answer when the revision it waited for was promoted: the same code as any other
+    /// command's success (0), named for what it tells a CI script.
+    pub const PROMOTED: ExitCode = ExitCode::Success;
+
     /// Every code, in the order of the documented table.
     pub const ALL: [ExitCode; 11] = [
-        ExitCode::Promoted,
+        ExitCode::Success,
         ExitCode::FailedAnalysis,
         ExitCode::FailedProgressDeadline,
         ExitCode::Aborted,
@@ -63,7 +68,7 @@ impl ExitCode {
     /// The process exit code.
     pub const fn code(self) -> u8 {
         match self {
-            ExitCode::Promoted => 0,
+            ExitCode::Success => 0,
             ExitCode::FailedAnalysis => 1,
             ExitCode::FailedProgressDeadline => 2,
             ExitCode::Aborted => 3,
@@ -77,10 +82,12 @@ impl ExitCode {
         }
     }
 
-    /// A stable machine-readable name (the `outcome` field of `wait -o json`).
+    /// A stable machine-readable name of the outcome (the `outcome` field of `wait -o json`).
+    /// Success is `Promoted`: `wait` is the command that names its outcome, and for `wait`
+    /// success means promoted.
     pub const fn name(self) -> &'static str {
         match self {
-            ExitCode::Promoted => "Promoted",
+            ExitCode::Success => "Promoted",
             ExitCode::FailedAnalysis => "FailedAnalysis",
             ExitCode::FailedProgressDeadline => "FailedProgressDeadline",
             ExitCode::Aborted => "Aborted",
@@ -97,7 +104,7 @@ impl ExitCode {
     /// What the code means, in one line.
     pub const fn meaning(self) -> &'static str {
         match self {
-            ExitCode::Promoted => {
+            ExitCode::Success => {
                 "promoted: the stable Deployment serves the revision (other commands: done)"
             }
             ExitCode::FailedAnalysis => {

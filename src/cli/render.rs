@@ -70,7 +70,7 @@ fn or_dash(value: Option<&str>) -> String {
     value.unwrap_or("-").to_owned()
 }
 
-fn number(value: Option<f64>) -> String {
+fn number_or_dash(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
@@ -179,7 +179,7 @@ pub fn status(view: &StatusView, output: Output) -> Result<String, RenderError> 
                 vec![
                     c.metric.clone(),
                     c.revision.clone(),
-                    number(c.value),
+                    number_or_dash(c.value),
                     or_dash(c.limit.as_deref()),
                     verdict(c.verdict).to_owned(),
                     c.time.clone(),
@@ -229,7 +229,7 @@ pub fn status_line(view: &StatusView) -> String {
         line.push_str(&format!(
             " last check {}={} {} {}",
             check.metric,
-            number(check.value),
+            number_or_dash(check.value),
             or_dash(check.limit.as_deref()),
             verdict(check.verdict)
         ));
@@ -250,8 +250,8 @@ pub fn analysis(rows: &[AnalysisRow], output: Output) -> Result<String, RenderEr
         .map(|r| {
             vec![
                 r.metric.clone(),
-                number(r.value),
-                number(r.stable_value),
+                number_or_dash(r.value),
+                number_or_dash(r.stable_value),
                 or_dash(r.limit.as_deref()),
                 verdict(r.verdict).to_owned(),
                 r.reason.clone(),

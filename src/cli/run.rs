@@ -6,7 +6,6 @@
 //! `status` subresource under [`names::PLUGIN_FIELD_MANAGER`]: never a controller-owned field,
 //! never the spec. `analyze` writes nothing at all.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -30,11 +29,12 @@ use super::view::{
 use super::wait::{self, Assessment};
 use crate::api::names::{self, canary_name};
 use crate::api::{
-    AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, CommandAction, MetricSpec,
-    PrometheusProvider, TemplateKind, TemplateSpec,
+    AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, CommandAction,
+    PrometheusProvider, RolloutSpec, TemplateSpec,
 };
-use crate::core::validate::{self, ResolvedMetric};
-use crate::core::{Observations, PolicyLookup, verdict};
+use crate::core::validate::ResolvedMetric;
+use crate::core::{self, verdict};
+use crate::dereference::{Dereference, dereference};
 use crate::metrics::{CheckKey, InFlight, Prometheus, PrometheusAuth, Variables, check};
 
 /// Asking the cluster failed; every variant exits [`ExitCode::CouldNotAsk`].
@@ -71,14 +71,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode
     match dispatch(cli, out, err).await {
         Ok(code) => code,
         Err(error) => {
-            let _ = writeln!(err, "error: {}", chain(&error));
+            let _ = writeln!(err, "error: {}", error_chain(&error));
             ExitCode::CouldNotAsk
         }
     }
 }
 
 /// An error with its sources, as one line.
-fn chain(error: &dyn std::error::Error) -> String {
+fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -329,10 +329,10 @@ impl Session {
             Ok(text) => {
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
-                ExitCode::Promoted
+                ExitCode::Success
             }
             Err(error) => {
-                let _ = writeln!(err, "error: {}", chain(&error));
+                let _ = writeln!(err, "error: {}", error_chain(&error));
                 ExitCode::CouldNotAsk
             }
         }
@@ -393,7 +393,7 @@ impl Session {
             let next = match line(&StatusView::new(current, target.as_ref())) {
                 Ok(next) => next,
                 Err(error) => {
-                    let _ = writeln!(err, "error: {}", chain(&error));
+                    let _ = writeln!(err, "error: {}", error_chain(&error));
                     return Ok(ExitCode::CouldNotAsk);
                 }
             };
@@ -517,7 +517,7 @@ impl Session {
             elapsed_seconds: started.elapsed().as_secs(),
         };
         let printed = self.print(out, err, render::wait_summary(&summary, self.output));
-        Ok(if printed == ExitCode::Promoted {
+        Ok(if printed == ExitCode::Success {
             outcome.code
         } else {
             printed
@@ -632,7 +632,7 @@ impl Session {
             Some(ack) if ack.accepted => (
                 CommandState::Accepted,
                 Some(ack.message.clone()),
-                ExitCode::Promoted,
+                ExitCode::Success,
             ),
             Some(ack) => (
                 CommandState::Refused,
@@ -640,7 +640,7 @@ impl Session {
                 ExitCode::Refused,
             ),
         };
-        if code != ExitCode::Promoted {
+        if code != ExitCode::Success {
             let _ = writeln!(
                 err,
                 "{action:?} {}: {}",
@@ -663,7 +663,7 @@ impl Session {
             message,
         };
         let printed = self.print(out, err, render::command(&result, self.output));
-        Ok(if printed == ExitCode::Promoted {
+        Ok(if printed == ExitCode::Success {
             code
         } else {
             printed
@@ -679,31 +679,8 @@ impl Session {
     ) -> Result<ExitCode, AskError> {
         let canary = self.get_canary(name).await?;
         let target = self.get_target(&canary).await?;
-        let policy = match &canary.spec.policy_ref {
-            None => PolicyLookup::NotReferenced,
-            Some(reference) => {
-                let api: Api<CanaryPolicy> = Api::all(self.client.clone());
-                match api
-                    .get_opt(&reference.name)
-                    .await
-                    .map_err(|source| AskError::Api {
-                        action: format!("get CanaryPolicy {}", reference.name),
-                        source,
-                    })? {
-                    Some(policy) => PolicyLookup::Found(Box::new(policy.spec.rollout)),
-                    None => PolicyLookup::Missing {
-                        name: reference.name.clone(),
-                    },
-                }
-            }
-        };
-        let templates = self.templates(&canary, &policy).await?;
-        let observations = Observations {
-            policy,
-            templates,
-            ..Default::default()
-        };
-        let resolved = match validate::resolve(&canary.spec, &observations) {
+        let dereferenced = dereference(self, &canary.spec, &self.namespace).await?;
+        let resolved = match core::resolve(&canary.spec, &dereferenced) {
             Ok(resolved) => resolved,
             Err(errors) => {
                 for error in errors {
@@ -835,57 +812,42 @@ impl Session {
             reason: judgement.reason,
         }
     }
+}
 
-    /// Every template the Canary's (and its policy's) metrics name, looked up as the controller
-    /// does: a reference without a kind finds the namespace's AnalysisTemplate first.
-    async fn templates(
+/// The plugin dereferences with one GET per object, as the person running it (the viewer role
+/// grants `get` on policies and templates).
+impl Dereference for Session {
+    type Error = AskError;
+
+    async fn policy(&self, name: &str) -> Result<Option<RolloutSpec>, AskError> {
+        let api: Api<CanaryPolicy> = Api::all(self.client.clone());
+        let found = api.get_opt(name).await.map_err(|source| AskError::Api {
+            action: format!("get CanaryPolicy {name}"),
+            source,
+        })?;
+        Ok(found.map(|policy| policy.spec.rollout))
+    }
+
+    async fn template(
         &self,
-        canary: &Canary,
-        policy: &PolicyLookup,
-    ) -> Result<BTreeMap<String, TemplateSpec>, AskError> {
-        let mut metrics: Vec<&MetricSpec> = Vec::new();
-        let own = canary
-            .spec
-            .rollout
-            .analysis
-            .as_ref()
-            .and_then(|a| a.metrics.as_ref());
-        metrics.extend(own.into_iter().flatten());
-        if let PolicyLookup::Found(rollout) = policy {
-            let inherited = rollout.analysis.as_ref().and_then(|a| a.metrics.as_ref());
-            metrics.extend(inherited.into_iter().flatten());
-        }
-        let namespaced: Api<AnalysisTemplate> =
-            Api::namespaced(self.client.clone(), &self.namespace);
-        let cluster: Api<ClusterAnalysisTemplate> = Api::all(self.client.clone());
-        let mut found = BTreeMap::new();
-        for reference in metrics.iter().filter_map(|m| m.template_ref.as_ref()) {
-            let api_error = |source| AskError::Api {
-                action: format!("get analysis template {}", reference.name),
-                source,
-            };
-            let local = match reference.kind {
-                Some(TemplateKind::ClusterAnalysisTemplate) => None,
-                Some(TemplateKind::AnalysisTemplate) | None => namespaced
-                    .get_opt(&reference.name)
-                    .await
-                    .map_err(api_error)?
-                    .map(|t| t.spec.template),
-            };
-            let spec = match (local, reference.kind) {
-                (Some(spec), _) => Some(spec),
-                (None, Some(TemplateKind::AnalysisTemplate)) => None,
-                (None, Some(TemplateKind::ClusterAnalysisTemplate) | None) => cluster
-                    .get_opt(&reference.name)
-                    .await
-                    .map_err(api_error)?
-                    .map(|t| t.spec.template),
-            };
-            if let Some(spec) = spec {
-                found.insert(reference.name.clone(), spec);
-            }
-        }
-        Ok(found)
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<TemplateSpec>, AskError> {
+        let api: Api<AnalysisTemplate> = Api::namespaced(self.client.clone(), namespace);
+        let found = api.get_opt(name).await.map_err(|source| AskError::Api {
+            action: format!("get AnalysisTemplate {name}"),
+            source,
+        })?;
+        Ok(found.map(|template| template.spec.template))
+    }
+
+    async fn cluster_template(&self, name: &str) -> Result<Option<TemplateSpec>, AskError> {
+        let api: Api<ClusterAnalysisTemplate> = Api::all(self.client.clone());
+        let found = api.get_opt(name).await.map_err(|source| AskError::Api {
+            action: format!("get ClusterAnalysisTemplate {name}"),
+            source,
+        })?;
+        Ok(found.map(|template| template.spec.template))
     }
 }
 
@@ -948,6 +910,10 @@ users:
         let Err(error) = connect(&global(&path, Some("nope"))).await else {
             panic!("connected with a context that does not exist");
         };
-        assert!(chain(&error).contains("nope"), "{}", chain(&error));
+        assert!(
+            error_chain(&error).contains("nope"),
+            "{}",
+            error_chain(&error)
+        );
     }
 }

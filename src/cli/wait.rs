@@ -155,7 +155,7 @@ pub fn assess(canary: Option<&Canary>, target: Option<&Deployment>, bound: &str)
     let phase = status.phase.unwrap_or_default();
     match phase {
         Phase::Succeeded | Phase::Idle if status.stable_revision.as_deref() == Some(bound) => done(
-            ExitCode::Promoted,
+            ExitCode::PROMOTED,
             &format!("revision {bound} promoted; the stable Deployment serves it"),
         ),
         Phase::Failed => {
@@ -297,7 +297,7 @@ mod tests {
         }));
         assert_eq!(
             code(assess(Some(&promoted), Some(&deployment("web:2")), &new)),
-            Some(ExitCode::Promoted)
+            Some(ExitCode::PROMOTED)
         );
     }
 

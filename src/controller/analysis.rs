@@ -34,7 +34,7 @@ impl Analysis {
 
     /// One check of every metric of the observed Canary, concurrently.
     pub async fn run_checks(&self, client: &Client, observed: &Observed) -> Vec<MetricResult> {
-        let Some(resolved) = &observed.resolved else {
+        let Some(resolved) = observed.resolved() else {
             return Vec::new();
         };
         let revision = observed

@@ -150,5 +150,5 @@ pub struct Context {
     pub hooks: crate::hooks::HookCaller,
     pub superseded: Superseded,
     /// The opt-in loop's last warning per Deployment.
-    pub told: super::optin::Told,
+    pub last_warnings: super::optin::LastWarnings,
 }

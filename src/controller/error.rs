@@ -1,7 +1,16 @@
-//! The reconcile's errors, each named for the action that failed, with a bounded `category()`
-//! used as the `sluice_reconcile_errors` label. Invalid user input is not here: the core reports it
-//! as the `InvalidSpec` condition and the controller waits for a change. What is here is
-//! transient (the API server, a conflict, a read-back that does not match) and retried with backoff.
+//! The errors of both reconcile loops (the Canary controller's and the opt-in loop's), each saying
+//! what failed (most also for which Canary), with a bounded `category()`: the Canary controller
+//! counts its errors under it in `sluice_reconcile_errors`; the opt-in loop only logs its own.
+//! Invalid user input is not here: the core reports it as the `InvalidSpec` condition (and the
+//! controller does the same, reason `Malformed`, for a Canary that does not parse) and waits for a
+//! change.
+//!
+//! The errors are not split into permanent and transient: every one is retried alike, after a
+//! fixed delay (the Canary controller retries a conflict sooner; see each loop's
+//! `error_policy`). Most are transient (the API server, a conflict, a read-back that does not
+//! match, an object not in the cache yet, a clean-up not finished); some are not fixed by trying
+//! again (a route or canary workload that cannot be built from the objects as they are, an object
+//! without a field the loop needs, a serialisation failure) and repeat until those objects change.
 
 use crate::router::BuildRouteError;
 use crate::workload::BuildWorkloadError;

@@ -127,12 +127,7 @@ async fn apply(
         })
 }
 
-async fn delete(
-    ctx: &Context,
-    kind: &Kind,
-    namespace: &str,
-    name: &str,
-) -> Result<(), Error> {
+async fn delete(ctx: &Context, kind: &Kind, namespace: &str, name: &str) -> Result<(), Error> {
     count(ctx, "delete", kind.kind);
     match api_for(&ctx.client, kind, namespace)
         .delete(name, &DeleteParams::background())
@@ -180,17 +175,7 @@ async fn set_target(
             paused,
             &observed.identity.name,
         );
-        async move {
-            apply(
-                ctx,
-                &DEPLOYMENT,
-                namespace(observed),
-                target,
-                &body,
-                true,
-            )
-            .await
-        }
+        async move { apply(ctx, &DEPLOYMENT, namespace(observed), target, &body, true).await }
     };
     let Err(conflict) = write(resource_version).await else {
         return Ok(());
@@ -281,15 +266,7 @@ async fn apply_canary(
     })?;
     let name = deployment.name_any();
     let body = deployment_body(&deployment)?;
-    apply(
-        ctx,
-        &DEPLOYMENT,
-        namespace(observed),
-        &name,
-        &body,
-        true,
-    )
-    .await?;
+    apply(ctx, &DEPLOYMENT, namespace(observed), &name, &body, true).await?;
     Ok(())
 }
 
@@ -319,15 +296,7 @@ async fn scale_canary(ctx: &Context, observed: &Observed, replicas: i32) -> Resu
     }
     let body = deployment_body(&deployment)?;
     let name = live.name_any();
-    apply(
-        ctx,
-        &DEPLOYMENT,
-        namespace(observed),
-        &name,
-        &body,
-        true,
-    )
-    .await?;
+    apply(ctx, &DEPLOYMENT, namespace(observed), &name, &body, true).await?;
     Ok(())
 }
 
@@ -352,15 +321,7 @@ async fn apply_canary_service(ctx: &Context, observed: &Observed) -> Result<(), 
         object.remove("status");
     }
     let name = service.name_any();
-    apply(
-        ctx,
-        &kind::SERVICE,
-        namespace(observed),
-        &name,
-        &body,
-        true,
-    )
-    .await?;
+    apply(ctx, &kind::SERVICE, namespace(observed), &name, &body, true).await?;
     Ok(())
 }
 
@@ -428,15 +389,7 @@ async fn remove_route(ctx: &Context, observed: &Observed) -> Result<(), Error> {
     {
         Removal::Apply(body) => {
             if let Some(key) = router.applied(inputs) {
-                apply(
-                    ctx,
-                    key.kind,
-                    &key.namespace,
-                    &key.name,
-                    &body,
-                    true,
-                )
-                .await?;
+                apply(ctx, key.kind, &key.namespace, &key.name, &body, true).await?;
             }
         }
         Removal::Delete(key) => {
@@ -451,7 +404,7 @@ async fn delete_canary(ctx: &Context, observed: &Observed) -> Result<(), Error> 
     let ns = namespace(observed);
     let deployment = canary_name(&observed.canary.spec.target_ref.name);
     delete(ctx, &DEPLOYMENT, ns, &deployment).await?;
-    if let Some(resolved) = &observed.resolved {
+    if let Some(resolved) = observed.resolved() {
         let service = canary_name(&resolved.service.name);
         delete(ctx, &kind::SERVICE, ns, &service).await?;
     }

@@ -37,7 +37,7 @@ const DEFAULT_URL_KEY: &str = "url";
 /// that could not be called (no permit) has no result: the core then holds (gates, pre-rollout) or
 /// calls the check Unknown (rollout).
 pub async fn call_due(ctx: &Context, observed: &Observed, names: &[String]) -> Vec<HookResult> {
-    let Some(resolved) = &observed.resolved else {
+    let Some(resolved) = observed.resolved() else {
         return Vec::new();
     };
     let subject = subject(observed, &observed.status);
@@ -118,7 +118,7 @@ fn count(metrics: &ControllerMetrics, observed: &Observed, hook_type: &str, outc
 /// Tells the decision's events, once its status is persisted, to every `event` hook and every
 /// notification target that wants them. Returns at once; the calls run in the background.
 pub fn tell(ctx: &Context, observed: &Observed, decision: &Decision) {
-    let Some(resolved) = &observed.resolved else {
+    let Some(resolved) = observed.resolved() else {
         return;
     };
     if decision.events.is_empty() {

@@ -1,7 +1,18 @@
-//! The controller's own Prometheus metrics (DESIGN.md section 8): reconciles and their duration,
-//! errors by a bounded category, canaries by phase, the canary weight, analysis verdicts, hook
-//! calls and API calls. Every label value comes from a bounded set (phases, verdicts, categories,
-//! verbs) or names a Canary, so cardinality grows with the number of Canaries and nothing else.
+//! The controller's own Prometheus metrics, under the `sluice_` prefix: reconciles, their duration
+//! and their errors by a bounded category (the Canary controller's; the opt-in loop's are not
+//! counted), the canary weight, analysis verdicts, hook and notification calls (and those
+//! dropped), API calls and 429 answers, and the trigger queues.
+//!
+//! Two of them count less than their names say:
+//! - `sluice_api_calls` counts only the calls the executor makes (its applies and deletes, and the
+//!   one GET after a conflict), by verb and kind. Status and finalizer writes, the opt-in loop's
+//!   writes, events, start-up checks and the watches are not counted.
+//! - `sluice_canaries` (Canaries by phase) is registered, but nothing sets it yet.
+//!
+//! Every label value comes from a bounded set (phases, verdicts, categories, verbs, kinds, hook
+//! types, results, queues) or names a Canary (and, for checks, one of its metrics), so
+//! cardinality grows with the Canaries (and their metrics) the process has seen and nothing
+//! else; a deleted Canary's series stay until the controller restarts.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,7 +65,7 @@ pub struct DroppedLabels {
     pub hook_type: String,
 }
 
-/// API calls by RBAC verb and resource.
+/// API calls by verb and kind (`resource` holds the kind, e.g. `Deployment`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiCallLabels {
     pub verb: String,
@@ -189,7 +200,8 @@ impl ControllerMetrics {
         );
         sluice.register(
             "api_calls",
-            "Kubernetes API calls made, by verb and resource",
+            "Kubernetes API calls made by the executor (its applies and deletes, and the GET \
+             after a conflict), by verb and kind",
             metrics.api_calls.clone(),
         );
         sluice.register(

@@ -1,10 +1,20 @@
-//! The controller: kube-runtime wiring that, per reconcile, observes from reflector caches, asks
-//! the core, executes the decided actions with server-side apply, and persists status. It makes no
-//! decisions of its own (see `core`).
+//! The controller: kube-runtime wiring that, per reconcile, observes from reflector caches (and
+//! runs the Prometheus checks and hook calls the core asks for), asks the core, executes the
+//! decided actions (server-side apply; deletes and the finalizer's JSON patches aside), and
+//! persists status. It makes no rollout decisions of its own (weights, steps, verdicts, promotion
+//! and rollback are `core`'s); what the glue does decide is when not to ask the core yet (a Canary
+//! cache older than its own last status write, a target another Canary holds: a hand-written Canary
+//! wins over an annotation's), how a Canary that does not parse is reported, and how soon a failed
+//! reconcile is retried. The opt-in loop ([`optin`]) writes and deletes the Canaries of annotated
+//! Deployments.
 //!
-//! Start-up: the CRDs must be served and the hold mode is chosen from what the API server serves
-//! ([`startup`]); then one reflector per kind fills the caches, `/readyz` turns ready once they
-//! are synced, and the Canary controller runs with bounded concurrency until shutdown.
+//! Start-up: the CRDs must be served and the hold mode is chosen from `--hold` and what the API
+//! server serves ([`startup`]); the metrics and health server starts; then reflectors fill the
+//! caches, one per kind (router kinds only where the API server serves them) except Deployments,
+//! watched twice: whole for the Canary controller, as metadata for the opt-in loop, which starts
+//! then too. `/readyz` turns ready once the caches the Canary controller observes from have listed
+//! their objects; the Canary cache itself is filled by the Canary controller's own watch, which
+//! starts then and runs with bounded concurrency until shutdown.
 
 pub mod analysis;
 pub mod cached;
@@ -42,6 +52,7 @@ use self::context::{Context, Stores, api_resource};
 use self::metrics::ControllerMetrics;
 use self::startup::{HoldSetting, StartupError};
 use crate::api::{AnalysisTemplate, CanaryPolicy, CanarySpec, ClusterAnalysisTemplate, names};
+use crate::core::validate;
 use crate::http::Readiness;
 
 /// How `sluice controller` runs.
@@ -258,7 +269,7 @@ pub async fn run(
         analysis: Analysis::new(config.prometheus_url.clone()),
         hooks: hook_caller,
         superseded: Default::default(),
-        told: Default::default(),
+        last_warnings: Default::default(),
     });
 
     // The opt-in loop watches Deployments' metadata on its own (a small trimmed cache of its own
@@ -750,39 +761,20 @@ fn policy_of(spec: &CanarySpec, policies: &Store<CanaryPolicy>) -> Option<Arc<Ca
     policies.get(&ObjectRef::new(&spec.policy_ref.as_ref()?.name))
 }
 
-/// The name of a Canary's stable Service, as `core::validate` resolves it: the Canary's own
-/// `service` (whole, when set), else its policy's, named after the target by default.
+/// The name of a Canary's stable Service, by the rule `core::resolve` applies.
 fn stable_service(spec: &CanarySpec, policies: &Store<CanaryPolicy>) -> String {
-    let named = match &spec.rollout.service {
-        Some(service) => service.name.clone(),
-        None => policy_of(spec, policies)
-            .and_then(|p| p.spec.rollout.service.as_ref().and_then(|s| s.name.clone())),
-    };
-    named.unwrap_or_else(|| spec.target_ref.name.clone())
+    let policy = policy_of(spec, policies);
+    let service = validate::service_spec(&spec.rollout, policy.as_ref().map(|p| &p.spec.rollout));
+    validate::stable_service_name(&spec.target_ref.name, service)
 }
 
 /// The name of the user's object a Canary's router writes weights on (HTTPRoute, Ingress or
-/// VirtualService), from the Canary's own `router` or else its policy's.
+/// VirtualService), by the rules `core::resolve` applies.
 fn router_object(spec: &CanarySpec, policies: &Store<CanaryPolicy>) -> Option<String> {
-    let policy;
-    let router = match &spec.rollout.router {
-        Some(router) => router,
-        None => {
-            policy = policy_of(spec, policies)?;
-            policy.spec.rollout.router.as_ref()?
-        }
-    };
-    router
-        .gateway_api
-        .as_ref()
-        .map(|r| r.http_route.name.clone())
-        .or_else(|| router.nginx.as_ref().map(|r| r.ingress.name.clone()))
-        .or_else(|| {
-            router
-                .istio
-                .as_ref()
-                .map(|r| r.virtual_service.name.clone())
-        })
+    let policy = policy_of(spec, policies);
+    let router = validate::router_spec(&spec.rollout, policy.as_ref().map(|p| &p.spec.rollout))?;
+    let router = crate::core::Router::from_spec(router).ok()?;
+    router.user_object().map(|object| object.name.clone())
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! objects the executor builds from. Queries and hooks are not run here; the reconcile runs the
 //! ones `core::due` asks for and adds their results.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
@@ -12,12 +10,13 @@ use serde_json::Value;
 
 use super::context::Stores;
 use crate::api::names::{self, canary_name};
-use crate::api::{
-    Canary, CanaryStatus, HoldMode, MetricSpec, TemplateKind, TemplateRef, TemplateSpec,
+use crate::api::{Canary, CanaryStatus, HoldMode, RolloutSpec, TemplateSpec};
+use crate::core::validate::{FieldError, Resolved};
+use crate::core::{
+    self, CanaryServiceState, Dereferenced, Observations, Resolution, RouterState, annotations,
+    revision,
 };
-use crate::core::annotations;
-use crate::core::validate::{self, FieldError, Resolved};
-use crate::core::{CanaryServiceState, Observations, PolicyLookup, RouterState, revision};
+use crate::dereference::{Dereference, dereference};
 use crate::router::{ReadyReplicas, RouteInputs, Router};
 use crate::workload::{self, CanaryIdentity};
 
@@ -27,8 +26,9 @@ pub struct Observed {
     pub status: CanaryStatus,
     pub identity: CanaryIdentity,
     pub observations: Observations,
-    /// The spec as the core resolves it; `None` when it is invalid (the core reports why).
-    pub resolved: Option<Resolved>,
+    /// The spec resolved against its policy and templates, once per reconcile: the effective
+    /// rollout, or why the spec is invalid (the core reports it).
+    pub resolution: Resolution,
     pub target: Option<Deployment>,
     pub canary_deployment: Option<Deployment>,
     pub stable_service: Option<Service>,
@@ -38,8 +38,15 @@ pub struct Observed {
     pub router_source: Option<Value>,
 }
 
+impl Observed {
+    /// The effective rollout, when the spec is valid.
+    pub fn resolved(&self) -> Option<&Resolved> {
+        self.resolution.as_ref().ok()
+    }
+}
+
 /// Gathers the observations for `canary` from the caches.
-pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed {
+pub async fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed {
     let namespace = canary.namespace().unwrap_or_default();
     let identity = CanaryIdentity {
         name: canary.name_any(),
@@ -48,16 +55,7 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
     };
     let status = canary.status.clone().unwrap_or_default();
 
-    let policy = match &canary.spec.policy_ref {
-        None => PolicyLookup::NotReferenced,
-        Some(reference) => match stores.policies.get(&ObjectRef::new(&reference.name)) {
-            Some(policy) => PolicyLookup::Found(Box::new(policy.spec.rollout.clone())),
-            None => PolicyLookup::Missing {
-                name: reference.name.clone(),
-            },
-        },
-    };
-    let templates = templates_for(&canary, &policy, &namespace, stores);
+    let Ok(mut dereferenced) = dereference(stores, &canary.spec, &namespace).await;
 
     let target = stores.deployment(&namespace, &canary.spec.target_ref.name);
     let canary_deployment =
@@ -74,24 +72,24 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
         generation: canary.metadata.generation.unwrap_or_default(),
         hold_mode,
         deleting: canary.metadata.deletion_timestamp.is_some(),
-        policy,
-        templates,
+        dereferenced: Dereferenced::default(),
         target: target_state,
         canary: canary_deployment.as_ref().map(workload::workload_state),
         router: RouterState::default(),
         canary_service: CanaryServiceState::Unknown,
         checks: None,
         hooks: Vec::new(),
-        annotation_errors: Vec::new(),
     };
     if is_from_annotations(&canary) && observations.target.is_some() && !observations.deleting {
-        observations.annotation_errors = target
+        dereferenced.annotation_errors = target
             .as_ref()
             .map(|deployment| annotation_errors(deployment, stores))
             .unwrap_or_default();
     }
-
-    let resolved = validate::resolve(&canary.spec, &observations).ok();
+    // Resolved once per reconcile: the executor, the checks, the hooks and the core all take it.
+    let resolution = core::resolve(&canary.spec, &dereferenced);
+    observations.dereferenced = dereferenced;
+    let resolved = resolution.as_ref().ok();
     let stable_service = resolved
         .as_ref()
         .and_then(|r| stores.service(&namespace, &r.service.name));
@@ -109,7 +107,7 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
         },
         (None, _) | (_, None) => CanaryServiceState::Unknown,
     };
-    let router = resolved.as_ref().map(|r| {
+    let router = resolved.map(|r| {
         let inputs = RouteInputs {
             canary: identity.clone(),
             service: r.service.name.clone(),
@@ -142,7 +140,7 @@ pub fn observe(canary: Canary, stores: &Stores, hold_mode: HoldMode) -> Observed
         status,
         identity,
         observations,
-        resolved,
+        resolution,
         target,
         canary_deployment,
         stable_service,
@@ -179,52 +177,32 @@ fn annotation_errors(deployment: &Deployment, stores: &Stores) -> Vec<FieldError
     .unwrap_or_default()
 }
 
+/// The controller dereferences from its caches: no request, never an error.
+impl Dereference for Stores {
+    type Error = std::convert::Infallible;
 
-/// Every template the Canary's (or its policy's) metrics name, by name. A reference without a
-/// kind finds the namespace's AnalysisTemplate first, then the ClusterAnalysisTemplate.
-fn templates_for(
-    canary: &Canary,
-    policy: &PolicyLookup,
-    namespace: &str,
-    stores: &Stores,
-) -> BTreeMap<String, TemplateSpec> {
-    let mut metrics: Vec<&MetricSpec> = Vec::new();
-    let own = canary
-        .spec
-        .rollout
-        .analysis
-        .as_ref()
-        .and_then(|a| a.metrics.as_ref());
-    metrics.extend(own.into_iter().flatten());
-    if let PolicyLookup::Found(rollout) = policy {
-        let inherited = rollout.analysis.as_ref().and_then(|a| a.metrics.as_ref());
-        metrics.extend(inherited.into_iter().flatten());
+    async fn policy(&self, name: &str) -> Result<Option<RolloutSpec>, Self::Error> {
+        Ok(self
+            .policies
+            .get(&ObjectRef::new(name))
+            .map(|policy| policy.spec.rollout.clone()))
     }
-    metrics
-        .into_iter()
-        .filter_map(|metric| metric.template_ref.as_ref())
-        .filter_map(|reference| {
-            template(reference, namespace, stores).map(|spec| (reference.name.clone(), spec))
-        })
-        .collect()
-}
 
-fn template(reference: &TemplateRef, namespace: &str, stores: &Stores) -> Option<TemplateSpec> {
-    let namespaced = || {
-        stores
+    async fn template(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<TemplateSpec>, Self::Error> {
+        Ok(self
             .templates
-            .get(&ObjectRef::new(&reference.name).within(namespace))
-            .map(|t| t.spec.template.clone())
-    };
-    let cluster = || {
-        stores
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|t| t.spec.template.clone()))
+    }
+
+    async fn cluster_template(&self, name: &str) -> Result<Option<TemplateSpec>, Self::Error> {
+        Ok(self
             .cluster_templates
-            .get(&ObjectRef::new(&reference.name))
-            .map(|t| t.spec.template.clone())
-    };
-    match reference.kind {
-        Some(TemplateKind::AnalysisTemplate) => namespaced(),
-        Some(TemplateKind::ClusterAnalysisTemplate) => cluster(),
-        None => namespaced().or_else(cluster),
+            .get(&ObjectRef::new(name))
+            .map(|t| t.spec.template.clone()))
     }
 }

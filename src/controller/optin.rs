@@ -44,22 +44,22 @@ const CACHES_RETRY: Duration = Duration::from_millis(200);
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// At most this many Deployments' last warnings are remembered (I5); past it the memory starts
 /// afresh, which at worst repeats a warning event once.
-const TOLD_CAPACITY: usize = 10_000;
+const LAST_WARNINGS_CAPACITY: usize = 10_000;
 
 /// The last warning event published per Deployment, so a warning is published when it changes,
 /// not at every status change of the Deployment.
 #[derive(Debug, Default)]
-pub struct Told(Mutex<HashMap<(String, String), String>>);
+pub struct LastWarnings(Mutex<HashMap<(String, String), String>>);
 
-impl Told {
+impl LastWarnings {
     /// Whether `message` is new for `namespace/name` (and remembers it).
     fn is_new(&self, namespace: &str, name: &str, message: &str) -> bool {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (namespace.to_owned(), name.to_owned());
-        if map.get(&key).is_some_and(|told| told == message) {
+        if map.get(&key).is_some_and(|last| last == message) {
             return false;
         }
-        if map.len() >= TOLD_CAPACITY {
+        if map.len() >= LAST_WARNINGS_CAPACITY {
             map.clear();
         }
         map.insert(key, message.to_owned());
@@ -120,7 +120,7 @@ pub async fn reconcile(
     let opted_in = deployment.metadata.deletion_timestamp.is_none()
         && annotations::policy_of(deployment.annotations()).is_some();
     if !opted_in {
-        ctx.told.forget(&namespace, &name);
+        ctx.last_warnings.forget(&namespace, &name);
         if let Some(ours) = ours
             && ours.meta().deletion_timestamp.is_none()
         {
@@ -172,7 +172,7 @@ pub async fn reconcile(
     });
     let desired = match annotations::canary_spec(&name, &parsed, policy.as_ref()) {
         Ok(spec) => {
-            ctx.told.forget(&namespace, &name);
+            ctx.last_warnings.forget(&namespace, &name);
             spec
         }
         Err(errors) => {
@@ -302,7 +302,7 @@ async fn delete(api: &Api<CachedCanary>, name: &str, namespace: &str) -> Result<
 async fn warn_once(ctx: &Context, deployment: &DeploymentMeta, reason: &str, message: String) {
     let namespace = deployment.namespace().unwrap_or_default();
     let name = deployment.name_any();
-    if !ctx.told.is_new(&namespace, &name, &message) {
+    if !ctx.last_warnings.is_new(&namespace, &name, &message) {
         return;
     }
     warn!(deployment = %name, %namespace, reason, "{message}");

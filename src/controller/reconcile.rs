@@ -111,11 +111,11 @@ async fn reconcile_inner(object: &CachedCanary, ctx: &Context) -> Result<Requeue
         return Ok(Requeue::requeue(YIELD_RETRY));
     }
 
-    let mut observed = observe::observe(canary, &ctx.stores, ctx.hold_mode);
+    let mut observed = observe::observe(canary, &ctx.stores, ctx.hold_mode).await;
     // The core's `now` comes at the precision status keeps, so that a time it writes reads back
     // exactly as decided (a clock that read back earlier would end a step early: I4).
     let due = core::due(
-        &observed.canary.spec,
+        &observed.resolution,
         &observed.status,
         &observed.observations,
         status_time::now(),
@@ -135,7 +135,7 @@ async fn reconcile_inner(object: &CachedCanary, ctx: &Context) -> Result<Requeue
     observed.observations.checks = checks;
     observed.observations.hooks = hooks;
     let mut decision = core::step(
-        &observed.canary.spec,
+        &observed.resolution,
         &observed.status,
         &observed.observations,
         status_time::now(),

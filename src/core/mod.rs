@@ -3,6 +3,8 @@
 //! here (`now` is an argument); a test keeps it that way.
 //!
 //! The controller calls, per reconcile:
+//! 0. [`resolve`] once, to merge the policy and templates into the effective rollout (or the
+//!    reasons the spec is invalid), which the next two take,
 //! 1. [`due`] to learn whether checks or hooks must run now (it runs them during its observe stage:
 //!    queries and webhook calls are observations, not decisions),
 //! 2. [`step`] with everything observed, which returns a [`Decision`]: the actions to execute in
@@ -33,7 +35,7 @@ use crate::api::{CanaryStatus, HoldMode, HookType, HttpMatch, RolloutSpec, Templ
 
 pub use router::Router;
 pub use step::{due, step};
-pub use validate::{FieldError, Resolved};
+pub use validate::{FieldError, Resolved, resolve};
 
 /// What the controller saw, from its caches and (when [`due`] asked for them) from Prometheus and
 /// hooks. Everything the core needs beyond spec and status.
@@ -47,10 +49,9 @@ pub struct Observations {
     /// The Canary is being deleted: opt out (traffic to stable, remove what sluice made, release
     /// the target), then drop the finalizer.
     pub deleting: bool,
-    /// The CanaryPolicy named by `policyRef`, if any.
-    pub policy: PolicyLookup,
-    /// Templates referenced by metrics, by template name (absent when not found).
-    pub templates: BTreeMap<String, TemplateSpec>,
+    /// What the Canary's references resolve to (its policy, its templates).
+    #[serde(flatten)]
+    pub dereferenced: Dereferenced,
     /// The target Deployment; `None` when it does not exist.
     pub target: Option<TargetState>,
     /// The controller-owned `<name>-canary` Deployment; `None` when it does not exist.
@@ -63,10 +64,26 @@ pub struct Observations {
     pub checks: Option<Vec<MetricResult>>,
     /// Results of the hooks [`due`] asked for (empty when none ran).
     pub hooks: Vec<HookResult>,
+}
+
+/// What a Canary's references point at, looked up before the core runs (by the controller from
+/// its caches, by the plugin from the API server, by a simulation from its scenario: see
+/// `crate::dereference`). [`resolve`] turns it and the spec into the effective rollout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Dereferenced {
+    /// The CanaryPolicy named by `policyRef`, if any.
+    pub policy: PolicyLookup,
+    /// Templates referenced by metrics, by template name (absent when not found).
+    pub templates: BTreeMap<String, TemplateSpec>,
     /// For a Canary that stands for a Deployment's `sluice.dev/*` annotations: what is wrong with
     /// them (each naming the annotation). Any makes the spec invalid.
     pub annotation_errors: Vec<FieldError>,
 }
+
+/// A spec resolved against what it references: the effective rollout, or every reason it cannot
+/// be acted on. Computed once per decision ([`resolve`]) and handed to [`due`] and [`step`].
+pub type Resolution = Result<Resolved, Vec<FieldError>>;
 
 /// The outcome of looking up `policyRef`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -99,4 +99,19 @@ impl Router {
             Router::ReplicaRatio => "none",
         }
     }
+
+    /// The user's object the router writes weights on (an HTTPRoute, Ingress or
+    /// VirtualService), as the Canary names it; `None` for the routers that edit the stable
+    /// Service or build their own objects from the spec alone.
+    pub fn user_object(&self) -> Option<&ObjectRef> {
+        match self {
+            Router::GatewayApi { http_route } => Some(http_route),
+            Router::Nginx { ingress } => Some(ingress),
+            Router::Istio { virtual_service } => Some(virtual_service),
+            Router::Smi { .. }
+            | Router::Traefik { .. }
+            | Router::Service
+            | Router::ReplicaRatio => None,
+        }
+    }
 }

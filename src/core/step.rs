@@ -71,11 +71,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::conditions::{self, Status, Update};
 use super::router::Router;
 use super::validate::{self, FieldError, Resolved, Strategy};
-use super::{Action, Decision, Due, Event, Observations, Sample, TargetState, plan, verdict};
+use super::{
+    Action, Decision, Due, Event, Observations, Resolution, Sample, TargetState, plan, verdict,
+};
 use crate::api::names::condition;
 use crate::api::{
-    CanarySpec, CanaryStatus, CommandAck, CommandAction, HoldMode, HookRecord, HookType, Phase,
-    RejectedQuery, UnknownOutcome, Verdict,
+    CanaryStatus, CommandAck, CommandAction, HoldMode, HookRecord, HookType, Phase, RejectedQuery,
+    UnknownOutcome, Verdict,
 };
 
 /// Checks kept in `status.analysis`.
@@ -89,15 +91,15 @@ const STABLE_NOT_READY: &str = "StableNotReady";
 
 /// What must be gathered (checks run, hooks called) before [`step`] can decide.
 pub fn due(
-    spec: &CanarySpec,
+    resolution: &Resolution,
     status: &CanaryStatus,
     observed: &Observations,
     now: Timestamp,
 ) -> Due {
-    let Ok(resolved) = validate::resolve(spec, observed) else {
+    let Ok(resolved) = resolution else {
         return Due::default();
     };
-    if !refused_queries(&resolved, status).is_empty() {
+    if !refused_queries(resolved, status).is_empty() {
         return Due::default();
     }
     let Some(target) = &observed.target else {
@@ -118,9 +120,9 @@ pub fn due(
             match ts(&status.step_started_at) {
                 None => Due {
                     checks: false,
-                    hooks: if gate_poll_due(&resolved, status, now) {
+                    hooks: if gate_poll_due(resolved, status, now) {
                         pending_hooks(
-                            &resolved,
+                            resolved,
                             status,
                             &[HookType::ConfirmRollout, HookType::PreRollout],
                         )
@@ -129,11 +131,11 @@ pub fn due(
                     },
                 },
                 Some(_) => {
-                    let want = step_weight(&resolved, status);
-                    if check_due(&resolved, status, observed, want, now) {
+                    let want = step_weight(resolved, status);
+                    if check_due(resolved, status, observed, want, now) {
                         Due {
                             checks: true,
-                            hooks: hooks_of(&resolved, HookType::Rollout),
+                            hooks: hooks_of(resolved, HookType::Rollout),
                         }
                     } else {
                         Due::default()
@@ -143,8 +145,8 @@ pub fn due(
         }
         Phase::WaitingPromotion => Due {
             checks: false,
-            hooks: if gate_poll_due(&resolved, status, now) {
-                pending_hooks(&resolved, status, &[HookType::ConfirmPromotion])
+            hooks: if gate_poll_due(resolved, status, now) {
+                pending_hooks(resolved, status, &[HookType::ConfirmPromotion])
             } else {
                 Vec::new()
             },
@@ -152,11 +154,11 @@ pub fn due(
         // Informational hooks are called once per revision: a record of any answer ends them.
         Phase::Succeeded => Due {
             checks: false,
-            hooks: unanswered_hooks(&resolved, status, HookType::PostRollout),
+            hooks: unanswered_hooks(resolved, status, HookType::PostRollout),
         },
         Phase::Failed => Due {
             checks: false,
-            hooks: unanswered_hooks(&resolved, status, HookType::Rollback),
+            hooks: unanswered_hooks(resolved, status, HookType::Rollback),
         },
         Phase::Initializing | Phase::Idle | Phase::Promoting | Phase::Paused | Phase::Invalid => {
             Due::default()
@@ -166,7 +168,7 @@ pub fn due(
 
 /// Decides what to do next.
 pub fn step(
-    spec: &CanarySpec,
+    resolution: &Resolution,
     status: &CanaryStatus,
     observed: &Observations,
     now: Timestamp,
@@ -176,14 +178,14 @@ pub fn step(
         machine.opt_out();
         return machine.decision();
     }
-    let resolved = match validate::resolve(spec, observed) {
+    let resolved = match resolution {
         Ok(resolved) => resolved,
         Err(errors) => {
-            machine.invalid(&errors);
+            machine.invalid(errors);
             return machine.decision();
         }
     };
-    let refused = refused_queries(&resolved, &machine.status);
+    let refused = refused_queries(resolved, &machine.status);
     if !refused.is_empty() {
         machine.invalid(&refused);
         return machine.decision();
@@ -194,7 +196,7 @@ pub fn step(
         machine.recover_from_invalid();
     }
     let Some(target) = observed.target.clone() else {
-        machine.target_missing(&resolved);
+        machine.target_missing(resolved);
         machine.conditions(Some("TargetNotFound"));
         machine.settle_message();
         return machine.decision();
@@ -209,8 +211,8 @@ pub fn step(
         machine.settle_message();
         return machine.decision();
     }
-    if !machine.command(&resolved, &target) {
-        machine.dispatch(&resolved, &target);
+    if !machine.command(resolved, &target) {
+        machine.dispatch(resolved, &target);
     }
     // A check whose query the provider refused made the spec invalid: its conditions are set.
     if machine.phase() != Phase::Invalid {

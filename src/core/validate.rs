@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::router::Router;
-use super::{Observations, PolicyLookup, plan};
+use super::{Dereferenced, PolicyLookup, Resolution, plan};
 use crate::api::{
     AnalysisSpec, CanarySpec, Comparison, ComparisonMethod, HookSpec, HttpMatch, NotificationSpec,
-    OnNoData, ProviderSpec, RolloutSpec, StrategySpec, TemplateRef, TemplateSpec, UnknownOutcome,
+    OnNoData, ProviderSpec, RolloutSpec, RouterSpec, ServiceSpec, StrategySpec, TemplateRef,
+    TemplateSpec, UnknownOutcome,
 };
 
 /// Interval between checks when the spec sets none.
@@ -157,11 +158,11 @@ impl ResolvedMetric {
 }
 
 /// Merges the policy into the Canary's spec, applies defaults and checks every bound.
-pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, Vec<FieldError>> {
+pub fn resolve(spec: &CanarySpec, dereferenced: &Dereferenced) -> Resolution {
     // A Canary that stands for annotations is only as valid as they are: its spec was written
     // from the last good ones, so a bad value now must stop it rather than go unnoticed.
-    if !observed.annotation_errors.is_empty() {
-        return Err(observed.annotation_errors.clone());
+    if !dereferenced.annotation_errors.is_empty() {
+        return Err(dereferenced.annotation_errors.clone());
     }
     let mut errors = Vec::new();
     if spec.target_ref.name.is_empty() {
@@ -176,7 +177,7 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
             "only apps/v1 Deployment targets are supported",
         ));
     }
-    let merged = match (&spec.policy_ref, &observed.policy) {
+    let merged = match (&spec.policy_ref, &dereferenced.policy) {
         (None, _) => spec.rollout.clone(),
         (Some(_), PolicyLookup::Found(found)) => merge(found, &spec.rollout),
         (Some(policy), PolicyLookup::Missing { .. } | PolicyLookup::NotReferenced) => {
@@ -207,7 +208,7 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
         let path = format!("spec.analysis.metrics[{i}]");
         let template = match &metric.template_ref {
             None => None,
-            Some(reference) => match observed.templates.get(&reference.name) {
+            Some(reference) => match dereferenced.templates.get(&reference.name) {
                 Some(found) => Some(found),
                 None => {
                     errors.push(FieldError::new(
@@ -339,10 +340,7 @@ pub fn resolve(spec: &CanarySpec, observed: &Observations) -> Result<Resolved, V
     Ok(Resolved {
         target: spec.target_ref.name.clone(),
         service: ResolvedService {
-            name: service
-                .name
-                .clone()
-                .unwrap_or_else(|| spec.target_ref.name.clone()),
+            name: stable_service_name(&spec.target_ref.name, Some(service)),
             port: service.port,
         },
         router,
@@ -428,6 +426,34 @@ fn rendered_window(
     Ok(window)
 }
 
+/// The `service` in effect: the Canary's own (whole, when set), else its policy's. The rule
+/// [`resolve`] merges by, for callers that need only this field (the controller's triggers).
+pub fn service_spec<'a>(
+    own: &'a RolloutSpec,
+    policy: Option<&'a RolloutSpec>,
+) -> Option<&'a ServiceSpec> {
+    own.service
+        .as_ref()
+        .or_else(|| policy.and_then(|p| p.service.as_ref()))
+}
+
+/// The `router` in effect: the Canary's own, else its policy's (as [`resolve`] merges them).
+pub fn router_spec<'a>(
+    own: &'a RolloutSpec,
+    policy: Option<&'a RolloutSpec>,
+) -> Option<&'a RouterSpec> {
+    own.router
+        .as_ref()
+        .or_else(|| policy.and_then(|p| p.router.as_ref()))
+}
+
+/// The stable Service's name: the one `service` names, else the target's.
+pub fn stable_service_name(target: &str, service: Option<&ServiceSpec>) -> String {
+    service
+        .and_then(|s| s.name.clone())
+        .unwrap_or_else(|| target.to_owned())
+}
+
 /// Every top-level field set in `own` overrides the policy's; inside `analysis`, each field set.
 fn merge(policy: &RolloutSpec, own: &RolloutSpec) -> RolloutSpec {
     let analysis = match (&policy.analysis, &own.analysis) {
@@ -444,8 +470,8 @@ fn merge(policy: &RolloutSpec, own: &RolloutSpec) -> RolloutSpec {
         }),
     };
     RolloutSpec {
-        service: own.service.clone().or_else(|| policy.service.clone()),
-        router: own.router.clone().or_else(|| policy.router.clone()),
+        service: service_spec(own, Some(policy)).cloned(),
+        router: router_spec(own, Some(policy)).cloned(),
         strategy: own.strategy.clone().or_else(|| policy.strategy.clone()),
         analysis,
         hooks: own.hooks.clone().or_else(|| policy.hooks.clone()),

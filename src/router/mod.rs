@@ -24,8 +24,8 @@
 //! matches removes the canary backend entirely, so `None` is what "at rest" reads back as.
 
 mod gateway;
-pub mod kind;
 mod istio;
+pub mod kind;
 mod nginx;
 mod service;
 mod smi;
@@ -36,8 +36,8 @@ use serde_json::Value;
 use crate::api::names::canary_name;
 use crate::api::{HttpMatch, ObjectRef};
 pub use crate::core::router::{ResolveRouterError, Router};
-pub use kind::Kind;
 use crate::workload::{CanaryIdentity, PodLabels};
+pub use kind::Kind;
 
 pub use gateway::{http_route_matched, http_route_patch, http_route_weight};
 pub use istio::{virtual_service_matched, virtual_service_patch, virtual_service_weight};
@@ -159,13 +159,11 @@ impl Router {
     /// never created): `None` for routers that build from the spec alone.
     pub fn source(&self, inputs: &RouteInputs) -> Option<ObjectKey> {
         match self {
-            Router::GatewayApi { http_route } => {
-                Some(key(&kind::HTTP_ROUTE, http_route, inputs))
+            Router::GatewayApi { http_route } => Some(key(&kind::HTTP_ROUTE, http_route, inputs)),
+            Router::Nginx { ingress } => Some(key(&kind::INGRESS, ingress, inputs)),
+            Router::Istio { virtual_service } => {
+                Some(key(&kind::VIRTUAL_SERVICE, virtual_service, inputs))
             }
-            Router::Nginx { ingress } => {
-                Some(key(&kind::INGRESS, ingress, inputs))
-            }
-            Router::Istio { virtual_service } => Some(key(&kind::VIRTUAL_SERVICE, virtual_service, inputs)),
             Router::Service => Some(ObjectKey {
                 kind: &kind::SERVICE,
                 namespace: inputs.canary.namespace.clone(),
@@ -208,7 +206,8 @@ impl Router {
     /// without `force=true`). Sluice's own objects are applied unforced, so another writer shows up
     /// as a conflict instead of being overwritten silently.
     pub fn force_apply(&self) -> bool {
-        self.applied_kind().is_some_and(|kind| kind.edits_user_object)
+        self.applied_kind()
+            .is_some_and(|kind| kind.edits_user_object)
     }
 
     /// The kind of the object sluice applies ([`Router::applied`]); `None` for the `none` router.

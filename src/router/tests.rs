@@ -9,8 +9,8 @@ use sluice_testcluster::schema::{prune_and_default, validate};
 use super::*;
 use crate::api::names::{MANAGED_BY_LABEL, nginx as ann};
 use crate::api::{
-    GatewayApiRouter, HeaderMatch, HeaderMatchType, IstioRouter, NginxRouter, NoRouter,
-    RouterSpec, ServiceRouter, SmiRouter, TraefikRouter,
+    GatewayApiRouter, HeaderMatch, HeaderMatchType, IstioRouter, NginxRouter, NoRouter, RouterSpec,
+    ServiceRouter, SmiRouter, TraefikRouter,
 };
 use crate::workload::STABLE_SELECTOR_ANNOTATION;
 

@@ -179,7 +179,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
                 crate::api::names::GROUP,
                 crate::api::names::VERSION
             );
-            exit_of_write(written, err)
+            exit_code_after_write(written, err)
         }
     }
 }
@@ -311,7 +311,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn crds(out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     match crate::api::crds_yaml() {
-        Ok(yaml) => exit_of_write(out.write_all(yaml.as_bytes()), err),
+        Ok(yaml) => exit_code_after_write(out.write_all(yaml.as_bytes()), err),
         Err(error) => {
             let _ = writeln!(err, "error: failed to render the CRDs: {error}");
             EXIT_USAGE
@@ -339,7 +339,7 @@ fn lint_files(args: &LintArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
     text.push_str(&report.summary());
     text.push('\n');
-    let written = exit_of_write(out.write_all(text.as_bytes()), err);
+    let written = exit_code_after_write(out.write_all(text.as_bytes()), err);
     if unreadable || written != EXIT_OK {
         EXIT_USAGE
     } else if report.is_valid() {
@@ -381,7 +381,7 @@ fn simulate_file(args: &SimulateArgs, out: &mut dyn Write, err: &mut dyn Write) 
             }
         },
     };
-    let written = exit_of_write(out.write_all(rendered.as_bytes()), err);
+    let written = exit_code_after_write(out.write_all(rendered.as_bytes()), err);
     if written != EXIT_OK {
         return written;
     }
@@ -411,7 +411,7 @@ fn read(path: &std::path::Path) -> Result<Source, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn exit_of_write(result: std::io::Result<()>, err: &mut dyn Write) -> u8 {
+fn exit_code_after_write(result: std::io::Result<()>, err: &mut dyn Write) -> u8 {
     match result {
         Ok(()) => EXIT_OK,
         // A closed pipe (`sluice crds | head`) is not worth a message.

@@ -18,7 +18,7 @@ use crate::api::{
     self, AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, RolloutSpec,
     TemplateKind, TemplateSpec, names,
 };
-use crate::core::{FieldError, Observations, PolicyLookup, annotations, validate};
+use crate::core::{Dereferenced, FieldError, PolicyLookup, annotations, validate};
 
 /// One file to check: the name to report it by and its text.
 #[derive(Clone, Debug)]
@@ -455,10 +455,10 @@ fn check_canary(
 ) -> Vec<Finding> {
     let spec = &canary.spec;
     let mut notes = Vec::new();
-    let mut observed = Observations::default();
+    let mut dereferenced = Dereferenced::default();
     if let Some(policy) = &spec.policy_ref {
         match index.policies.get(&policy.name) {
-            Some(found) => observed.policy = PolicyLookup::Found(Box::new(found.clone())),
+            Some(found) => dereferenced.policy = PolicyLookup::Found(Box::new(found.clone())),
             None => {
                 // Without the policy the merged spec is unknown: check what the Canary itself
                 // sets, and say what was left out.
@@ -484,7 +484,7 @@ fn check_canary(
         .analysis
         .as_ref()
         .and_then(|a| a.metrics.as_ref())
-        .or(match &observed.policy {
+        .or(match &dereferenced.policy {
             PolicyLookup::Found(p) => p.analysis.as_ref().and_then(|a| a.metrics.as_ref()),
             PolicyLookup::NotReferenced | PolicyLookup::Missing { .. } => None,
         });
@@ -506,7 +506,7 @@ fn check_canary(
         };
         match found {
             Some(template) => {
-                observed
+                dereferenced
                     .templates
                     .insert(reference.name.clone(), template.clone());
             }
@@ -524,7 +524,7 @@ fn check_canary(
             }
         }
     }
-    let errors = match validate::resolve(spec, &observed) {
+    let errors = match validate::resolve(spec, &dereferenced) {
         Ok(_) => Vec::new(),
         Err(errors) => errors
             .into_iter()

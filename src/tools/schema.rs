@@ -280,7 +280,7 @@ fn check_number(value: &Value, schema: &Value, path: &str, out: &mut Vec<Violati
                 format!(
                     "{} is less than the minimum {}{}",
                     show(value),
-                    show_f64(min),
+                    format_number(min),
                     if exclusive { " (exclusive)" } else { "" }
                 ),
             ));
@@ -294,7 +294,7 @@ fn check_number(value: &Value, schema: &Value, path: &str, out: &mut Vec<Violati
                 format!(
                     "{} is more than the maximum {}{}",
                     show(value),
-                    show_f64(max),
+                    format_number(max),
                     if exclusive { " (exclusive)" } else { "" }
                 ),
             ));
@@ -420,13 +420,13 @@ fn show(value: &Value) -> String {
         Value::Number(n) => n
             .as_f64()
             .filter(|_| n.is_f64())
-            .map_or_else(|| n.to_string(), show_f64),
+            .map_or_else(|| n.to_string(), format_number),
         Value::String(s) => format!("{s:?}"),
         other => other.to_string(),
     }
 }
 
-fn show_f64(n: f64) -> String {
+fn format_number(n: f64) -> String {
     if n.fract() == 0.0 && n.abs() < 1e15 {
         format!("{n:.0}")
     } else {

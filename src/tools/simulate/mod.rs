@@ -20,7 +20,8 @@ use serde::Serialize;
 use self::scenario::{Outcome, Scenario};
 use self::world::{Happening, World};
 use crate::api::{CanaryStatus, CheckRecord, Command, Phase, Verdict};
-use crate::core::{self, PolicyLookup, validate};
+use crate::core;
+use crate::dereference::dereference;
 
 /// The scenario run when `sluice simulate` gets no file.
 pub const HEALTHY: &str = include_str!("../../../examples/scenarios/healthy.yaml");
@@ -138,28 +139,21 @@ pub struct OutcomeReport {
 /// Runs a scenario to its outcome.
 pub fn simulate(scenario: &Scenario) -> Timeline {
     let spec = &scenario.canary.spec;
-    let templates = scenario.template_specs();
-    let policy = match (&spec.policy_ref, scenario.policy_spec()) {
-        (None, _) => PolicyLookup::NotReferenced,
-        (Some(_), Some(found)) => PolicyLookup::Found(Box::new(found)),
-        (Some(reference), None) => PolicyLookup::Missing {
-            name: reference.name.clone(),
-        },
-    };
-    let base = core::Observations {
-        policy: policy.clone(),
-        templates: templates.clone(),
-        ..Default::default()
-    };
-    let resolved = validate::resolve(spec, &base).ok();
-    let metrics = resolved
-        .as_ref()
-        .map(|r| r.metrics.clone())
-        .unwrap_or_default();
-    let hooks = resolved
-        .as_ref()
-        .map(|r| r.hooks.clone())
-        .unwrap_or_default();
+    // A scenario's lookups never wait: the future is ready at once.
+    let Ok(dereferenced) = futures::executor::block_on(dereference(
+        scenario,
+        spec,
+        scenario
+            .canary
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or_default(),
+    ));
+    let resolution = core::resolve(spec, &dereferenced);
+    let resolved = resolution.as_ref().ok();
+    let metrics = resolved.map(|r| r.metrics.clone()).unwrap_or_default();
+    let hooks = resolved.map(|r| r.hooks.clone()).unwrap_or_default();
 
     let mut world = World::new(scenario);
     let mut status = CanaryStatus::default();
@@ -235,14 +229,13 @@ pub fn simulate(scenario: &Scenario) -> Timeline {
 
         let at = timestamp(now);
         let mut observed = world.observe();
-        observed.policy = policy.clone();
-        observed.templates = templates.clone();
-        let due = core::due(spec, &status, &observed, at);
+        observed.dereferenced = dereferenced.clone();
+        let due = core::due(&resolution, &status, &observed, at);
         if due.checks {
             observed.checks = Some(world.checks(scenario, &metrics));
         }
         observed.hooks = world::hook_results(&due.hooks, &hooks);
-        let decision = core::step(spec, &status, &observed, at);
+        let decision = core::step(&resolution, &status, &observed, at);
 
         recorder.record_status(now, &status, &decision.status);
         for event in &decision.events {
@@ -391,7 +384,7 @@ fn unsettled(status: &CanaryStatus) -> Outcome {
             | Phase::Idle
             | Phase::Progressing
             | Phase::Promoting
-                | Phase::Succeeded
+            | Phase::Succeeded
             | Phase::Failed,
         )
         | None => Outcome::Unfinished,

@@ -11,6 +11,8 @@ use std::time::Duration as StdDuration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::dereference::Dereference;
+
 use crate::api::{
     AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, CommandAction, Duration,
     HoldMode, RolloutSpec, TemplateSpec,
@@ -327,12 +329,14 @@ impl Scenario {
         Ok(())
     }
 
-    /// Templates by name, as the controller would look them up.
-    pub fn template_specs(&self) -> BTreeMap<String, TemplateSpec> {
+    /// The template of `kind` named `name`, if the scenario has it.
+    fn template_named(&self, kind: &str, name: &str) -> Option<TemplateSpec> {
         self.templates
             .iter()
+            .filter(|t| t.get("kind").and_then(Value::as_str) == Some(kind))
             .filter_map(|t| self.template_of(t).ok())
-            .collect()
+            .find(|(found, _)| found == name)
+            .map(|(_, spec)| spec)
     }
 
     fn template_of(&self, value: &Value) -> Result<(String, TemplateSpec), String> {
@@ -349,11 +353,6 @@ impl Scenario {
         }
     }
 
-    /// The policy's rollout spec, if the scenario has one.
-    pub fn policy_spec(&self) -> Option<RolloutSpec> {
-        self.policy.as_ref().map(|p| p.spec.rollout.clone())
-    }
-
     /// Simulated time at which the simulation stops.
     pub fn horizon(&self) -> StdDuration {
         self.horizon
@@ -363,4 +362,29 @@ impl Scenario {
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// A scenario dereferences from its own documents, all in one namespace.
+impl Dereference for Scenario {
+    type Error = std::convert::Infallible;
+
+    async fn policy(&self, name: &str) -> Result<Option<RolloutSpec>, Self::Error> {
+        Ok(self
+            .policy
+            .as_ref()
+            .filter(|policy| policy.metadata.name.as_deref() == Some(name))
+            .map(|policy| policy.spec.rollout.clone()))
+    }
+
+    async fn template(
+        &self,
+        _namespace: &str,
+        name: &str,
+    ) -> Result<Option<TemplateSpec>, Self::Error> {
+        Ok(self.template_named("AnalysisTemplate", name))
+    }
+
+    async fn cluster_template(&self, name: &str) -> Result<Option<TemplateSpec>, Self::Error> {
+        Ok(self.template_named("ClusterAnalysisTemplate", name))
+    }
 }
