@@ -476,19 +476,18 @@ impl FaultState {
 
     /// Consumes one injected failure matching the request, if any (and logs who took it).
     pub fn take_failure(&self, request: &Request<'_>) -> Option<InjectedError> {
-        let (id, e) = {
-            let mut rules = self.rules.lock().expect("fault lock poisoned");
-            let idx = rules
-                .iter()
-                .position(|r| r.remaining > 0 && r.matcher.matches(request))?;
-            rules[idx].remaining -= 1;
-            let taken = (rules[idx].id, rules[idx].error);
-            if rules[idx].remaining == 0 {
-                rules.remove(idx);
-            }
-            taken
-        };
+        let mut rules = self.rules.lock().expect("fault lock poisoned");
+        let idx = rules
+            .iter()
+            .position(|r| r.remaining > 0 && r.matcher.matches(request))?;
+        rules[idx].remaining -= 1;
+        let (id, e) = (rules[idx].id, rules[idx].error);
+        // Logged before the rule can be seen as all taken (the rules lock is still held): a
+        // test that waits for `taken` then reads `hits` must find this hit there.
         self.log_hit(id, Fault::Failed(e), request.record());
+        if rules[idx].remaining == 0 {
+            rules.remove(idx);
+        }
         Some(e)
     }
 
