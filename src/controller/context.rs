@@ -2,82 +2,16 @@
 //! (so a reconcile makes no GETs), the event recorder, the metrics, the analysis provider and the
 //! hook caller.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
-use kube::api::{ApiResource, GroupVersionKind};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::analysis::Analysis;
-use super::cached::{CachedCanary, CompactObject};
 use super::metrics::ControllerMetrics;
-use crate::api::{AnalysisTemplate, CanaryPolicy, ClusterAnalysisTemplate, HoldMode};
-use crate::router::{Kind, kind};
-
-/// The API resource of a kind sluice reads or writes.
-pub fn api_resource(kind: &Kind) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(kind.group(), kind.version(), kind.kind),
-        kind.plural,
-    )
-}
-
-/// The reflector caches a reconcile observes from.
-#[derive(Clone)]
-pub struct Stores {
-    pub canaries: Store<CachedCanary>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub ingresses: Store<Ingress>,
-    pub policies: Store<CanaryPolicy>,
-    pub templates: Store<AnalysisTemplate>,
-    pub cluster_templates: Store<ClusterAnalysisTemplate>,
-    /// Router CRD kinds the API server serves, by kind.
-    pub routers: BTreeMap<&'static str, (ApiResource, Store<CompactObject>)>,
-}
-
-impl Stores {
-    pub fn deployment(&self, namespace: &str, name: &str) -> Option<Deployment> {
-        self.deployments
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|d| (*d).clone())
-    }
-
-    pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
-        self.services
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|s| (*s).clone())
-    }
-
-    /// A router object (of any kind sluice routes with) as JSON, from its cache.
-    pub fn router_object(
-        &self,
-        of: &Kind,
-        namespace: &str,
-        name: &str,
-    ) -> Option<serde_json::Value> {
-        match of.kind {
-            k if k == kind::INGRESS.kind => self
-                .ingresses
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|i| serde_json::to_value(&*i).ok()),
-            k if k == kind::SERVICE.kind => self
-                .services
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|s| serde_json::to_value(&*s).ok()),
-            _ => {
-                let (resource, store) = self.routers.get(of.kind)?;
-                store
-                    .get(&ObjectRef::new_with(name, resource.clone()).within(namespace))
-                    .map(|o| o.to_value())
-            }
-        }
-    }
-}
+use super::stores::Stores;
+use crate::api::HoldMode;
 
 /// The resourceVersions of Canaries the controller has written past: after a status write
 /// conditional on resourceVersion X (accepted, or refused because the object moved on), a cached
@@ -126,6 +60,38 @@ impl Superseded {
     }
 }
 
+/// At most this many Deployments' last warnings are remembered (I5); past it the memory starts
+/// afresh, which at worst repeats a warning event once.
+const LAST_WARNINGS_CAPACITY: usize = 10_000;
+
+/// The opt-in loop's last warning event published per Deployment, so a warning is published when it changes,
+/// not at every status change of the Deployment.
+#[derive(Debug, Default)]
+pub struct LastWarnings(Mutex<HashMap<(String, String), String>>);
+
+impl LastWarnings {
+    /// Whether `message` is new for `namespace/name` (and remembers it).
+    pub fn is_new(&self, namespace: &str, name: &str, message: &str) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_owned(), name.to_owned());
+        if map.get(&key).is_some_and(|last| last == message) {
+            return false;
+        }
+        if map.len() >= LAST_WARNINGS_CAPACITY {
+            map.clear();
+        }
+        map.insert(key, message.to_owned());
+        true
+    }
+
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+}
+
 /// The controller's event recorder, reporting as `sluice` (instance: `POD_NAME`). One per process:
 /// its cache is what counts a repeated event as one series.
 pub fn recorder(client: Client) -> Recorder {
@@ -150,5 +116,5 @@ pub struct Context {
     pub hooks: crate::hooks::HookCaller,
     pub superseded: Superseded,
     /// The opt-in loop's last warning per Deployment.
-    pub last_warnings: super::optin::LastWarnings,
+    pub last_warnings: LastWarnings,
 }

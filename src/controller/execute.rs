@@ -19,10 +19,11 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use super::context::{Context, api_resource};
+use super::context::Context;
 use super::error::Error;
 use super::metrics::ApiCallLabels;
 use super::observe::Observed;
+use super::stores::api_resource;
 use crate::api::CanaryStatus;
 use crate::api::names::{FIELD_MANAGER, canary_name};
 use crate::core::Action;

@@ -27,6 +27,7 @@ pub mod observe;
 pub mod optin;
 pub mod reconcile;
 pub mod startup;
+pub mod stores;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -48,9 +49,10 @@ use tracing::{info, warn};
 
 use self::analysis::Analysis;
 use self::cached::{CachedCanary, CompactObject};
-use self::context::{Context, Stores, api_resource};
+use self::context::Context;
 use self::metrics::ControllerMetrics;
 use self::startup::{HoldSetting, StartupError};
+use self::stores::{Stores, api_resource};
 use crate::api::{AnalysisTemplate, CanaryPolicy, CanarySpec, ClusterAnalysisTemplate, names};
 use crate::core::validate;
 use crate::http::Readiness;
@@ -102,42 +104,115 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = ControllerMetrics::register(&mut registry);
     let readiness = Readiness::default();
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
-        .await
-        .map_err(|source| RunError::Serve {
-            addr: config.metrics_addr,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| RunError::Serve {
-        addr: config.metrics_addr,
-        source,
-    })?;
-    bound(local);
-    let app = crate::http::router(Arc::new(registry), readiness.clone());
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = http_stopped.await;
-        });
-        if let Err(error) = serve.await {
-            warn!(%error, "metrics server stopped");
-        }
-    });
+    let http = HttpServer::start(config.metrics_addr, registry, readiness.clone(), bound).await?;
 
     let ns = config.namespace.as_deref();
-    // One watch per kind. Each cache tells, after storing an object, which Canaries (and which
-    // annotated Deployments) it concerns: a reconcile it wakes always observes that object, and
-    // no second watch of the same kind lists everything again at start-up. The triggers go
-    // through coalescing queues, bounded by the objects they name (I5).
+    // The triggers go through coalescing queues, bounded by the objects they name (I5).
     let (canary_triggers, canary_triggered) = TriggerQueue::new("canary", &metrics);
     let (optin_triggers, optin_triggered) = TriggerQueue::new("optin", &metrics);
+    let (stores, canary_writer) =
+        start_caches(&client, ns, &canary_triggers, &optin_triggers).await;
+    let controller = canary_controller(
+        &client,
+        ns,
+        canary_writer,
+        &stores.canaries,
+        canary_triggered,
+        optin_triggers,
+        config.concurrency,
+    );
+    let context = Arc::new(Context {
+        recorder: context::recorder(client.clone()),
+        client: client.clone(),
+        hold_mode,
+        stores,
+        metrics,
+        analysis: Analysis::new(config.prometheus_url.clone()),
+        hooks: hook_caller,
+        superseded: Default::default(),
+        last_warnings: Default::default(),
+    });
+    let optin = start_optin_controller(
+        &client,
+        ns,
+        context.clone(),
+        optin_triggered,
+        config.concurrency,
+    );
+
+    wait_synced(&context.stores).await;
+    readiness.set_ready(true);
+    info!("caches synced");
+
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, context)
+        .for_each(|_| async {})
+        .await;
+    optin.abort();
+    info!("stopped");
+    readiness.set_ready(false);
+    http.stop().await;
+    Ok(())
+}
+
+/// `/metrics`, `/healthz` and `/readyz`, served until stopped.
+struct HttpServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    async fn start(
+        addr: SocketAddr,
+        registry: Registry,
+        readiness: Readiness,
+        bound: impl FnOnce(SocketAddr),
+    ) -> Result<HttpServer, RunError> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Serve { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| RunError::Serve { addr, source })?;
+        bound(local);
+        let app = crate::http::router(Arc::new(registry), readiness);
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(error) = serve.await {
+                warn!(%error, "metrics server stopped");
+            }
+        });
+        Ok(HttpServer { stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Starts one watch and reflector cache per kind. Each cache tells, after storing an object,
+/// which Canaries (and which annotated Deployments) it concerns: a reconcile it wakes always
+/// observes that object, and no second watch of the same kind lists everything again at
+/// start-up. Returns the caches, and the writer of the Canary cache, which the Canary
+/// controller's own watch fills.
+async fn start_caches(
+    client: &Client,
+    ns: Option<&str>,
+    canary_triggers: &TriggerQueue<CachedCanary>,
+    optin_triggers: &TriggerQueue<optin::DeploymentMeta>,
+) -> (Stores, reflector::store::Writer<CachedCanary>) {
     let (canaries, canary_writer) = reflector::store::<CachedCanary>();
     let (deployments, deployment_writer) = reflector::store();
     let (policies, policy_writer) = reflector::store();
 
     // A Deployment is either a target (by label, or named by a Canary's targetRef) or a canary
     // Deployment sluice owns: its template and readiness move the rollout.
-    spawn_cache(namespaced::<Deployment>(&client, ns), deployment_writer, {
+    spawn_cache(namespaced::<Deployment>(client, ns), deployment_writer, {
         let canaries = canaries.clone();
         let triggers = canary_triggers.clone();
         move |deployment: &Deployment| {
@@ -166,22 +241,17 @@ pub async fn run(
     });
     // The canary Service sluice owns, and the stable Service the service router switches.
     let services = cache(
-        namespaced::<Service>(&client, ns),
-        wake_routing_through(&canaries, &policies, &canary_triggers, Through::Service),
+        namespaced::<Service>(client, ns),
+        wake_routing_through(&canaries, &policies, canary_triggers, Through::Service),
     );
     // The user's Ingress the NGINX router copies, and the canary Ingress sluice owns: a drifted
     // weight must be put back (I2).
     let ingresses = cache(
-        namespaced::<Ingress>(&client, ns),
-        wake_routing_through(
-            &canaries,
-            &policies,
-            &canary_triggers,
-            Through::RouterObject,
-        ),
+        namespaced::<Ingress>(client, ns),
+        wake_routing_through(&canaries, &policies, canary_triggers, Through::RouterObject),
     );
     // A template change changes the queries of the Canaries that use it.
-    let templates = cache(namespaced::<AnalysisTemplate>(&client, ns), {
+    let templates = cache(namespaced::<AnalysisTemplate>(client, ns), {
         let canaries = canaries.clone();
         let triggers = canary_triggers.clone();
         move |template: &AnalysisTemplate| {
@@ -199,7 +269,7 @@ pub async fn run(
     });
     let mut routers = BTreeMap::new();
     for kind in crate::router::kind::KINDS.iter().filter(|kind| kind.custom) {
-        if !served(&client, kind.api_version, kind.plural).await {
+        if !served(client, kind.api_version, kind.plural).await {
             continue;
         }
         let resource = api_resource(kind);
@@ -213,29 +283,48 @@ pub async fn run(
         spawn_cache(
             api,
             writer,
-            wake_routing_through(
-                &canaries,
-                &policies,
-                &canary_triggers,
-                Through::RouterObject,
-            ),
+            wake_routing_through(&canaries, &policies, canary_triggers, Through::RouterObject),
         );
         routers.insert(kind.kind, (resource, reader));
     }
 
+    let stores = Stores {
+        canaries,
+        deployments,
+        services,
+        ingresses,
+        policies,
+        templates,
+        cluster_templates,
+        routers,
+    };
+    (stores, canary_writer)
+}
+
+/// The Canary controller, over its own trimmed watch of Canaries (which fills `writer`), woken
+/// by the caches through `triggered`.
+fn canary_controller(
+    client: &Client,
+    ns: Option<&str>,
+    canary_writer: reflector::store::Writer<CachedCanary>,
+    canaries: &Store<CachedCanary>,
+    triggered: impl futures::Stream<Item = ObjectRef<CachedCanary>> + Send + 'static,
+    optin_triggers: TriggerQueue<optin::DeploymentMeta>,
+    concurrency: u16,
+) -> Controller<CachedCanary> {
     // The Canary cache is built here rather than by `Controller::new`, so that it is trimmed like
     // the others: a Canary's managedFields (two field managers over a large status) were the
     // biggest part of the controller's memory at 1,000 Canaries.
     let canary_stream = reflector::reflector(
         canary_writer,
-        watcher(namespaced::<CachedCanary>(&client, ns), watch_config())
+        watcher(namespaced::<CachedCanary>(client, ns), watch_config())
             .backoff(WatchBackoff::default())
             .modify(trim),
     )
     // A Canary written, deleted or changed for a Deployment (its own, or a hand-written one that
     // wins over the annotation) decides what the annotation's Canary should be.
     .inspect({
-        let triggers = optin_triggers.clone();
+        let triggers = optin_triggers;
         move |event| {
             if let Ok(event) = event
                 && let Some(canary) = touched(event)
@@ -245,40 +334,27 @@ pub async fn run(
         }
     })
     .applied_objects();
-    let controller = Controller::for_stream(canary_stream, canaries.clone())
-        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+    Controller::for_stream(canary_stream, canaries.clone())
+        .with_config(ControllerConfig::default().concurrency(concurrency))
         .trigger_backoff(WatchBackoff::default())
-        .reconcile_on(canary_triggered);
+        .reconcile_on(triggered)
+}
 
-    let stores = Stores {
-        canaries: canaries.clone(),
-        deployments,
-        services,
-        ingresses,
-        policies,
-        templates,
-        cluster_templates,
-        routers,
-    };
-    let context = Arc::new(Context {
-        recorder: context::recorder(client.clone()),
-        client: client.clone(),
-        hold_mode,
-        stores,
-        metrics,
-        analysis: Analysis::new(config.prometheus_url.clone()),
-        hooks: hook_caller,
-        superseded: Default::default(),
-        last_warnings: Default::default(),
-    });
-
+/// Starts the opt-in loop, which writes the Canary of each annotated Deployment.
+fn start_optin_controller(
+    client: &Client,
+    ns: Option<&str>,
+    context: Arc<Context>,
+    triggered: impl futures::Stream<Item = ObjectRef<optin::DeploymentMeta>> + Send + 'static,
+    concurrency: u16,
+) -> tokio::task::JoinHandle<()> {
     // The opt-in loop watches Deployments' metadata on its own (a small trimmed cache of its own
     // primary objects): it must never hold up the caches the Canary controller starts from.
     let (annotated, annotated_writer) = reflector::store();
     let annotated_stream = reflector::reflector(
         annotated_writer,
         watcher(
-            namespaced::<optin::DeploymentMeta>(&client, ns),
+            namespaced::<optin::DeploymentMeta>(client, ns),
             watch_config(),
         )
         .backoff(WatchBackoff::default())
@@ -286,28 +362,12 @@ pub async fn run(
     )
     .applied_objects();
     let optin = Controller::for_stream(annotated_stream, annotated)
-        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .with_config(ControllerConfig::default().concurrency(concurrency))
         .trigger_backoff(WatchBackoff::default())
-        .reconcile_on(optin_triggered)
-        .run(optin::reconcile, optin::error_policy, context.clone())
+        .reconcile_on(triggered)
+        .run(optin::reconcile, optin::error_policy, context)
         .for_each(|_| async {});
-    let optin = tokio::spawn(optin);
-
-    wait_synced(&context.stores).await;
-    readiness.set_ready(true);
-    info!("caches synced");
-
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, context)
-        .for_each(|_| async {})
-        .await;
-    optin.abort();
-    info!("stopped");
-    readiness.set_ready(false);
-    let _ = stop_http.send(());
-    let _ = http.await;
-    Ok(())
+    tokio::spawn(optin)
 }
 
 fn namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>

@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::Value;
 
-use super::context::Stores;
+use super::stores::Stores;
 use crate::api::names::{self, canary_name};
 use crate::api::{Canary, CanaryStatus, HoldMode, RolloutSpec, TemplateSpec};
 use crate::core::validate::{FieldError, Resolved};

@@ -16,8 +16,7 @@
 //! Nothing is written while the Canary already matches, so an idle annotated Deployment costs no
 //! API request.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -42,37 +41,6 @@ use crate::core::annotations;
 const CACHES_RETRY: Duration = Duration::from_millis(200);
 /// How soon a failed write is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
-/// At most this many Deployments' last warnings are remembered (I5); past it the memory starts
-/// afresh, which at worst repeats a warning event once.
-const LAST_WARNINGS_CAPACITY: usize = 10_000;
-
-/// The last warning event published per Deployment, so a warning is published when it changes,
-/// not at every status change of the Deployment.
-#[derive(Debug, Default)]
-pub struct LastWarnings(Mutex<HashMap<(String, String), String>>);
-
-impl LastWarnings {
-    /// Whether `message` is new for `namespace/name` (and remembers it).
-    fn is_new(&self, namespace: &str, name: &str, message: &str) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (namespace.to_owned(), name.to_owned());
-        if map.get(&key).is_some_and(|last| last == message) {
-            return false;
-        }
-        if map.len() >= LAST_WARNINGS_CAPACITY {
-            map.clear();
-        }
-        map.insert(key, message.to_owned());
-        true
-    }
-
-    fn forget(&self, namespace: &str, name: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(namespace.to_owned(), name.to_owned()));
-    }
-}
 
 /// A Deployment as this loop watches it: its metadata only (annotations, uid, deletion), so the
 /// loop's own cache stays small.

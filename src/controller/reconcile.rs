@@ -197,7 +197,7 @@ const YIELD_RETRY: Duration = Duration::from_secs(1);
 /// The Canary this one must wait for, if any: a hand-written Canary wins over the one sluice wrote
 /// for the target's annotations, and waits until that one (and its opt-out) is gone, so the two
 /// never act on the same Deployment at once.
-fn yields_to(canary: &crate::api::Canary, stores: &super::context::Stores) -> Option<String> {
+fn yields_to(canary: &crate::api::Canary, stores: &super::stores::Stores) -> Option<String> {
     let namespace = canary.namespace();
     let from_annotations = observe::is_from_annotations(canary);
     let target = canary.spec.target_ref.name.as_str();
