@@ -125,7 +125,7 @@ fn check(name: &str, mode: HoldMode, case: &Value) {
                 if e.warning {
                     format!("Warning {}", e.reason)
                 } else {
-                    e.reason.clone()
+                    e.reason.to_string()
                 }
             })
             .collect();

@@ -8,7 +8,7 @@
 //! `status.revision` *and* `status.stableRevision` name the bound revision.
 //!
 //! How the controller's status maps to outcomes (reasons are the `Failed` condition's, written by
-//! `core::step`'s rollback):
+//! `core::step`'s rollback and read back as [`FailureReason`]):
 //! - `InvalidSpec` condition True (or phase `Invalid`) for the current generation: invalid spec;
 //! - target template (or `status.revision`, once the target is gone) moved to another revision:
 //!   superseded;
@@ -36,6 +36,7 @@ use super::exit::ExitCode;
 use super::view::{StepView, target_revision};
 use crate::api::names::condition;
 use crate::api::{Canary, Phase};
+use crate::core::FailureReason;
 
 /// What the gate sees now.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,22 +76,22 @@ impl fmt::Display for Progress {
     }
 }
 
-/// The `Failed` reason of a revision held as failed from an earlier attempt whose cause the
-/// controller no longer records.
-const HELD_FAILED: &str = "RolledBack";
-
-/// The exit code for a `Failed` condition's reason.
-pub fn failure_code(reason: &str) -> ExitCode {
+/// The exit code for a `Failed` condition's reason (`None`: a reason this version does not know).
+pub fn failure_code(reason: Option<FailureReason>) -> ExitCode {
+    let Some(reason) = reason else {
+        // A reason from another version: the revision did not pass and stays rejected; only the
+        // controller's own word makes it "unmeasured".
+        return ExitCode::FailedAnalysis;
+    };
     match reason {
         // A person ended the rollout: by `abort`, or by deleting the target Deployment.
-        "Aborted" | "TargetDeleted" => ExitCode::Aborted,
-        "ProgressDeadlineExceeded" => ExitCode::FailedProgressDeadline,
+        FailureReason::Aborted | FailureReason::TargetDeleted => ExitCode::Aborted,
+        FailureReason::ProgressDeadlineExceeded => ExitCode::FailedProgressDeadline,
         // Rolled back because nothing could be measured: no verdict on the revision.
-        "UnknownDeadlineExceeded" => ExitCode::Unmeasured,
-        // AnalysisFailed (failed checks or hooks), and a plain RolledBack (held as failed from an
-        // earlier attempt, cause no longer recorded): the revision did not pass and stays
-        // rejected; only the controller's own word makes it "unmeasured".
-        _ => ExitCode::FailedAnalysis,
+        FailureReason::UnknownDeadlineExceeded => ExitCode::Unmeasured,
+        // Failed checks or hooks, and a plain RolledBack (held as failed from an earlier attempt,
+        // cause no longer recorded): the revision did not pass and stays rejected.
+        FailureReason::AnalysisFailed | FailureReason::RolledBack => ExitCode::FailedAnalysis,
     }
 }
 
@@ -160,9 +161,11 @@ pub fn assess(canary: Option<&Canary>, target: Option<&Deployment>, bound: &str)
         ),
         Phase::Failed => {
             let failed = condition(condition::FAILED).filter(|c| c.status == "True");
-            let code = failed.map_or(ExitCode::FailedAnalysis, |c| failure_code(&c.reason));
+            let reason = failed.map(|c| FailureReason::parse(&c.reason));
+            let code = reason.map_or(ExitCode::FailedAnalysis, failure_code);
             let why = failed.map_or(message, |c| c.message.clone());
-            if failed.is_none_or(|c| c.reason == HELD_FAILED) {
+            // No Failed condition, or the controller's word that the cause is no longer recorded.
+            if reason.is_none_or(|r| r == Some(FailureReason::RolledBack)) {
                 let held = format!(
                     "revision {bound} is held as failed from an earlier attempt; the cause is no longer recorded on the Canary"
                 );
@@ -317,14 +320,23 @@ mod tests {
     #[test]
     fn each_rollback_reason_has_its_own_exit_code() {
         let new = hash("web:2");
-        for (reason, expected) in [
+        let table = [
             ("AnalysisFailed", ExitCode::FailedAnalysis),
             ("UnknownDeadlineExceeded", ExitCode::Unmeasured),
             ("RolledBack", ExitCode::FailedAnalysis),
             ("ProgressDeadlineExceeded", ExitCode::FailedProgressDeadline),
             ("Aborted", ExitCode::Aborted),
             ("TargetDeleted", ExitCode::Aborted),
-        ] {
+            // A reason from another version of the controller.
+            ("SomeFutureReason", ExitCode::FailedAnalysis),
+        ];
+        for reason in FailureReason::ALL {
+            assert!(
+                table.iter().any(|(word, _)| *word == reason.as_str()),
+                "{reason} has no expected exit code here"
+            );
+        }
+        for (reason, expected) in table {
             assert_eq!(
                 code(assess(
                     Some(&failed(&new, reason)),
@@ -342,6 +354,18 @@ mod tests {
             Assessment::Done(outcome) => outcome,
             Assessment::Progress(progress) => panic!("still progressing: {progress}"),
         }
+    }
+
+    #[test]
+    fn an_unknown_failure_reason_is_failed_analysis_with_the_condition_s_message() {
+        let new = hash("web:2");
+        let ended = outcome(assess(
+            Some(&failed(&new, "SomeFutureReason")),
+            Some(&deployment("web:2")),
+            &new,
+        ));
+        assert_eq!(ended.code, ExitCode::FailedAnalysis);
+        assert_eq!(ended.message, format!("revision {new}: why"));
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn tell(ctx: &Context, observed: &Observed, decision: &Decision) {
     let notification_budget = DEFAULT_HOOK_TIMEOUT.min(resolved.interval / 2);
     let now = Timestamp::now();
     for event in &decision.events {
-        let lifecycle = lifecycle(&event.reason);
+        let lifecycle = lifecycle(event.reason);
         for hook in resolved
             .hooks
             .iter()
@@ -139,7 +139,7 @@ pub fn tell(ctx: &Context, observed: &Observed, decision: &Decision) {
                 hook: &hook.name,
                 hook_type: HookType::Event,
                 event: lifecycle,
-                reason: Some(&event.reason),
+                reason: Some(event.reason.as_str()),
                 message: Some(&event.message),
                 metadata: &hook.metadata,
             };
@@ -172,7 +172,7 @@ pub fn tell(ctx: &Context, observed: &Observed, decision: &Decision) {
                 notification.format.unwrap_or_default(),
                 &subject,
                 lifecycle,
-                &event.reason,
+                event.reason.as_str(),
                 &event.message,
                 now,
             );

@@ -409,10 +409,10 @@ async fn publish(
             } else {
                 EventType::Normal
             },
-            reason: event.reason.clone(),
+            reason: event.reason.as_str().to_owned(),
             note: Some(event.message.clone()),
             action: event_action(
-                &event.reason,
+                event.reason.as_str(),
                 before.revision.as_deref(),
                 decision.status.revision.as_deref(),
             ),
@@ -487,7 +487,7 @@ mod tests {
 
     use super::*;
     use crate::api::Canary;
-    use crate::core::Event;
+    use crate::core::{Event, EventReason};
 
     #[test]
     fn the_action_names_the_revision_a_transition_is_about() {
@@ -520,7 +520,7 @@ mod tests {
         }
     }
 
-    fn decision(revision: &str, events: &[(bool, &str, &str)]) -> Decision {
+    fn decision(revision: &str, events: &[(bool, EventReason, &str)]) -> Decision {
         Decision {
             actions: Vec::new(),
             status: status(revision),
@@ -529,7 +529,7 @@ mod tests {
                 .iter()
                 .map(|(warning, reason, message)| Event {
                     warning: *warning,
-                    reason: (*reason).to_owned(),
+                    reason: *reason,
                     message: (*message).to_owned(),
                 })
                 .collect(),
@@ -590,19 +590,28 @@ spec:
         let failed_1 = format!("revision {b}: failed check 1/2: error-rate 0.3 > 0.05");
         let failed_2 = format!("revision {b}: failed check 2/2: error-rate 0.4 > 0.05");
         let steps = [
-            (stable, decision(a, &[(false, "CanaryStarted", &started_a)])),
+            (
+                stable,
+                decision(a, &[(false, EventReason::CanaryStarted, &started_a)]),
+            ),
             (
                 a,
                 decision(
                     b,
                     &[
-                        (false, "Superseded", &superseded),
-                        (false, "CanaryStarted", &started_b),
+                        (false, EventReason::Superseded, &superseded),
+                        (false, EventReason::CanaryStarted, &started_b),
                     ],
                 ),
             ),
-            (b, decision(b, &[(true, "CheckFailed", &failed_1)])),
-            (b, decision(b, &[(true, "CheckFailed", &failed_2)])),
+            (
+                b,
+                decision(b, &[(true, EventReason::CheckFailed, &failed_1)]),
+            ),
+            (
+                b,
+                decision(b, &[(true, EventReason::CheckFailed, &failed_2)]),
+            ),
         ];
         for (before, decided) in &steps {
             publish(&recorder, &regarding, &status(before), decided).await;

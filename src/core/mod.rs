@@ -19,6 +19,7 @@ pub mod annotations;
 pub mod conditions;
 pub mod plan;
 pub mod query;
+pub mod reasons;
 pub mod revision;
 pub mod router;
 pub mod validate;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{CanaryStatus, HoldMode, HookType, HttpMatch, RolloutSpec, TemplateSpec};
 
+pub use reasons::{EventReason, FailureReason};
 pub use router::Router;
 pub use step::{due, step};
 pub use validate::{FieldError, Resolved, resolve};
@@ -367,7 +369,7 @@ pub struct Event {
     #[serde(default)]
     pub warning: bool,
     /// PascalCase reason, e.g. `CanaryStarted`.
-    pub reason: String,
+    pub reason: EventReason,
     pub message: String,
 }
 

@@ -1,6 +1,6 @@
 //! What hooks and notification targets receive: the JSON body of a hook call, the lifecycle event
-//! each core event reason stands for (one table, [`REASONS`]), and the generic and Slack bodies of
-//! a notification. Pure: no I/O, no clock (times are arguments).
+//! each core event reason stands for ([`lifecycle`], an exhaustive match), and the generic and
+//! Slack bodies of a notification. Pure: no I/O, no clock (times are arguments).
 
 use std::collections::BTreeMap;
 
@@ -8,49 +8,43 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::api::{HookType, LifecycleEvent, NotificationFormat};
+use crate::core::EventReason;
 
-/// Every event reason the core emits, and the lifecycle event it is (if any). A test reads the
-/// core's source and fails when a reason is missing here, so a new reason must be classified.
-pub const REASONS: &[(&str, Option<LifecycleEvent>)] = &[
-    ("CanaryStarted", Some(LifecycleEvent::Started)),
-    ("TrafficShifted", Some(LifecycleEvent::Step)),
-    ("StepAdvanced", Some(LifecycleEvent::Step)),
-    ("TrafficSwitched", Some(LifecycleEvent::Step)),
-    ("Promoted", Some(LifecycleEvent::Promoted)),
-    ("RolledBack", Some(LifecycleEvent::RolledBack)),
-    ("CheckFailed", Some(LifecycleEvent::Failed)),
-    ("InvalidSpec", Some(LifecycleEvent::Failed)),
-    ("UnknownDeadlinePaused", Some(LifecycleEvent::Failed)),
-    ("PromotionDeadlineExceeded", Some(LifecycleEvent::Failed)),
-    ("TargetDeleted", Some(LifecycleEvent::Failed)),
-    ("StableNotReady", None),
-    ("CanaryNotReady", None),
-    ("CheckPassed", None),
-    ("CheckUnknown", None),
-    ("CommandAccepted", None),
-    ("CommandRefused", None),
-    ("HookFailed", None),
-    ("Initialized", None),
-    ("OptedOut", None),
-    ("Paused", None),
-    ("PromotionStarted", None),
-    ("Resumed", None),
-    ("SpecFixed", None),
-    ("Superseded", None),
-    ("TemplateChangedDuringPromotion", None),
-    ("TemplateNotHeld", None),
-    ("TemplateReverted", None),
-    ("TrafficRestored", None),
-    ("WaitingPromotion", None),
-];
-
-/// The lifecycle event a core event reason stands for; `None` for the others (and for a reason
-/// this table does not know, which the test above prevents).
-pub fn lifecycle(reason: &str) -> Option<LifecycleEvent> {
-    REASONS
-        .iter()
-        .find(|(known, _)| *known == reason)
-        .and_then(|(_, event)| *event)
+/// The lifecycle event a core event reason stands for; `None` for the others. Exhaustive: a
+/// reason the core starts emitting does not compile until it is classified here.
+pub fn lifecycle(reason: EventReason) -> Option<LifecycleEvent> {
+    match reason {
+        EventReason::CanaryStarted => Some(LifecycleEvent::Started),
+        EventReason::TrafficShifted | EventReason::StepAdvanced | EventReason::TrafficSwitched => {
+            Some(LifecycleEvent::Step)
+        }
+        EventReason::Promoted => Some(LifecycleEvent::Promoted),
+        EventReason::RolledBack => Some(LifecycleEvent::RolledBack),
+        EventReason::CheckFailed
+        | EventReason::InvalidSpec
+        | EventReason::UnknownDeadlinePaused
+        | EventReason::PromotionDeadlineExceeded
+        | EventReason::TargetDeleted => Some(LifecycleEvent::Failed),
+        EventReason::StableNotReady
+        | EventReason::CanaryNotReady
+        | EventReason::CheckPassed
+        | EventReason::CheckUnknown
+        | EventReason::CommandAccepted
+        | EventReason::CommandRefused
+        | EventReason::HookFailed
+        | EventReason::Initialized
+        | EventReason::OptedOut
+        | EventReason::Paused
+        | EventReason::PromotionStarted
+        | EventReason::Resumed
+        | EventReason::SpecFixed
+        | EventReason::Superseded
+        | EventReason::TemplateChangedDuringPromotion
+        | EventReason::TemplateNotHeld
+        | EventReason::TemplateReverted
+        | EventReason::TrafficRestored
+        | EventReason::WaitingPromotion => None,
+    }
 }
 
 /// Where the rollout stands when a hook is called or an event is told.
@@ -155,48 +149,46 @@ mod tests {
     }
 
     #[test]
-    fn every_reason_the_core_emits_is_classified() {
-        // The decision machine, split by phase family: every file of `src/core/step/`.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core/step");
-        let mut sources = Vec::new();
-        for entry in std::fs::read_dir(&dir).expect("src/core/step") {
-            let path = entry.expect("entry").path();
-            if path.extension().is_some_and(|e| e == "rs") {
-                sources.push(std::fs::read_to_string(&path).expect("read"));
-            }
-        }
-        assert!(
-            sources.len() > 1,
-            "expected the decision machine's files in {}",
-            dir.display()
+    fn lifecycle_events_come_from_their_reasons() {
+        assert_eq!(
+            lifecycle(EventReason::CanaryStarted),
+            Some(LifecycleEvent::Started)
         );
-        let source = sources.concat();
-        let mut missing = Vec::new();
-        for chunk in source.split("self.event(").skip(1) {
-            let Some(start) = chunk.find('"') else {
-                continue;
-            };
-            let rest = &chunk[start + 1..];
-            let reason = &rest[..rest.find('"').unwrap()];
-            if !REASONS.iter().any(|(known, _)| *known == reason) {
-                missing.push(reason.to_owned());
-            }
-        }
-        assert!(
-            missing.is_empty(),
-            "classify these reasons in REASONS: {missing:?}"
+        assert_eq!(
+            lifecycle(EventReason::StepAdvanced),
+            Some(LifecycleEvent::Step)
         );
+        assert_eq!(
+            lifecycle(EventReason::Promoted),
+            Some(LifecycleEvent::Promoted)
+        );
+        assert_eq!(
+            lifecycle(EventReason::RolledBack),
+            Some(LifecycleEvent::RolledBack)
+        );
+        assert_eq!(
+            lifecycle(EventReason::CheckFailed),
+            Some(LifecycleEvent::Failed)
+        );
+        assert_eq!(lifecycle(EventReason::CheckPassed), None);
     }
 
     #[test]
-    fn lifecycle_events_come_from_their_reasons() {
-        assert_eq!(lifecycle("CanaryStarted"), Some(LifecycleEvent::Started));
-        assert_eq!(lifecycle("StepAdvanced"), Some(LifecycleEvent::Step));
-        assert_eq!(lifecycle("Promoted"), Some(LifecycleEvent::Promoted));
-        assert_eq!(lifecycle("RolledBack"), Some(LifecycleEvent::RolledBack));
-        assert_eq!(lifecycle("CheckFailed"), Some(LifecycleEvent::Failed));
-        assert_eq!(lifecycle("CheckPassed"), None);
-        assert_eq!(lifecycle("NoSuchReason"), None);
+    fn every_lifecycle_event_has_a_reason_that_tells_it() {
+        for event in [
+            LifecycleEvent::Started,
+            LifecycleEvent::Step,
+            LifecycleEvent::Promoted,
+            LifecycleEvent::RolledBack,
+            LifecycleEvent::Failed,
+        ] {
+            assert!(
+                EventReason::ALL
+                    .iter()
+                    .any(|reason| lifecycle(*reason) == Some(event)),
+                "no reason tells {event:?}"
+            );
+        }
     }
 
     #[test]

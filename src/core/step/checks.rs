@@ -8,7 +8,7 @@ use super::predicates::{hooks_of, next_check_at, next_step, query_fingerprint, r
 use super::{CLUSTER_RETRY, Machine, after, timestamp_of};
 use crate::api::{HookRecord, HookType, Phase, RejectedQuery, UnknownOutcome, Verdict};
 use crate::core::validate::{Resolved, Strategy};
-use crate::core::{Clock, MetricResult, Sample, TargetState, verdict};
+use crate::core::{Clock, EventReason, FailureReason, MetricResult, Sample, TargetState, verdict};
 
 impl Machine<'_> {
     /// Records hook results of `kinds` in status; returns the failures (type and words).
@@ -56,7 +56,7 @@ impl Machine<'_> {
             self.rollback(
                 resolved,
                 target,
-                "AnalysisFailed",
+                FailureReason::AnalysisFailed,
                 format!(
                     "{} failed checks reached the threshold {}: {why}",
                     self.status.failed_checks, resolved.threshold
@@ -66,7 +66,7 @@ impl Machine<'_> {
         }
         self.event(
             true,
-            "CheckFailed",
+            EventReason::CheckFailed,
             format!(
                 "revision {revision}: failed check {}/{}: {why}",
                 self.status.failed_checks, resolved.threshold
@@ -182,7 +182,7 @@ impl Machine<'_> {
                 UnknownOutcome::Rollback => self.rollback(
                     resolved,
                     target,
-                    "UnknownDeadlineExceeded",
+                    FailureReason::UnknownDeadlineExceeded,
                     format!(
                         "checks stayed Unknown for {}: {why}",
                         crate::api::Duration(resolved.unknown_deadline)
@@ -193,7 +193,7 @@ impl Machine<'_> {
                     self.status.phase = Some(Phase::Paused);
                     self.event(
                         true,
-                        "UnknownDeadlinePaused",
+                        EventReason::UnknownDeadlinePaused,
                         format!("revision {revision}: checks stayed Unknown past the deadline; paused until a person acts: {why}"),
                     );
                     self.set_message(format!(
@@ -205,7 +205,7 @@ impl Machine<'_> {
         }
         self.event(
             true,
-            "CheckUnknown",
+            EventReason::CheckUnknown,
             format!("revision {revision}: cannot judge, holding: {why}"),
         );
         self.set_message(format!(
@@ -241,7 +241,7 @@ impl Machine<'_> {
                         self.set_traffic(resolved, target, 100);
                         self.event(
                             false,
-                            "TrafficSwitched",
+                            EventReason::TrafficSwitched,
                             format!("revision {revision}: all traffic switched to the canary"),
                         );
                     }
@@ -249,7 +249,7 @@ impl Machine<'_> {
                 } else {
                     self.event(
                         false,
-                        "CheckPassed",
+                        EventReason::CheckPassed,
                         format!(
                             "revision {revision}: {}/{iterations} passing checks",
                             self.status.iterations
@@ -279,7 +279,7 @@ impl Machine<'_> {
         let revision = self.revision();
         self.event(
             false,
-            "StepAdvanced",
+            EventReason::StepAdvanced,
             format!(
                 "revision {revision}: step {}/{}: {weight}% of traffic to the canary",
                 next + 1,
@@ -299,7 +299,7 @@ impl Machine<'_> {
             self.status.phase = Some(Phase::WaitingPromotion);
             self.event(
                 false,
-                "WaitingPromotion",
+                EventReason::WaitingPromotion,
                 format!("revision {revision} passed every step; waiting for promotion"),
             );
             self.set_message(format!(

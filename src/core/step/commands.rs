@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::Machine;
 use super::predicates::{canary_ready, next_step};
 use crate::api::{Command, CommandAck, CommandAction, Phase};
-use crate::core::TargetState;
 use crate::core::validate::{Resolved, Strategy};
+use crate::core::{EventReason, FailureReason, TargetState};
 
 impl Machine<'_> {
     /// Answers a pending command. Returns true when the command decided this reconcile.
@@ -40,7 +40,7 @@ impl Machine<'_> {
         if !accepted {
             self.event(
                 true,
-                "CommandRefused",
+                EventReason::CommandRefused,
                 format!(
                     "{:?} for revision {} refused: {message}",
                     command.action, command.revision
@@ -50,7 +50,7 @@ impl Machine<'_> {
         }
         self.event(
             false,
-            "CommandAccepted",
+            EventReason::CommandAccepted,
             format!(
                 "{:?} for revision {} accepted",
                 command.action, command.revision
@@ -130,7 +130,12 @@ impl Machine<'_> {
                 true
             }
             CommandAction::Abort => {
-                self.rollback(resolved, target, "Aborted", "aborted by a person".into());
+                self.rollback(
+                    resolved,
+                    target,
+                    FailureReason::Aborted,
+                    "aborted by a person".into(),
+                );
                 true
             }
             CommandAction::Retry => {
@@ -143,7 +148,7 @@ impl Machine<'_> {
                 self.status.phase = Some(Phase::Paused);
                 self.event(
                     false,
-                    "Paused",
+                    EventReason::Paused,
                     format!("revision {current}: paused by a person"),
                 );
                 self.paused(resolved);
@@ -156,7 +161,11 @@ impl Machine<'_> {
                 if self.status.step_started_at.is_some() {
                     self.status.step_started_at = Some(Time(self.now));
                 }
-                self.event(false, "Resumed", format!("revision {current}: resumed"));
+                self.event(
+                    false,
+                    EventReason::Resumed,
+                    format!("revision {current}: resumed"),
+                );
                 false
             }
             CommandAction::Skip => {

@@ -3,7 +3,7 @@
 //!
 //! Flow of one decision: opt out when deleting; resolve the spec (an invalid one sets
 //! `InvalidSpec` and moves nothing); answer a pending command; then the phase's function decides.
-//! Every transition emits an event with a PascalCase reason and leaves a one-line `message`.
+//! Every transition emits an event with a PascalCase reason ([`EventReason`]) and leaves a one-line `message`.
 //!
 //! Guarantees (checked by the property tests): no weight above 0 unless the canary has ready pods
 //! of the revision (I1); the target is only unpaused to promote a revision whose every step passed
@@ -80,7 +80,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::validate::Resolved;
-use super::{Action, Decision, Event, Observations, Resolution, TargetState};
+use super::{
+    Action, Decision, Event, EventReason, FailureReason, Observations, Resolution, TargetState,
+};
 use crate::api::{CanaryStatus, HoldMode, Phase};
 use predicates::{refused_queries, step_count};
 
@@ -161,7 +163,7 @@ struct Machine<'a> {
     events: Vec<Event>,
     requeue: Option<StdDuration>,
     /// Set by a rollback: the Failed condition's reason and message.
-    failure: Option<(&'static str, String)>,
+    failure: Option<(FailureReason, String)>,
     /// A promotion outlived the progress deadline.
     promotion_late: bool,
     /// Why Ready is False, when a phase holds for something outside it (the stable side).
@@ -214,10 +216,10 @@ impl<'a> Machine<'a> {
         self.status.message = Some(message.replace(['\n', '\r'], " "));
     }
 
-    fn event(&mut self, warning: bool, reason: &str, message: String) {
+    fn event(&mut self, warning: bool, reason: EventReason, message: String) {
         self.events.push(Event {
             warning,
-            reason: reason.to_owned(),
+            reason,
             message,
         });
     }

@@ -14,7 +14,7 @@ use crate::api::names::condition;
 use crate::core::conditions;
 use crate::core::router::Router;
 use crate::core::validate::{Resolved, Strategy};
-use crate::core::{Clock, TargetState};
+use crate::core::{Clock, EventReason, FailureReason, TargetState};
 
 impl Machine<'_> {
     pub(super) fn progressing(&mut self, resolved: &Resolved, target: &TargetState) {
@@ -61,7 +61,7 @@ impl Machine<'_> {
                 self.start_clock(Clock::Step, from);
                 self.event(
                     false,
-                    "TrafficRestored",
+                    EventReason::TrafficRestored,
                     format!("revision {revision}: {want}% of traffic to the canary again"),
                 );
             }
@@ -118,7 +118,7 @@ impl Machine<'_> {
         self.status.step_started_at = Some(Time(self.now));
         self.event(
             false,
-            "StepAdvanced",
+            EventReason::StepAdvanced,
             format!(
                 "revision {revision}: step {}/{}: {weight}% of traffic to the canary (the route carried it already: the write before a restart)",
                 next + 1,
@@ -153,7 +153,7 @@ impl Machine<'_> {
         if !already {
             self.event(
                 true,
-                "StableNotReady",
+                EventReason::StableNotReady,
                 format!("revision {revision}: {words}"),
             );
         }
@@ -188,7 +188,7 @@ impl Machine<'_> {
             self.rollback(
                 resolved,
                 target,
-                "ProgressDeadlineExceeded",
+                FailureReason::ProgressDeadlineExceeded,
                 format!(
                     "the canary was not ready within the progress deadline {}",
                     crate::api::Duration(resolved.progress_deadline)
@@ -256,7 +256,7 @@ impl Machine<'_> {
         self.start_clock(Clock::Step, from);
         self.event(
             false,
-            "TrafficShifted",
+            EventReason::TrafficShifted,
             format!("revision {revision} is ready: {weight}% of traffic to the canary"),
         );
         self.set_message(format!(

@@ -7,7 +7,7 @@ use crate::api::names::condition;
 use crate::api::{CommandAction, HookType, Phase};
 use crate::core::conditions;
 use crate::core::validate::Resolved;
-use crate::core::{Action, Clock, TargetState};
+use crate::core::{Action, Clock, EventReason, TargetState};
 
 impl Machine<'_> {
     pub(super) fn waiting_promotion(&mut self, resolved: &Resolved, target: &TargetState) {
@@ -75,7 +75,7 @@ impl Machine<'_> {
         self.start_clock(Clock::Step, from);
         self.event(
             false,
-            "PromotionStarted",
+            EventReason::PromotionStarted,
             format!("revision {revision}: {why}; the stable Deployment rolls it out"),
         );
         self.set_message(format!(
@@ -117,7 +117,7 @@ impl Machine<'_> {
             if !already {
                 self.event(
                     true,
-                    "PromotionDeadlineExceeded",
+                    EventReason::PromotionDeadlineExceeded,
                     format!("revision {revision}: the stable Deployment has not finished rolling out within {}; still waiting", crate::api::Duration(resolved.progress_deadline)),
                 );
             }
@@ -144,7 +144,7 @@ impl Machine<'_> {
         self.status.unknown_since = None;
         self.event(
             false,
-            "Promoted",
+            EventReason::Promoted,
             format!("revision {revision} promoted: the stable Deployment serves it"),
         );
         self.set_message(format!("revision {revision} promoted and serving"));

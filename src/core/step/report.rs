@@ -8,6 +8,7 @@ use crate::api::Phase;
 use crate::api::names::condition;
 use crate::core::conditions::{self, Status, Update};
 use crate::core::validate::FieldError;
+use crate::core::{EventReason, FailureReason};
 
 impl Machine<'_> {
     /// Ready, Progressing, Promoted, Failed and InvalidSpec from the phase, each naming the
@@ -93,13 +94,15 @@ impl Machine<'_> {
             .map(|c| (c.reason.clone(), c.message.clone()));
         match (phase, &self.failure, existing_failure) {
             (Phase::Failed, Some((reason, why)), _) => {
-                (Status::True, (*reason).to_owned(), why.clone())
+                (Status::True, reason.as_str().to_owned(), why.clone())
             }
             // Keep the original cause (its message already names the revision).
             (Phase::Failed, None, Some((reason, message))) => (Status::True, reason, message),
-            (Phase::Failed, None, None) => {
-                (Status::True, "RolledBack".to_owned(), message.to_owned())
-            }
+            (Phase::Failed, None, None) => (
+                Status::True,
+                FailureReason::RolledBack.as_str().to_owned(),
+                message.to_owned(),
+            ),
             (
                 Phase::Initializing
                 | Phase::Idle
@@ -121,7 +124,7 @@ impl Machine<'_> {
         if self.phase() != Phase::Invalid {
             self.event(
                 true,
-                "InvalidSpec",
+                EventReason::InvalidSpec,
                 format!("the spec cannot be acted on: {words}"),
             );
         }
@@ -165,7 +168,7 @@ impl Machine<'_> {
         status.phase = Some(phase);
         self.event(
             false,
-            "SpecFixed",
+            EventReason::SpecFixed,
             format!("the spec is valid again; continuing in phase {phase}"),
         );
     }

@@ -5,7 +5,7 @@ use super::{MISSING_RETRY, Machine};
 use crate::api::Phase;
 use crate::core::router::Router;
 use crate::core::validate::Resolved;
-use crate::core::{Action, TargetState};
+use crate::core::{Action, EventReason, FailureReason, TargetState};
 
 impl Machine<'_> {
     /// Traffic to stable first, then the canary off; the rejected template stays held.
@@ -13,7 +13,7 @@ impl Machine<'_> {
         &mut self,
         resolved: &Resolved,
         target: &TargetState,
-        reason: &'static str,
+        reason: FailureReason,
         why: String,
     ) {
         let revision = self.revision();
@@ -30,7 +30,7 @@ impl Machine<'_> {
         self.status.unknown_since = None;
         self.event(
             true,
-            "RolledBack",
+            EventReason::RolledBack,
             format!("revision {revision} rolled back ({reason}): {why}"),
         );
         self.set_message(format!("revision {revision} rolled back: {why}"));
@@ -48,7 +48,7 @@ impl Machine<'_> {
         self.status.canary_weight = 0;
         self.event(
             true,
-            "CanaryNotReady",
+            EventReason::CanaryNotReady,
             format!("the canary of revision {revision} has no ready pods; its traffic goes back to stable"),
         );
         true
@@ -96,12 +96,16 @@ impl Machine<'_> {
             self.status.failed_revision = Some(revision.clone());
             self.status.paused = false;
             self.status.unknown_since = None;
-            self.event(true, "TargetDeleted", format!("revision {revision}: {why}"));
+            self.event(
+                true,
+                EventReason::TargetDeleted,
+                format!("revision {revision}: {why}"),
+            );
             self.set_message(format!(
                 "revision {revision} failed: {why}; waiting for a Deployment {}",
                 resolved.target
             ));
-            self.failure = Some(("TargetDeleted", why));
+            self.failure = Some((FailureReason::TargetDeleted, why));
             return;
         }
         if self.status.phase.is_none() {
@@ -128,7 +132,7 @@ impl Machine<'_> {
         self.status.canary_weight = 0;
         self.event(
             false,
-            "OptedOut",
+            EventReason::OptedOut,
             "traffic back to stable, the canary removed and the target released".into(),
         );
         self.set_message("opting out: traffic to stable, canary removed, target released".into());

@@ -6,7 +6,7 @@ use super::predicates::{canary_replicas, first_weight};
 use super::{CLUSTER_RETRY, Machine};
 use crate::api::{HookType, Phase};
 use crate::core::validate::Resolved;
-use crate::core::{Action, CanaryServiceState, Clock, TargetState};
+use crate::core::{Action, CanaryServiceState, Clock, EventReason, TargetState};
 
 impl Machine<'_> {
     /// First sight: the current template is adopted as stable without analysis.
@@ -21,7 +21,7 @@ impl Machine<'_> {
             self.status.revision = Some(target.revision.clone());
             self.event(
                 false,
-                "Initialized",
+                EventReason::Initialized,
                 format!(
                     "adopted revision {} of Deployment {} as stable",
                     target.revision, resolved.target
@@ -35,7 +35,7 @@ impl Machine<'_> {
     pub(super) fn at_rest(&mut self, resolved: &Resolved, target: &TargetState) {
         for (_, failure) in self.record_hooks(&[HookType::PostRollout, HookType::Rollback]) {
             // Informational: a failure is told, never acted on.
-            self.event(true, "HookFailed", failure);
+            self.event(true, EventReason::HookFailed, failure);
         }
         let Some(stable) = self.status.stable_revision.clone() else {
             self.initialize(resolved, target);
@@ -93,7 +93,7 @@ impl Machine<'_> {
             self.set_target(target, true, true);
             self.event(
                 true,
-                "TemplateNotHeld",
+                EventReason::TemplateNotHeld,
                 format!(
                     "revision {} was not held paused (is the admission policy installed?); pausing the target now",
                     target.revision
@@ -127,7 +127,7 @@ impl Machine<'_> {
         self.start_clock(Clock::Revision, from);
         self.event(
             false,
-            "CanaryStarted",
+            EventReason::CanaryStarted,
             format!(
                 "revision {revision} started beside stable revision {} with {replicas} canary replicas",
                 self.status.stable_revision.clone().unwrap_or_default()
@@ -151,7 +151,7 @@ impl Machine<'_> {
             self.status.phase = Some(Phase::Idle);
             self.event(
                 false,
-                "TemplateReverted",
+                EventReason::TemplateReverted,
                 format!("the template is back at stable revision {new}; the canary of {old} ended"),
             );
             self.set_message(format!(
@@ -163,7 +163,7 @@ impl Machine<'_> {
             self.set_target(target, true, true);
             self.event(
                 true,
-                "TemplateChangedDuringPromotion",
+                EventReason::TemplateChangedDuringPromotion,
                 format!("revision {new} landed while {old} was promoting; the target is paused again and {new} is treated as a new revision"),
             );
         }
@@ -176,7 +176,7 @@ impl Machine<'_> {
             self.status.phase = Some(Phase::Failed);
             self.event(
                 true,
-                "Superseded",
+                EventReason::Superseded,
                 format!("revision {old} superseded by {new}, which failed before and stays held"),
             );
             self.set_message(format!(
@@ -186,7 +186,7 @@ impl Machine<'_> {
         }
         self.event(
             false,
-            "Superseded",
+            EventReason::Superseded,
             format!("revision {old} superseded by {new}"),
         );
         self.start(resolved, target);

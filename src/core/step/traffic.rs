@@ -6,7 +6,7 @@ use super::predicates::{canary_replicas, first_weight, step_weight};
 use crate::api::Phase;
 use crate::core::router::Router;
 use crate::core::validate::{Resolved, Strategy};
-use crate::core::{Action, TargetState};
+use crate::core::{Action, EventReason, TargetState};
 
 impl Machine<'_> {
     /// Writes label and `paused` in one conditional apply, only when they differ, and at most once
@@ -122,7 +122,7 @@ impl Machine<'_> {
             if !target.paused {
                 self.event(
                     true,
-                    "TemplateNotHeld",
+                    EventReason::TemplateNotHeld,
                     format!(
                         "the target was unpaused while revision {} is analysed; pausing it again",
                         target.revision

@@ -20,7 +20,7 @@ use serde::Serialize;
 use self::scenario::{Outcome, Scenario};
 use self::world::{Happening, World};
 use crate::api::{CanaryStatus, CheckRecord, Command, Phase, Verdict};
-use crate::core;
+use crate::core::{self, EventReason};
 use crate::dereference::dereference;
 
 /// The scenario run when `sluice simulate` gets no file.
@@ -82,7 +82,7 @@ pub enum What {
     },
     /// A Kubernetes Event the controller would emit.
     Event {
-        reason: String,
+        reason: EventReason,
         message: String,
         warning: bool,
     },
@@ -242,7 +242,7 @@ pub fn simulate(scenario: &Scenario) -> Timeline {
             recorder.push(
                 now,
                 What::Event {
-                    reason: event.reason.clone(),
+                    reason: event.reason,
                     message: event.message.clone(),
                     warning: event.warning,
                 },
