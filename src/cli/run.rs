@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{BoxStream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,15 +26,20 @@ use super::view::{
     AnalysisRow, CommandResult, CommandState, ListRow, StatusView, WaitSummary, target_revision,
 };
 use super::wait::{self, Assessment};
-use crate::api::names::{self, canary_name};
+use crate::api::names;
 use crate::api::{
-    AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, CommandAction,
-    PrometheusProvider, RolloutSpec, TemplateSpec,
+    AnalysisTemplate, Canary, CanaryPolicy, ClusterAnalysisTemplate, CommandAction, RolloutSpec,
+    TemplateSpec,
 };
+use crate::core;
 use crate::core::validate::ResolvedMetric;
-use crate::core::{self, verdict};
+use crate::core::verdict::{self, Judgement};
 use crate::dereference::{Dereference, dereference};
-use crate::metrics::{CheckKey, InFlight, Prometheus, PrometheusAuth, Variables, check};
+use crate::metrics::{Checked, DefaultProvider, InFlight, Runner};
+
+/// Why `analyze` does not check a metric when neither it nor the Canary names a Prometheus.
+const NO_PROMETHEUS: &str = "the Canary names no Prometheus (the controller's --prometheus-url \
+                             applies); pass --prometheus-url";
 
 /// Asking the cluster failed; every variant exits [`ExitCode::CouldNotAsk`].
 #[derive(Debug, thiserror::Error)]
@@ -695,122 +699,62 @@ impl Session {
             .and_then(|s| s.revision.clone())
             .or_else(|| target.as_ref().and_then(target_revision))
             .unwrap_or_default();
-        let vars = Variables {
-            namespace: self.namespace.clone(),
-            target: resolved.target.clone(),
-            canary: canary_name(&resolved.target),
-            stable: resolved.target.clone(),
-            service: resolved.service.name.clone(),
-            interval: resolved.interval,
-            revision,
+        let default = match prometheus_url {
+            Some(address) => DefaultProvider::Override(address),
+            None => DefaultProvider::None(NO_PROMETHEUS),
         };
         let in_flight = InFlight::default();
-        let mut rows = Vec::new();
-        for metric in &resolved.metrics {
-            let provider = metric
-                .provider
-                .as_ref()
-                .or(resolved.provider.as_ref())
-                .map(|p| p.prometheus.clone());
-            rows.push(
-                self.analyze_one(
-                    name,
-                    metric,
-                    provider,
-                    prometheus_url.as_deref(),
-                    &vars,
-                    &in_flight,
-                )
-                .await,
-            );
-        }
+        let runner = Runner::new(
+            &self.client,
+            &in_flight,
+            &default,
+            &self.namespace,
+            name,
+            &resolved,
+            revision,
+        );
+        // One metric after the other; the controller checks them concurrently.
+        let checked = runner.check_in_turn(&resolved.metrics).await;
+        let rows: Vec<AnalysisRow> = resolved
+            .metrics
+            .iter()
+            .zip(checked)
+            .map(|(metric, checked)| analysis_row(metric, checked))
+            .collect();
         if rows.is_empty() {
             let _ = writeln!(err, "Canary {}/{name} has no metrics", self.namespace);
         }
         Ok(self.print(out, err, render::analysis(&rows, self.output)))
     }
+}
 
-    async fn analyze_one(
-        &self,
-        name: &str,
-        metric: &ResolvedMetric,
-        provider: Option<PrometheusProvider>,
-        override_url: Option<&str>,
-        vars: &Variables,
-        in_flight: &InFlight,
-    ) -> AnalysisRow {
-        let unknown = |query: String, reason: String| AnalysisRow {
-            metric: metric.name.clone(),
-            query,
-            value: None,
-            stable_value: None,
-            limit: None,
-            verdict: crate::api::Verdict::Unknown,
-            reason,
-        };
-        let queries = match metric.queries(vars) {
-            Ok(queries) => queries,
-            Err(error) => return unknown(metric.query.clone(), error.to_string()),
-        };
-        let (provider, auth) = match (override_url, provider) {
-            (Some(address), provider) => (
-                PrometheusProvider {
-                    address: address.to_owned(),
-                    timeout: provider.and_then(|p| p.timeout),
-                    secret_ref: None,
-                },
-                PrometheusAuth::default(),
-            ),
-            (None, Some(provider)) => {
-                let auth = match &provider.secret_ref {
-                    None => PrometheusAuth::default(),
-                    Some(secret) => {
-                        let api: Api<Secret> =
-                            Api::namespaced(self.client.clone(), &self.namespace);
-                        let data = match api.get(&secret.name).await {
-                            Ok(found) => found.data.unwrap_or_default(),
-                            Err(error) => {
-                                return unknown(
-                                    queries.canary,
-                                    format!("cannot read Secret {}: {error}", secret.name),
-                                );
-                            }
-                        };
-                        match PrometheusAuth::from_secret_data(&data) {
-                            Ok(auth) => auth,
-                            Err(error) => return unknown(queries.canary, error.to_string()),
-                        }
-                    }
-                };
-                (provider, auth)
-            }
-            (None, None) => {
-                return unknown(
-                    queries.canary,
-                    "the Canary names no Prometheus (the controller's --prometheus-url applies); pass --prometheus-url".into(),
-                );
-            }
-        };
-        let prometheus = match Prometheus::new(&provider, &auth) {
-            Ok(prometheus) => prometheus,
-            Err(error) => return unknown(queries.canary, error.to_string()),
-        };
-        let key = CheckKey {
-            namespace: self.namespace.clone(),
-            canary: name.to_owned(),
-            metric: metric.name.clone(),
-        };
-        let result = check(&prometheus, in_flight, key, &queries).await;
-        let judgement = verdict::judge(metric, &result);
-        AnalysisRow {
-            metric: metric.name.clone(),
-            query: result.query.clone(),
-            value: judgement.value,
-            stable_value: judgement.stable_value,
-            limit: judgement.limit,
-            verdict: judgement.verdict,
-            reason: judgement.reason,
+/// `analyze`'s row for one check: the core's verdict on its samples, or Unknown with the reason
+/// no query was sent.
+fn analysis_row(metric: &ResolvedMetric, checked: Checked) -> AnalysisRow {
+    let (query, judgement) = match checked {
+        Checked::Ran(result) => {
+            let judgement = verdict::judge(metric, &result);
+            (result.query, judgement)
         }
+        Checked::NotRun { query, reason, .. } => (
+            query,
+            Judgement {
+                verdict: crate::api::Verdict::Unknown,
+                value: None,
+                stable_value: None,
+                limit: None,
+                reason,
+            },
+        ),
+    };
+    AnalysisRow {
+        metric: metric.name.clone(),
+        query,
+        value: judgement.value,
+        stable_value: judgement.stable_value,
+        limit: judgement.limit,
+        verdict: judgement.verdict,
+        reason: judgement.reason,
     }
 }
 
