@@ -516,6 +516,20 @@ async fn with_no_router_the_canary_is_sized_to_the_replica_ratio_of_each_step() 
 // ---------------------------------------------------------------------------------------------
 // NGINX Ingress.
 
+/// An NGINX canary over the user's Ingress `web` (admission-policy hold), stepping 20% then 50%,
+/// every check answering `answer`; `manual` waits for a person before promotion.
+async fn start_nginx(answer: Answer, manual: bool) -> (Env, FakePrometheus, History) {
+    start(
+        Hold::AdmissionPolicy,
+        "{nginx: {ingress: {name: web}}}",
+        "{canary: {stepWeights: [20, 50]}}",
+        &user_ingress(),
+        answer,
+        manual,
+    )
+    .await
+}
+
 /// The canary Ingress `web-canary`, if any.
 async fn canary_ingress(env: &Env) -> Option<Ingress> {
     let api: Api<Ingress> = Api::namespaced(env.client(), NAMESPACE);
@@ -568,15 +582,7 @@ async fn nginx_weight(env: &Env) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nginx_canary_ingress_steps_its_weight_and_sends_nothing_after_promotion() {
-    let (env, _prometheus, history) = start(
-        Hold::AdmissionPolicy,
-        "{nginx: {ingress: {name: web}}}",
-        "{canary: {stepWeights: [20, 50]}}",
-        &user_ingress(),
-        Answer::value(0.0),
-        false,
-    )
-    .await;
+    let (env, _prometheus, history) = start_nginx(Answer::value(0.0), false).await;
 
     let rollout = follow(
         &env,
@@ -620,15 +626,7 @@ async fn an_nginx_canary_ingress_steps_its_weight_and_sends_nothing_after_promot
 /// back at the weight status says, within I2's bound, before anything else happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_ingress_deleted_while_waiting_for_promotion_is_put_back() {
-    let (env, _prometheus, history) = start(
-        Hold::AdmissionPolicy,
-        "{nginx: {ingress: {name: web}}}",
-        "{canary: {stepWeights: [20, 50]}}",
-        &user_ingress(),
-        Answer::value(0.0),
-        true,
-    )
-    .await;
+    let (env, _prometheus, history) = start_nginx(Answer::value(0.0), true).await;
     follow(
         &env,
         || nginx_weight(&env),
@@ -664,15 +662,7 @@ async fn a_canary_ingress_deleted_while_waiting_for_promotion_is_put_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_nginx_canary_is_rolled_back_with_the_weight_at_zero_first() {
-    let (env, _prometheus, history) = start(
-        Hold::AdmissionPolicy,
-        "{nginx: {ingress: {name: web}}}",
-        "{canary: {stepWeights: [20, 50]}}",
-        &user_ingress(),
-        Answer::value(0.5),
-        false,
-    )
-    .await;
+    let (env, _prometheus, history) = start_nginx(Answer::value(0.5), false).await;
 
     // Traffic leaves the canary before its pods do: whenever the canary Deployment has been
     // scaled to zero, no weight remains on it.
@@ -916,15 +906,7 @@ async fn the_simulated_ingress_nginx_splits_by_the_canary_ingress_sluice_writes(
     use sluice_testcluster::traffic::load::{self, LoadConfig};
     use sluice_testcluster::traffic::weights::NginxCanaryWeights;
 
-    let (env, _prometheus, history) = start(
-        Hold::AdmissionPolicy,
-        "{nginx: {ingress: {name: web}}}",
-        "{canary: {stepWeights: [20, 50]}}",
-        &user_ingress(),
-        Answer::value(0.0),
-        true,
-    )
-    .await;
+    let (env, _prometheus, history) = start_nginx(Answer::value(0.0), true).await;
     // Every step passes, then the rollout waits for a person at the last weight.
     let rollout = follow(
         &env,
